@@ -1,0 +1,130 @@
+"""mobilenet_features: MobileNetV2's 1280-d penultimate layer for every accepted image."""
+
+import time
+from collections.abc import Iterator
+
+import dagster as dg
+import pandas as pd
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from fruits_assets import checks, featurizer, layout, spark_io
+from fruits_assets.assets.common import PARTITIONED, SPARK_RESOURCES, counts_table
+from fruits_assets.assets.images import labeled_images
+from fruits_assets.resources.settings import FeaturizerSettings
+from fruits_assets.resources.storage import FruitsStorage
+
+RANDOM_WEIGHTS_WARNING = (
+    "RANDOM WEIGHTS: these features come from an untrained MobileNetV2, not ImageNet weights; "
+    "they are fit for a smoke test only, not for a classifier."
+)
+
+
+def resolve_weights(
+    context: dg.AssetExecutionContext, settings: FeaturizerSettings
+) -> tuple[featurizer.WeightsInfo, str | None]:
+    """The weights to use and, in demo mode when ImageNet is out of reach, a loud warning."""
+    try:
+        return featurizer.resolve_weights(settings.weights), None
+    except Exception as exc:
+        if not settings.allow_random_fallback:
+            raise
+        warning = f"{RANDOM_WEIGHTS_WARNING} ({settings.weights!r} unavailable: {exc})"
+        context.log.warning(warning)
+        return featurizer.resolve_weights("random"), warning
+
+
+def featurize_udf(spark, weight_arrays, sha256: str, settings: FeaturizerSettings):
+    """The iterator pandas UDF: weights broadcast once, one model per Python worker process."""
+    broadcast = spark.sparkContext.broadcast(weight_arrays)
+    batch_size, threads = settings.batch_size, settings.tf_threads_per_task
+
+    @F.pandas_udf(T.ArrayType(T.FloatType()))
+    def featurize(contents: Iterator[pd.Series]) -> Iterator[pd.Series]:
+        model = featurizer.worker_featurizer(sha256, lambda: broadcast.value, batch_size, threads)
+        for batch in contents:
+            yield pd.Series(list(model(batch.tolist())))
+
+    return featurize
+
+
+@dg.asset(
+    **PARTITIONED,
+    deps=[labeled_images],
+    group_name="features",
+    kinds={"spark", "tensorflow", "parquet"},
+    required_resource_keys=SPARK_RESOURCES | {"featurizer_settings"},
+    check_specs=[
+        checks.spec(
+            checks.FEATURES_ONE_PER_IMAGE,
+            "mobilenet_features",
+            "Exactly one feature row per accepted image.",
+        ),
+        checks.spec(
+            checks.FEATURES_DIMENSION,
+            "mobilenet_features",
+            f"Every vector has {featurizer.FEATURE_DIM} finite values.",
+        ),
+    ],
+)
+def mobilenet_features(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    """MobileNetV2 (ImageNet, include_top=True) penultimate-layer features, one row per image."""
+    storage: FruitsStorage = context.resources.storage
+    spark = context.resources.pyspark.spark_session
+    settings: FeaturizerSettings = context.resources.featurizer_settings
+    labels = set(context.partition_keys)
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", settings.arrow_batch_rows)
+    info, warning = resolve_weights(context, settings)
+    weight_arrays, sha256 = featurizer.load_weight_arrays(info)
+
+    images_dir = layout.accepted_images_dir(storage.output)
+    images = spark_io.read_labels(spark, images_dir, storage.spark_path(images_dir), labels)
+    featurize = featurize_udf(spark, weight_arrays, sha256, settings)
+    out = layout.asset_dir(storage.output, layout.MOBILENET_FEATURES)
+    started = time.perf_counter()
+    spark_io.write_label_partitions(
+        images.select("path", "label", featurize("content").alias("features")),
+        out,
+        storage.spark_path(out),
+        labels,
+    )
+    seconds = time.perf_counter() - started
+
+    written = spark_io.read_labels(spark, out, storage.spark_path(out), labels)
+    bad_vector = (F.size("features") != featurizer.FEATURE_DIM) | F.exists(
+        "features", lambda x: F.isnan(x) | (F.abs(x) == float("inf"))
+    )
+    stats = written.agg(
+        F.count("*").alias("rows"),
+        F.sum(bad_vector.cast("int")).alias("bad"),
+        F.countDistinct("path").alias("paths"),
+    ).first()
+    per_class = {r["label"]: r["count"] for r in written.groupBy("label").count().collect()}
+    n_images = images.count()
+    rows, bad = stats["rows"], stats["bad"] or 0
+    metadata = {
+        "num_rows": rows,
+        "feature_dim": featurizer.FEATURE_DIM,
+        "weights": info.spec,
+        "weights_source": info.source,
+        "weights_sha256": sha256,
+        "featurize_seconds": round(seconds, 2),
+        "images_per_second": round(rows / seconds, 1) if seconds > 0 else 0.0,
+        "rows_per_class": counts_table(per_class),
+        "path": dg.MetadataValue.path(out),
+    }
+    if warning:
+        metadata["WARNING"] = warning
+    return dg.MaterializeResult(
+        metadata=metadata,
+        check_results=[
+            checks.result(
+                checks.FEATURES_ONE_PER_IMAGE,
+                rows == n_images and stats["paths"] == n_images,
+                accepted_images=n_images,
+                feature_rows=rows,
+                distinct_paths=stats["paths"],
+            ),
+            checks.result(checks.FEATURES_DIMENSION, bad == 0, bad_vectors=bad),
+        ],
+    )

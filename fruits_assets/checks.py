@@ -1,0 +1,29 @@
+"""Names of the asset checks, and a helper that builds their results."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+RAW_VS_LABELED_BALANCE = "every_file_labeled_or_rejected"
+FEATURES_ONE_PER_IMAGE = "one_feature_row_per_accepted_image"
+FEATURES_DIMENSION = "vectors_have_1280_finite_values"
+PCA_K_BOUNDS = "k_within_bounds"
+PCA_VARIANCE_REACHED = "target_variance_reached"
+ROWS_MATCH_FEATURES = "row_count_equals_features"
+VECTOR_LENGTH_K = "vector_length_equals_k"
+CSV_COLUMNS_K = "column_count_equals_k_plus_2"
+LABELS_MATCH_CLASSES = "label_set_equals_discovered_classes"
+
+
+def spec(name: str, asset: str, description: str) -> dg.AssetCheckSpec:
+    """Data-integrity checks block downstream assets when they fail."""
+    return dg.AssetCheckSpec(name=name, asset=asset, description=description, blocking=True)
+
+
+def result(name: str, passed: bool, **metadata) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        check_name=name,
+        passed=bool(passed),
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={k: v for k, v in metadata.items() if v is not None},
+    )

@@ -1,0 +1,122 @@
+"""One place that turns local paths and s3:// URIs into filesystem calls (pyarrow.fs)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+S3_SCHEMES = ("s3", "s3a", "s3n")
+
+
+def is_s3(uri: str) -> bool:
+    return urlparse(uri).scheme in S3_SCHEMES
+
+
+def normalize_uri(uri: str) -> str:
+    """Absolute local path, or `s3://bucket/key` without a trailing slash."""
+    parsed = urlparse(uri)
+    if parsed.scheme in S3_SCHEMES:
+        return f"s3://{parsed.netloc}{parsed.path}".rstrip("/")
+    if parsed.scheme == "file":
+        return os.path.abspath(parsed.path)
+    if parsed.scheme:
+        raise ValueError(
+            f"Unsupported URI scheme {parsed.scheme!r} in {uri!r}: use a path or s3://"
+        )
+    return os.path.abspath(os.path.expanduser(uri))
+
+
+def join(root: str, *parts: str) -> str:
+    return "/".join([root.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def _s3_filesystem() -> pafs.S3FileSystem:
+    # pyarrow does not read AWS_ENDPOINT_URL itself; honour it so MinIO and moto work too.
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    kwargs: dict = {"region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")}
+    if endpoint:
+        parsed = urlparse(endpoint)
+        kwargs.update(endpoint_override=parsed.netloc or endpoint, scheme=parsed.scheme or "https")
+    return pafs.S3FileSystem(**{k: v for k, v in kwargs.items() if v})
+
+
+@dataclass(frozen=True)
+class Location:
+    """A filesystem and the path inside it that a URI names."""
+
+    fs: pafs.FileSystem
+    path: str
+
+    @classmethod
+    def of(cls, uri: str) -> Location:
+        uri = normalize_uri(uri)
+        if is_s3(uri):
+            parsed = urlparse(uri)
+            return cls(_s3_filesystem(), f"{parsed.netloc}{parsed.path}")
+        return cls(pafs.LocalFileSystem(), uri)
+
+
+def to_uri(template: str, path: str) -> str:
+    """Turn a pyarrow path back into a URI of the same kind as `template`."""
+    return f"s3://{path}" if is_s3(template) else path
+
+
+def exists(uri: str) -> bool:
+    loc = Location.of(uri)
+    return loc.fs.get_file_info(loc.path).type != pafs.FileType.NotFound
+
+
+def is_dir(uri: str) -> bool:
+    loc = Location.of(uri)
+    return loc.fs.get_file_info(loc.path).type == pafs.FileType.Directory
+
+
+def list_files(uri: str) -> list[pafs.FileInfo]:
+    """Every file below `uri`, recursively (hidden ones included: callers decide)."""
+    loc = Location.of(uri)
+    selector = pafs.FileSelector(loc.path, recursive=True, allow_not_found=False)
+    return [info for info in loc.fs.get_file_info(selector) if info.type == pafs.FileType.File]
+
+
+def list_dirs(uri: str) -> list[str]:
+    """Names of the folders directly below `uri` (empty if it does not exist)."""
+    loc = Location.of(uri)
+    selector = pafs.FileSelector(loc.path, recursive=False, allow_not_found=True)
+    return [
+        i.base_name for i in loc.fs.get_file_info(selector) if i.type == pafs.FileType.Directory
+    ]
+
+
+def delete_dir(uri: str) -> None:
+    loc = Location.of(uri)
+    if loc.fs.get_file_info(loc.path).type == pafs.FileType.Directory:
+        loc.fs.delete_dir(loc.path)
+
+
+def read_bytes(uri: str) -> bytes:
+    loc = Location.of(uri)
+    with loc.fs.open_input_stream(loc.path) as stream:
+        return stream.read()
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    loc = Location.of(uri)
+    loc.fs.create_dir(loc.path.rsplit("/", 1)[0], recursive=True)
+    with loc.fs.open_output_stream(loc.path) as stream:
+        stream.write(data)
+
+
+def move(src: str, dst: str) -> None:
+    loc = Location.of(src)
+    loc.fs.move(loc.path, Location.of(dst).path)
+
+
+def spark_uri(uri: str, native_s3: bool = False) -> str:
+    """The URI Spark should use: s3a:// through Hadoop's S3A locally, s3:// (EMRFS) on EMR."""
+    uri = normalize_uri(uri)
+    if is_s3(uri) and not native_s3:
+        return "s3a://" + uri[len("s3://") :]
+    return uri

@@ -1,0 +1,42 @@
+"""The fruit-class partitions: one dynamic partition per class folder found under the input root."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+FRUIT_CLASS_PARTITIONS_NAME = "fruit_class"
+
+fruit_class_partitions = dg.DynamicPartitionsDefinition(name=FRUIT_CLASS_PARTITIONS_NAME)
+
+
+def sync_requests(registered: list[str], discovered: list[str]) -> tuple[list[str], list[str]]:
+    """(keys to add, keys to delete) so the instance holds exactly the input root's classes."""
+    known, wanted = set(registered), set(discovered)
+    return sorted(wanted - known), sorted(known - wanted)
+
+
+def sync(instance: dg.DagsterInstance, discovered: list[str]) -> tuple[list[str], list[str]]:
+    """Make the instance's partition keys the classes of the configured input root, no more."""
+    registered = instance.get_dynamic_partitions(FRUIT_CLASS_PARTITIONS_NAME)
+    added, deleted = sync_requests(registered, discovered)
+    if added:
+        instance.add_dynamic_partitions(FRUIT_CLASS_PARTITIONS_NAME, added)
+    for key in deleted:
+        instance.delete_dynamic_partition(FRUIT_CLASS_PARTITIONS_NAME, key)
+    return added, deleted
+
+
+def contiguous_ranges(ordered_keys: list[str], selected: set[str]) -> list[tuple[str, str]]:
+    """Group `selected` into runs of neighbours in the instance's key order (one run per range)."""
+    ranges: list[tuple[str, str]] = []
+    start = previous = None
+    for key in ordered_keys:
+        if key in selected:
+            start = start or key
+            previous = key
+        elif start is not None:
+            ranges.append((start, previous))
+            start = None
+    if start is not None:
+        ranges.append((start, previous))
+    return ranges

@@ -1,0 +1,22 @@
+"""Tunable settings of the featurizer and the PCA, as resources so the CLI and the UI set them."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+
+class FeaturizerSettings(dg.ConfigurableResource):
+    """Which MobileNetV2 weights to use, and how images are batched through the model."""
+
+    weights: str = "imagenet"  # imagenet | random | local .h5 path | s3:// URI of an .h5
+    # Demo mode only: fall back to random weights (loudly) when ImageNet weights can't be fetched.
+    allow_random_fallback: bool = False
+    batch_size: int = 64
+    arrow_batch_rows: int = 256
+    tf_threads_per_task: int = 1  # one TF thread per Spark task slot: no oversubscription
+
+
+class PcaSettings(dg.ConfigurableResource):
+    """The explained variance the PCA must reach; k is chosen from it."""
+
+    target_variance: float = 0.99
