@@ -69,11 +69,12 @@ def raw_images(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     spark_io.write_label_partitions(
         spark.createDataFrame(rows, RAW_SCHEMA), out, storage.spark_path(out), labels
     )
-    # Ignored files belong to the class of their folder; report those of the selected classes.
+    # An ignored file belongs to its folder's class; ones outside any class are reported by all.
+    classes = set(scan.classes)
     ignored = [
         (p, r)
         for p, r in scan.ignored
-        if p.rsplit("/", 2)[-2] in labels or r == discovery.IGNORED_NO_CLASS
+        if (folder := p.rsplit("/", 2)[-2]) in labels or folder not in classes
     ]
     return dg.MaterializeResult(
         metadata={

@@ -1,0 +1,237 @@
+"""The `fruits` command: run the asset graph, sync partitions, open the Dagster UI."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from fruits_assets import layout
+
+DEFAULT_DAGSTER_HOME = os.path.join(os.path.expanduser("~"), ".fruits_assets", "dagster_home")
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _prepare_environment(args: argparse.Namespace) -> None:
+    """Settings travel to the definitions (and to the UI) as FRUITS_* environment variables."""
+    from fruits_assets import demo_data, filesystem
+    from fruits_assets.resources import DEMO_IMAGES
+
+    os.environ.setdefault("DAGSTER_HOME", DEFAULT_DAGSTER_HOME)
+    os.makedirs(os.environ["DAGSTER_HOME"], exist_ok=True)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    demo = getattr(args, "images", None) is None
+    if demo:
+        if not os.path.isdir(DEMO_IMAGES):
+            demo_data.generate(DEMO_IMAGES)
+        print(
+            f"No --images given: DEMO MODE on {len(demo_data.DEMO_CLASSES)} classes of synthetic "
+            f"100x100 fruit-like images in {DEMO_IMAGES}. Pass --images to use real photos."
+        )
+    os.environ["FRUITS_IMAGES"] = DEMO_IMAGES if demo else filesystem.normalize_uri(args.images)
+    os.environ["FRUITS_OUTPUT"] = filesystem.normalize_uri(args.output)
+    weights = getattr(args, "weights", None)
+    os.environ["FRUITS_WEIGHTS"] = weights or "imagenet"
+    # Only the demo may fall back to random weights, and only when no weights were asked for.
+    os.environ["FRUITS_ALLOW_RANDOM_FALLBACK"] = "1" if demo and weights is None else "0"
+    if getattr(args, "variance", None) is not None:
+        os.environ["FRUITS_VARIANCE"] = str(args.variance)
+
+
+@dataclass
+class RunOutcome:
+    """What the runs of one `fruits run` produced, for the summary and the exit code."""
+
+    ok: bool = True
+    metadata: dict[str, dict] = field(default_factory=dict)  # asset -> metadata of its last event
+    failures: list[str] = field(default_factory=list)
+
+    def absorb(self, result) -> None:
+        import dagster as dg
+
+        self.ok &= result.success
+        for event in result.get_asset_materialization_events():
+            meta = {k: v.value for k, v in event.materialization.metadata.items()}
+            self.metadata[event.asset_key.to_user_string()] = meta
+        for event in result.all_events:
+            if event.is_step_failure:
+                error = event.step_failure_data.error
+                message = error.message.strip() if error else "unknown error"
+                self.failures.append(f"step {event.step_key} failed: {message}")
+            if event.event_type_value == "ASSET_CHECK_EVALUATION":
+                evaluation = event.event_specific_data
+                if not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR:
+                    self.ok = False
+                    self.failures.append(
+                        f"check {evaluation.check_name} on "
+                        f"{evaluation.asset_key.to_user_string()} FAILED: "
+                        f"{ {k: v.value for k, v in evaluation.metadata.items()} }"
+                    )
+
+
+def _execute(job, instance, selection, keys: tuple[str, str] | None, outcome: RunOutcome) -> None:
+    from dagster._core.storage.tags import (
+        ASSET_PARTITION_RANGE_END_TAG,
+        ASSET_PARTITION_RANGE_START_TAG,
+    )
+
+    tags = {}
+    if keys is not None:
+        tags = {ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[1]}
+    result = job.execute_in_process(
+        instance=instance,
+        asset_selection=selection,
+        tags=tags,
+        raise_on_error=False,
+        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+    )
+    outcome.absorb(result)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Materialize the whole graph (or some classes and everything downstream) in Dagster runs."""
+    _prepare_environment(args)
+    import dagster as dg
+
+    from fruits_assets import discovery, partitions
+    from fruits_assets.assets import PARTITIONED_ASSETS, UNPARTITIONED_ASSETS
+    from fruits_assets.definitions import build_definitions
+
+    images, output = os.environ["FRUITS_IMAGES"], os.environ["FRUITS_OUTPUT"]
+    try:
+        scan = discovery.scan(images)
+    except (FileNotFoundError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if not scan.classes:
+        print(f"error: no class folder with .jpg/.jpeg/.png images under {images}", file=sys.stderr)
+        return EXIT_USAGE
+    selected = set(args.classes or scan.classes)
+    unknown = selected - set(scan.classes)
+    if unknown:
+        print(
+            f"error: classes {sorted(unknown)} are not folders under {images}; "
+            f"known: {', '.join(scan.classes)}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+
+    instance = dg.DagsterInstance.get()
+    added, deleted = partitions.sync(instance, scan.classes)
+    if added or deleted:
+        print(f"partitions: {len(added)} classes registered, {len(deleted)} stale ones removed")
+    ordered = instance.get_dynamic_partitions(partitions.FRUIT_CLASS_PARTITIONS_NAME)
+    ranges = partitions.contiguous_ranges(ordered, selected)
+    job = build_definitions().resolve_implicit_global_asset_job_def()
+    partitioned = [a.key for a in PARTITIONED_ASSETS]
+    downstream = [a.key for a in UNPARTITIONED_ASSETS]
+    outcome = RunOutcome()
+    print(f"materializing {len(selected)} of {len(scan.classes)} classes from {images} -> {output}")
+    if len(ranges) == 1:
+        _execute(job, instance, partitioned + downstream, ranges[0], outcome)
+    else:  # classes that are not neighbours in the partition order: one run per range
+        for keys in ranges:
+            _execute(job, instance, partitioned, keys, outcome)
+            if not outcome.ok:
+                break
+        if outcome.ok:
+            _execute(job, instance, downstream, None, outcome)
+    _print_summary(outcome, output)
+    return EXIT_OK if outcome.ok else EXIT_FAILED
+
+
+def _print_summary(outcome: RunOutcome, output: str) -> None:
+    meta = outcome.metadata
+    raw, labeled = meta.get(layout.RAW_IMAGES, {}), meta.get(layout.LABELED_IMAGES, {})
+    features, pca = meta.get(layout.MOBILENET_FEATURES, {}), meta.get(layout.PCA_MODEL, {})
+    print("\n== fruits run summary ==")
+    print(f"images read:        {raw.get('num_images', '-')}")
+    print(f"rejected:           {labeled.get('num_rejected', '-')}")
+    print(f"ignored files:      {raw.get('num_ignored_files', '-')}")
+    print(f"classes:            {pca.get('num_classes', raw.get('num_classes', '-'))}")
+    print(
+        f"features:           {features.get('num_rows', '-')} "
+        f"({features.get('images_per_second', '-')} images/s)"
+    )
+    print(f"weights:            {features.get('weights_source', '-')}")
+    if "WARNING" in features:
+        print(f"WARNING:            {features['WARNING']}")
+    if pca:
+        print(
+            f"PCA k:              {pca.get('k')} (explained variance "
+            f"{pca.get('explained_variance', 0):.4f}, target {pca.get('target_variance')})"
+        )
+    print("outputs:")
+    for name in (layout.PCA_FEATURES_PARQUET, layout.PCA_MODEL, layout.LABELED_IMAGES):
+        print(f"  {name + ':':22}{layout.asset_dir(output, name)}")
+    print(f"  {'features_csv:':22}{layout.csv_path(output)}")
+    print(f"  {'rejected images:':22}{layout.rejected_images_dir(output)}")
+    print(f"dagster instance:   {os.environ['DAGSTER_HOME']} (see it with `fruits ui`)")
+    if outcome.failures:
+        print("\nFAILED:")
+        for failure in outcome.failures:
+            print(f"  - {failure}")
+    print("status:             " + ("OK" if outcome.ok else "FAILED"))
+
+
+def sync(args: argparse.Namespace) -> int:
+    """Register the input root's classes as partitions and drop keys it no longer has."""
+    _prepare_environment(args)
+    import dagster as dg
+
+    from fruits_assets import discovery, partitions
+
+    classes = discovery.scan(os.environ["FRUITS_IMAGES"]).classes
+    added, deleted = partitions.sync(dg.DagsterInstance.get(), classes)
+    print(f"{len(classes)} classes; added {added or 'none'}; removed {deleted or 'none'}")
+    return EXIT_OK
+
+
+def ui(args: argparse.Namespace) -> int:
+    """Open the Dagster UI on this project, with the same instance and settings as `fruits run`."""
+    _prepare_environment(args)
+    command = ["dagster", "dev", "-m", "fruits_assets.definitions", "-p", str(args.port)]
+    print(f"DAGSTER_HOME={os.environ['DAGSTER_HOME']} {' '.join(command)}")
+    bindir = os.path.dirname(sys.executable)
+    os.execvp(os.path.join(bindir, "dagster"), command)
+    return EXIT_FAILED  # pragma: no cover - execvp does not return
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fruits", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def common(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--images", help="input root: <root>/<class>/<image> (path or s3://)")
+        sub.add_argument("--output", default="fruits_output", help="output root (path or s3://)")
+
+    run_parser = commands.add_parser("run", help="materialize the asset graph")
+    common(run_parser)
+    run_parser.add_argument("--weights", help="imagenet (default) | random | PATH or s3:// .h5")
+    run_parser.add_argument("--variance", type=float, help="target explained variance (0.99)")
+    run_parser.add_argument("--classes", nargs="+", help="rerun only these fruit classes")
+    run_parser.set_defaults(func=run)
+
+    sync_parser = commands.add_parser("sync", help="register the input root's classes")
+    common(sync_parser)
+    sync_parser.set_defaults(func=sync)
+
+    ui_parser = commands.add_parser("ui", help="open the Dagster UI on this project")
+    common(ui_parser)
+    ui_parser.add_argument("--port", type=int, default=3000)
+    ui_parser.set_defaults(func=ui)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if getattr(args, "variance", None) is not None and not 0 < args.variance <= 1:
+        print("error: --variance must be in (0, 1]", file=sys.stderr)
+        return EXIT_USAGE
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

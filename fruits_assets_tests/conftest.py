@@ -1,0 +1,41 @@
+"""Shared fixtures: the ../shared material (overridable), Spark settings and graph runners."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("FRUITS_SHARED_DIR", REPO.parent / "shared"))
+FRUITS360 = SHARED / "data" / "fruits360"
+WEIGHTS_H5 = SHARED / "models" / "mobilenet_v2_1.0_224_imagenet_dequant.h5"
+WEIGHTS_SHA256 = "472433e2c02cc616671246b8899da36b853b899d8f1ce52dc258fa5f556a5515"
+
+# Small, fixed Spark for tests: CI has 2 cores; quiet TensorFlow.
+os.environ.setdefault("FRUITS_SPARK_CORES", "2")
+os.environ.setdefault("FRUITS_DRIVER_MEMORY", "2g")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture(scope="session")
+def fruits360() -> Path:
+    if not (FRUITS360 / "Test").is_dir():
+        pytest.skip(f"Fruits-360 sample not found at {FRUITS360} (set FRUITS_SHARED_DIR)")
+    return FRUITS360
+
+
+@pytest.fixture(scope="session")
+def shared_weights() -> Path:
+    if not WEIGHTS_H5.is_file():
+        pytest.skip(f"MobileNetV2 weights not found at {WEIGHTS_H5} (set FRUITS_SHARED_DIR)")
+    return WEIGHTS_H5
+
+
+def copy_classes(source: Path, target: Path, classes: list[str]) -> Path:
+    """A small input root with the given class folders of a Fruits-360 split."""
+    for name in classes:
+        shutil.copytree(source / name, target / name)
+    return target

@@ -1,0 +1,91 @@
+"""Unit tests of the pure pieces: discovery, decoding, k selection, partition ranges."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fruits_assets import decoding, discovery, layout, partitions, pca_selection
+from fruits_assets_tests.images import BAD_CLASS, EXPECTED, GOOD_CLASS, write_mixed_root
+
+
+def test_scan_labels_by_parent_folder_and_counts_ignored(tmp_path):
+    expected = write_mixed_root(tmp_path)
+    scan = discovery.scan(str(tmp_path))
+    assert scan.classes == sorted([GOOD_CLASS, BAD_CLASS])
+    assert len(scan.images) == expected["images"]
+    # The split folder stays in the path; the label is the class folder.
+    assert all("/Training/" in i.path or "/Test/" in i.path for i in scan.images)
+    assert scan.ignored_counts() == {
+        discovery.IGNORED_HIDDEN: 3,
+        discovery.IGNORED_NOT_IMAGE: 1,
+        discovery.IGNORED_NO_CLASS: 1,
+    }
+
+
+def test_scan_missing_root_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        discovery.scan(str(tmp_path / "nope"))
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_decode_accepts_or_rejects_with_reason(tmp_path, name):
+    write_mixed_root(tmp_path)
+    decoded = decoding.decode((tmp_path / "Test" / BAD_CLASS / name).read_bytes())
+    if EXPECTED[name] is None:
+        assert decoded.ok, decoded.reason
+        with Image.open(io.BytesIO(decoded.content)) as image:
+            assert image.mode == "RGB"
+    else:
+        assert not decoded.ok
+        assert decoded.reason.startswith(EXPECTED[name])
+
+
+def test_sixteen_bit_is_scaled_not_clipped():
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((20, 20), 32768, dtype=np.uint16)).save(buffer, format="PNG")
+    decoded = decoding.decode(buffer.getvalue())
+    with Image.open(io.BytesIO(decoded.content)) as image:
+        assert 120 <= np.asarray(image)[0, 0, 0] <= 135  # mid-grey, not white
+
+
+def test_plain_rgb_jpeg_keeps_its_bytes():
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (1, 2, 3)).save(buffer, format="JPEG")
+    assert decoding.decode(buffer.getvalue()).content == buffer.getvalue()
+
+
+def test_choose_k_is_smallest_reaching_target():
+    variance = [0.5, 0.3, 0.15, 0.04, 0.01]
+    assert pca_selection.choose_k(variance, 0.8) == (2, pytest.approx(0.8))
+    assert pca_selection.choose_k(variance, 0.99)[0] == 4
+    assert pca_selection.choose_k(variance, 1.0)[0] == 5
+
+
+def test_max_components_bounded_by_rows_and_features():
+    assert pca_selection.max_components(100, 1280) == 99
+    assert pca_selection.max_components(5000, 1280) == 1280
+    with pytest.raises(ValueError):
+        pca_selection.max_components(1, 1280)
+
+
+def test_scree_plot_is_a_png():
+    assert pca_selection.scree_png([0.6, 0.3, 0.1], 0.99, 3).startswith(b"\x89PNG")
+
+
+def test_contiguous_ranges_follow_instance_order():
+    keys = ["a", "b", "c", "d", "e"]
+    assert partitions.contiguous_ranges(keys, {"a", "b", "c", "d", "e"}) == [("a", "e")]
+    assert partitions.contiguous_ranges(keys, {"b", "d", "e"}) == [("b", "b"), ("d", "e")]
+
+
+def test_sync_requests_add_new_and_drop_stale():
+    assert partitions.sync_requests(["x", "a"], ["a", "b"]) == (["b"], ["x"])
+
+
+def test_partition_dir_name_escapes_like_spark():
+    assert layout.partition_dir_name("Apple Golden 2") == "label=Apple Golden 2"
+    assert layout.partition_dir_name("Kiwi [bio] #1") == "label=Kiwi %5Bbio%5D %231"
