@@ -44,6 +44,7 @@ def _png(image: Image.Image) -> bytes:
 
 def _huge_png(width: int = 8000, height: int = 6000) -> bytes:
     """A valid 48-megapixel PNG that compresses to a few KB (a decompression-bomb shape)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         body = kind + data
         return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))

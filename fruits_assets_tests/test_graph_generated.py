@@ -56,7 +56,7 @@ def test_raw_images_count_ignored_files(mixed_run):
     assert len(raw) == expected["images"]
     assert {"path", "label", "size", "modification_time"} <= set(raw.columns)
     meta = last_metadata(results, "raw_images")
-    assert meta["num_ignored_files"] == expected["ignored"]
+    assert meta["num_ignored_files"] == expected["ignored"]  # hidden, .txt, no class folder
 
 
 def test_features_pca_and_csv_agree(mixed_run):

@@ -1,0 +1,117 @@
+"""The whole graph on real Fruits-360 images with the real MobileNetV2 weights, and class reruns."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.dataset as ds
+import pytest
+from dagster import DagsterInstance
+
+from fruits_assets import layout
+from fruits_assets_tests.conftest import WEIGHTS_SHA256, copy_classes
+from fruits_assets_tests.graph import check_outcomes, last_metadata, materialize_graph
+
+CLASSES = [
+    "Apple Golden 2", "Banana 1", "Cherry 1", "Kiwi 1", "Lemon 1",
+    "Limes 1", "Orange 1", "Pear 1", "Strawberry 1", "Tomato 1",
+]  # fmt: skip
+RERUN_CLASS = "Kiwi 1"
+
+
+def read_parquet(path) -> pd.DataFrame:
+    table = ds.dataset(str(path), format="parquet", partitioning="hive").to_table().to_pandas()
+    return table.assign(label=table.label.astype(str))
+
+
+def label_dir_digest(dataset: str, label: str) -> str:
+    """A digest of every file's bytes in one label folder."""
+    digest = hashlib.sha256()
+    folder = Path(layout.partition_dir(dataset, label))
+    for file in sorted(folder.rglob("*")):
+        if file.is_file():
+            digest.update(file.name.encode() + file.read_bytes())
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory, fruits360, shared_weights):
+    root = copy_classes(fruits360 / "Test", tmp_path_factory.mktemp("real_images"), CLASSES)
+    output = tmp_path_factory.mktemp("real_out")
+    instance = DagsterInstance.ephemeral()
+    results = materialize_graph(instance, root, output, shared_weights)
+    return root, str(output), instance, results
+
+
+def test_real_graph_outputs(real_run):
+    _, output, _, results = real_run
+    assert all(r.success for r in results)
+    assert all(check_outcomes(results).values())
+    features = read_parquet(layout.asset_dir(output, layout.MOBILENET_FEATURES))
+    assert len(features) == 150 and set(features.label) == set(CLASSES)
+    meta = last_metadata(results, "mobilenet_features")
+    assert meta["weights_sha256"] == WEIGHTS_SHA256
+    pca = last_metadata(results, "pca_model")
+    assert pca["explained_variance"] >= 0.99 and 1 <= pca["k"] <= 149
+    assert Path(layout.pca_model_dir(output), layout.SCREE_PLOT_NAME).is_file()
+    parquet = read_parquet(layout.asset_dir(output, layout.PCA_FEATURES_PARQUET))
+    csv = pd.read_csv(layout.csv_path(output))
+    assert len(parquet) == len(csv) == 150
+    assert csv.shape[1] == pca["k"] + 2
+    joined = csv.merge(parquet, on=["path", "label"])
+    np.testing.assert_allclose(
+        np.stack(joined.pca_features.to_numpy()),
+        joined[[f"pca_feature_{i + 1}" for i in range(pca["k"])]].to_numpy(),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
+def test_real_features_separate_fruit_classes(real_run):
+    """ImageNet features put an image nearest to another image of its own class."""
+    _, output, _, _ = real_run
+    parquet = read_parquet(layout.asset_dir(output, layout.PCA_FEATURES_PARQUET))
+    x = np.stack(parquet.pca_features.to_numpy()).astype(np.float64)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    similarity = x @ x.T
+    np.fill_diagonal(similarity, -np.inf)
+    nearest = parquet.label.to_numpy()[similarity.argmax(axis=1)]
+    assert (nearest == parquet.label.to_numpy()).mean() > 0.9
+
+
+def test_rerun_one_class_leaves_the_others_untouched(real_run, fruits360, shared_weights):
+    root, output, instance, _ = real_run
+    features_dir = layout.asset_dir(output, layout.MOBILENET_FEATURES)
+    before = {label: label_dir_digest(features_dir, label) for label in CLASSES}
+    new_image = sorted((fruits360 / "Training" / RERUN_CLASS).glob("*.jpg"))[0]
+    shutil.copy(new_image, root / RERUN_CLASS / "added_from_training.jpg")
+
+    results = materialize_graph(
+        instance,
+        root,
+        output,
+        fruits360.parent.parent / "models" / "mobilenet_v2_1.0_224_imagenet_dequant.h5",
+        classes=[RERUN_CLASS],
+    )
+    assert all(r.success for r in results)
+    assert all(check_outcomes(results).values())
+    after = {label: label_dir_digest(features_dir, label) for label in CLASSES}
+    assert after[RERUN_CLASS] != before[RERUN_CLASS]
+    assert {k: v for k, v in after.items() if k != RERUN_CLASS} == {
+        k: v for k, v in before.items() if k != RERUN_CLASS
+    }
+    features = read_parquet(features_dir)
+    assert (features.label == RERUN_CLASS).sum() == 16
+    assert features.path.str.endswith("added_from_training.jpg").sum() == 1
+    # The unpartitioned assets are rebuilt from every class.
+    assert len(read_parquet(layout.asset_dir(output, layout.PCA_FEATURES_PARQUET))) == 151
+    assert len(pd.read_csv(layout.csv_path(output))) == 151
+    # Only the rerun class's partitions were materialized by the rerun.
+    partitioned = {
+        e.partition for r in results for e in r.get_asset_materialization_events() if e.partition
+    }
+    assert partitioned == {RERUN_CLASS}

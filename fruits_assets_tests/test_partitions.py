@@ -1,0 +1,85 @@
+"""Partition keys follow the input root: new classes register, stale ones never mix in."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pandas as pd
+import pyarrow.dataset as ds
+
+from fruits_assets import demo_data, layout
+from fruits_assets.definitions import build_definitions
+from fruits_assets.partitions import FRUIT_CLASS_PARTITIONS_NAME
+from fruits_assets.resources.storage import FruitsStorage
+from fruits_assets.sensors import fruit_class_sensor
+from fruits_assets_tests.graph import last_metadata, materialize_graph, resources
+
+
+def test_definitions_hold_the_six_assets_and_the_sensor():
+    defs = build_definitions("local")
+    keys = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert keys == {
+        "raw_images", "labeled_images", "mobilenet_features",
+        "pca_model", "pca_features_parquet", "features_csv",
+    }  # fmt: skip
+    assert defs.resolve_sensor_def("fruit_class_sensor")
+
+
+def test_sensor_registers_new_classes_and_drops_stale_ones(tmp_path):
+    demo_data.generate(tmp_path, images_per_class=1)
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(FRUIT_CLASS_PARTITIONS_NAME, ["Apple Demo", "Ghost"])
+    context = dg.build_sensor_context(
+        instance=instance,
+        resources={"storage": FruitsStorage(images_root=str(tmp_path), output_root="unused")},
+    )
+    result = fruit_class_sensor(context)
+    added, deleted = result.dynamic_partitions_requests
+    assert sorted(added.partition_keys) == ["Banana Demo", "Lime Demo", "Plum Demo"]
+    assert deleted.partition_keys == ["Ghost"]
+    assert sorted(r.partition_key for r in result.run_requests) == sorted(added.partition_keys)
+
+
+def test_stale_partition_key_fails_clearly(tmp_path):
+    demo_data.generate(tmp_path / "images", images_per_class=2)
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(FRUIT_CLASS_PARTITIONS_NAME, ["Ghost"])
+    from fruits_assets.assets import raw_images
+
+    result = dg.materialize(
+        [raw_images],
+        instance=instance,
+        partition_key="Ghost",
+        resources=resources(tmp_path / "images", tmp_path / "out", "random"),
+        raise_on_error=False,
+    )
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "no images under" in failure.step_failure_data.error.message
+
+
+def test_another_input_root_never_mixes_into_outputs(tmp_path):
+    """Two datasets through one output root: the second run's outputs hold only its classes."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    demo_data.generate(first, images_per_class=4)
+    demo_data.generate(second, images_per_class=4, seed=1)
+    for name in ("Apple Demo", "Banana Demo"):
+        (second / name).rename(second / f"{name} B")
+    for name in ("Lime Demo", "Plum Demo"):
+        for file in (second / name).iterdir():
+            file.unlink()
+        (second / name).rmdir()
+    instance = dg.DagsterInstance.ephemeral()
+    output = tmp_path / "out"
+    assert all(r.success for r in materialize_graph(instance, first, output, "random"))
+    results = materialize_graph(instance, second, output, "random")
+    assert all(r.success for r in results)
+    assert sorted(instance.get_dynamic_partitions(FRUIT_CLASS_PARTITIONS_NAME)) == [
+        "Apple Demo B", "Banana Demo B",
+    ]  # fmt: skip
+    table = ds.dataset(
+        str(layout.asset_dir(str(output), layout.PCA_FEATURES_PARQUET)), partitioning="hive"
+    ).to_table()
+    assert set(table.column("label").to_pylist()) == {"Apple Demo B", "Banana Demo B"}
+    assert set(pd.read_csv(layout.csv_path(str(output))).label) == {"Apple Demo B", "Banana Demo B"}
+    stale = last_metadata(results, "pca_model")["stale_classes_ignored"]
+    assert sorted(stale) == ["Apple Demo", "Banana Demo", "Lime Demo", "Plum Demo"]
