@@ -20,7 +20,11 @@ def _prepare_environment(args: argparse.Namespace) -> None:
     from fruits_assets.resources import DEMO_IMAGES
 
     os.environ.setdefault("DAGSTER_HOME", DEFAULT_DAGSTER_HOME)
-    os.makedirs(os.environ["DAGSTER_HOME"], exist_ok=True)
+    home = os.environ["DAGSTER_HOME"]
+    os.makedirs(home, exist_ok=True)
+    if not os.path.exists(os.path.join(home, "dagster.yaml")):
+        with open(os.path.join(home, "dagster.yaml"), "w") as handle:
+            handle.write("telemetry:\n  enabled: false\n")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     demo = getattr(args, "images", None) is None
     if demo:
@@ -58,6 +62,8 @@ class RunOutcome:
         for event in result.all_events:
             if event.is_step_failure:
                 error = event.step_failure_data.error
+                while error is not None and error.cause is not None:  # the user code's own error
+                    error = error.cause
                 message = error.message.strip() if error else "unknown error"
                 self.failures.append(f"step {event.step_key} failed: {message}")
             if event.event_type_value == "ASSET_CHECK_EVALUATION":

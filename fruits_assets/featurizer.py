@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -51,6 +52,8 @@ def resolve_weights(spec: str) -> WeightsInfo:
     if spec == "imagenet":
         import keras
 
+        previous = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(previous or 60)  # a silent network must fail, not hang the run
         try:
             path = keras.utils.get_file(IMAGENET_FILE, IMAGENET_URL + IMAGENET_FILE, "models")
         except Exception as exc:
@@ -59,6 +62,8 @@ def resolve_weights(spec: str) -> WeightsInfo:
                 f"({IMAGENET_URL + IMAGENET_FILE}): {exc}. Offline, pass --weights PATH to a "
                 "local .h5 file (include_top=True)."
             ) from exc
+        finally:
+            socket.setdefaulttimeout(previous)
         return WeightsInfo(spec, IMAGENET_URL + IMAGENET_FILE, _sha256_file(path), path)
     if filesystem.is_s3(spec):
         data = filesystem.read_bytes(spec)

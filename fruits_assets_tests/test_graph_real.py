@@ -90,13 +90,7 @@ def test_rerun_one_class_leaves_the_others_untouched(real_run, fruits360, shared
     new_image = sorted((fruits360 / "Training" / RERUN_CLASS).glob("*.jpg"))[0]
     shutil.copy(new_image, root / RERUN_CLASS / "added_from_training.jpg")
 
-    results = materialize_graph(
-        instance,
-        root,
-        output,
-        fruits360.parent.parent / "models" / "mobilenet_v2_1.0_224_imagenet_dequant.h5",
-        classes=[RERUN_CLASS],
-    )
+    results = materialize_graph(instance, root, output, shared_weights, classes=[RERUN_CLASS])
     assert all(r.success for r in results)
     assert all(check_outcomes(results).values())
     after = {label: label_dir_digest(features_dir, label) for label in CLASSES}

@@ -1,5 +1,6 @@
 """What every Spark asset shares: its partitions, backfill policy, step launcher and tables."""
 
+import warnings
 from collections.abc import Mapping
 
 import dagster as dg
@@ -7,6 +8,9 @@ import dagster as dg
 from fruits_assets.partitions import fruit_class_partitions
 
 # Every asset runs where the step launcher sends it: locally it is a no-op, on EMR an EMR step.
+# BackfillPolicy is "beta" in Dagster 1.13; we rely on it knowingly, so don't warn every import.
+warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
+
 STEP_LAUNCHER_KEY = "step_launcher"
 SPARK_RESOURCES = {"storage", "pyspark", STEP_LAUNCHER_KEY}
 

@@ -21,6 +21,7 @@ def local_spark_config(
     """local[N] Spark whose Python workers run this interpreter (so they see this package)."""
     # Spark's Python workers must be this interpreter, with this package and its pins.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # local Spark listens on loopback only
     cores = cores or int(os.environ.get("FRUITS_SPARK_CORES", "0")) or os.cpu_count() or 1
     return {
         **COMMON_SPARK_CONFIG,

@@ -1,0 +1,68 @@
+"""The `fruits` command as a user runs it: a subprocess, its output and its exit code."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+import pytest
+
+from fruits_assets_tests.conftest import copy_classes
+
+FRUITS = str(Path(sys.executable).with_name("fruits"))
+
+
+def fruits(*args: str, home: Path, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DAGSTER_HOME": str(home), "HOME": str(home.parent)}
+    return subprocess.run(
+        [FRUITS, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def test_demo_run_works_offline_and_lands_in_the_instance(tmp_path, monkeypatch):
+    home, output = tmp_path / "dagster_home", tmp_path / "out"
+    done = fruits("run", "--output", str(output), home=home)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "DEMO MODE" in done.stdout
+    assert "status:             OK" in done.stdout
+    if "RANDOM WEIGHTS" not in done.stdout:  # only a machine with internet gets ImageNet
+        assert "keras-applications" in done.stdout
+    csv = pd.read_csv(output / "features_csv" / "features.csv")
+    assert len(csv) == 48 and csv.label.nunique() == 4
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    instance = dg.DagsterInstance.get()
+    runs = instance.get_runs()
+    assert len(runs) == 1 and runs[0].status == dg.DagsterRunStatus.SUCCESS
+    assert instance.get_latest_materialization_event(dg.AssetKey("features_csv")) is not None
+
+
+def test_missing_weights_fail_the_run_with_a_clear_message(tmp_path, fruits360):
+    images = copy_classes(fruits360 / "Test", tmp_path / "images", ["Banana 1", "Lemon 1"])
+    done = fruits(
+        "run", "--images", str(images), "--output", str(tmp_path / "out"),
+        "--weights", str(tmp_path / "missing.h5"), home=tmp_path / "home",
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "step mobilenet_features failed" in done.stdout
+    assert "missing.h5" in done.stdout and "not found" in done.stdout
+    assert "status:             FAILED" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--images", "/nonexistent/fruits"], "does not exist"),
+        (["--classes", "Durian 9"], "are not folders under"),
+        (["--variance", "1.5"], "--variance must be in (0, 1]"),
+    ],
+)
+def test_bad_arguments_exit_2(tmp_path, fruits360, extra, message):
+    images = copy_classes(fruits360 / "Test", tmp_path / "images", ["Banana 1"])
+    args = ["run", "--images", str(images), "--output", str(tmp_path / "out"), *extra]
+    done = fruits(*args, home=tmp_path / "home", timeout=300)
+    assert done.returncode == 2
+    assert message in done.stderr
