@@ -170,10 +170,21 @@ def _print_summary(outcome: RunOutcome, output: str) -> None:
             f"{pca.get('explained_variance', 0):.4f}, target {pca.get('target_variance')})"
         )
     print("outputs:")
-    for name in (layout.PCA_FEATURES_PARQUET, layout.PCA_MODEL, layout.LABELED_IMAGES):
+    for name in (
+        layout.PCA_FEATURES_PARQUET,
+        layout.PCA_MODEL,
+        layout.LABELED_IMAGES,
+        layout.FRUIT_CLASSIFIER,
+    ):
         print(f"  {name + ':':22}{layout.asset_dir(output, name)}")
     print(f"  {'features_csv:':22}{layout.csv_path(output)}")
     print(f"  {'rejected images:':22}{layout.rejected_images_dir(output)}")
+    classifier = meta.get(layout.FRUIT_CLASSIFIER, {})
+    if classifier:
+        print(
+            f"classifier:         top-1 {classifier['top1_accuracy']:.2%}, top-5 "
+            f"{classifier['top5_accuracy']:.2%} on {classifier['test_images']} held-out images"
+        )
     print(f"dagster instance:   {os.environ['DAGSTER_HOME']} (see it with `fruits ui`)")
     if outcome.failures:
         print("\nFAILED:")
@@ -193,6 +204,53 @@ def sync(args: argparse.Namespace) -> int:
     added, deleted = partitions.sync(dg.DagsterInstance.get(), classes)
     print(f"{len(classes)} classes; added {added or 'none'}; removed {deleted or 'none'}")
     return EXIT_OK
+
+
+def predict(args: argparse.Namespace) -> int:
+    """Top-3 fruit classes for each photo, from a trained output root alone (no Spark)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import json
+
+    from fruits_assets import classifier, decoding, featurizer, filesystem
+
+    root = filesystem.normalize_uri(args.model)
+    try:
+        predictor = classifier.Predictor.load(root)
+        weights_uri = filesystem.join(
+            layout.asset_dir(root, layout.FRUIT_CLASSIFIER), featurizer.SERVING_WEIGHTS
+        )
+        weights = featurizer.load_weight_array_file(weights_uri)
+    except (FileNotFoundError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    answers: list[dict] = []
+    good: list[tuple[int, bytes]] = []
+    for index, path in enumerate(args.images):
+        try:
+            decoded = decoding.decode(filesystem.read_bytes(path))
+            error = decoded.reason
+        except Exception as exc:  # noqa: BLE001 - a missing or unreadable file is one answer
+            decoded, error = None, f"{decoding.REJECT_MISSING}: {exc}"
+        answers.append({"path": path, "error": error} if error else {"path": path})
+        if not error:
+            good.append((index, decoded.content))
+    if good:
+        model = featurizer.Featurizer(weights, batch_size=min(len(good), 32))
+        probabilities = predictor.probabilities(model([content for _, content in good]))
+        for (index, _), row in zip(good, probabilities, strict=True):
+            top = row.argsort()[::-1][: args.top]
+            answers[index]["top"] = [
+                {"label": predictor.labels[c], "probability": round(float(row[c]), 4)} for c in top
+            ]
+    for answer in answers:
+        if args.json:
+            print(json.dumps(answer, ensure_ascii=False))
+        elif "error" in answer:
+            print(f"{answer['path']}: error: {answer['error']}")
+        else:
+            guesses = ", ".join(f"{t['label']} {t['probability']:.1%}" for t in answer["top"])
+            print(f"{answer['path']}: {guesses}")
+    return EXIT_FAILED if any("error" in a for a in answers) else EXIT_OK
 
 
 def ui(args: argparse.Namespace) -> int:
@@ -223,6 +281,13 @@ def _parser() -> argparse.ArgumentParser:
     sync_parser = commands.add_parser("sync", help="register the input root's classes")
     common(sync_parser)
     sync_parser.set_defaults(func=sync)
+
+    predict_parser = commands.add_parser("predict", help="top fruit classes for photos")
+    predict_parser.add_argument("images", nargs="+", help="image files (paths or s3://)")
+    predict_parser.add_argument("--model", required=True, help="the --output root of a fruits run")
+    predict_parser.add_argument("--top", type=int, default=3)
+    predict_parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    predict_parser.set_defaults(func=predict)
 
     ui_parser = commands.add_parser("ui", help="open the Dagster UI on this project")
     common(ui_parser)

@@ -114,6 +114,21 @@ def load_weight_arrays(info: WeightsInfo) -> tuple[list[np.ndarray], str]:
     return arrays, digest.hexdigest()
 
 
+SERVING_WEIGHTS = "mobilenet_v2_penultimate.npz"
+
+
+def save_weight_arrays(arrays: Sequence[np.ndarray], uri: str) -> None:
+    """The penultimate model's weights, so a trained classifier carries its own featurizer."""
+    buffer = io.BytesIO()
+    np.savez(buffer, *arrays)
+    filesystem.write_bytes(uri, buffer.getvalue())
+
+
+def load_weight_array_file(uri: str) -> list[np.ndarray]:
+    data = np.load(io.BytesIO(filesystem.read_bytes(uri)))
+    return [data[f"arr_{i}"] for i in range(len(data.files))]
+
+
 def preprocess(content: bytes) -> np.ndarray:
     """Decode, resize to 224x224 (PIL's default filter, as the seed) and scale to [-1, 1]."""
     from PIL import Image

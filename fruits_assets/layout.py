@@ -12,6 +12,7 @@ MOBILENET_FEATURES = "mobilenet_features"
 PCA_MODEL = "pca_model"
 PCA_FEATURES_PARQUET = "pca_features_parquet"
 FEATURES_CSV = "features_csv"
+FRUIT_CLASSIFIER = "fruit_classifier"
 
 CSV_FILE_NAME = "features.csv"
 SCREE_PLOT_NAME = "scree.png"

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -54,3 +55,32 @@ def read_labels(
         .parquet(*paths)
         .where(F.col(LABEL_COLUMN).isin(labels))
     )
+
+
+@contextmanager
+def splits_per_slot(spark: SparkSession, dataset_uri: str, labels: Iterable[str]) -> Iterator[None]:
+    """Scan the labels' files in about one split per task slot, without shuffling their bytes.
+
+    Spark's default packs small files into 128 MiB splits: a few thousand images become one task
+    on one core. Sizing splits from the real bytes keeps every core busy and each Python worker
+    (with its model) alive for the whole stage.
+    """
+    total = sum(
+        info.size or 0
+        for label in set(labels)
+        if filesystem.exists(partition_dir(dataset_uri, label))
+        for info in filesystem.list_files(partition_dir(dataset_uri, label))
+    )
+    slots = spark.sparkContext.defaultParallelism
+    keys = ("spark.sql.files.maxPartitionBytes", "spark.sql.files.openCostInBytes")
+    previous = {key: spark.conf.get(key, None) for key in keys}
+    spark.conf.set(keys[0], str(max(1 << 16, -(-total // slots))))
+    spark.conf.set(keys[1], "0")  # count files by their bytes only, so splits hold equal shares
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)

@@ -13,7 +13,7 @@ from dagster_pyspark import PySparkResource
 
 from fruits_assets import discovery, partitions
 from fruits_assets.assets import ALL_ASSETS, PARTITIONED_ASSETS, UNPARTITIONED_ASSETS
-from fruits_assets.resources.settings import FeaturizerSettings, PcaSettings
+from fruits_assets.resources.settings import ClassifierSettings, FeaturizerSettings, PcaSettings
 from fruits_assets.resources.spark import local_spark_config
 from fruits_assets.resources.storage import FruitsStorage
 
@@ -23,6 +23,7 @@ def resources(images: str, output: str, weights: str, variance: float = 0.99) ->
         "storage": FruitsStorage(images_root=str(images), output_root=str(output)),
         "featurizer_settings": FeaturizerSettings(weights=str(weights)),
         "pca_settings": PcaSettings(target_variance=variance),
+        "classifier_settings": ClassifierSettings(reg_params=[1e-3], cv_folds=2, max_iter=100),
         "pyspark": PySparkResource(spark_config=local_spark_config()),
         "step_launcher": dg.ResourceDefinition.none_resource(),
     }

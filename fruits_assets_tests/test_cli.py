@@ -66,3 +66,42 @@ def test_bad_arguments_exit_2(tmp_path, fruits360, extra, message):
     done = fruits(*args, home=tmp_path / "home", timeout=300)
     assert done.returncode == 2
     assert message in done.stderr
+
+
+def test_ui_serves_the_lineage_of_the_assets(tmp_path):
+    """`fruits ui` starts the Dagster UI on workspace-equivalent definitions; ask it for lineage."""
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home"), "HOME": str(tmp_path)}
+    server = subprocess.Popen(
+        [FRUITS, "ui", "--port", str(port), "--output", str(tmp_path / "out")],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    query = b'{"query": "{ assetNodes { assetKey { path } dependencyKeys { path } } }"}'
+    try:
+        deadline, nodes = time.monotonic() + 180, None
+        while time.monotonic() < deadline and nodes is None:
+            try:
+                request = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/graphql", data=query,
+                    headers={"Content-Type": "application/json"},
+                )  # fmt: skip
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    nodes = __import__("json").load(response)["data"]["assetNodes"]
+            except (OSError, KeyError, TypeError):
+                time.sleep(2)
+        assert nodes, "the UI did not answer within 3 minutes"
+        lineage = {
+            n["assetKey"]["path"][0]: {d["path"][0] for d in n["dependencyKeys"]} for n in nodes
+        }
+        assert lineage["labeled_images"] == {"raw_images"}
+        assert lineage["pca_model"] == {"mobilenet_features"}
+        assert lineage["features_csv"] == {"pca_features_parquet"}
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)

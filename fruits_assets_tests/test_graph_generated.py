@@ -30,7 +30,7 @@ def test_graph_succeeds_and_every_check_passes(mixed_run):
     _, _, _, results = mixed_run
     assert all(r.success for r in results)
     outcomes = check_outcomes(results)
-    assert len(outcomes) == 11
+    assert len(outcomes) == 12
     assert all(outcomes.values()), outcomes
 
 

@@ -40,7 +40,10 @@ def label_dir_digest(dataset: str, label: str) -> str:
 
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory, fruits360, shared_weights):
-    root = copy_classes(fruits360 / "Test", tmp_path_factory.mktemp("real_images"), CLASSES)
+    """10 classes in the dataset's own layout: 45 Training and 15 Test images each."""
+    root = tmp_path_factory.mktemp("real_images")
+    for split in ("Training", "Test"):
+        copy_classes(fruits360 / split, root / split, CLASSES)
     output = tmp_path_factory.mktemp("real_out")
     instance = DagsterInstance.ephemeral()
     results = materialize_graph(instance, root, output, shared_weights)
@@ -52,15 +55,16 @@ def test_real_graph_outputs(real_run):
     assert all(r.success for r in results)
     assert all(check_outcomes(results).values())
     features = read_parquet(layout.asset_dir(output, layout.MOBILENET_FEATURES))
-    assert len(features) == 150 and set(features.label) == set(CLASSES)
+    assert len(features) == 600 and set(features.label) == set(CLASSES)
     meta = last_metadata(results, "mobilenet_features")
     assert meta["weights_sha256"] == WEIGHTS_SHA256
     pca = last_metadata(results, "pca_model")
-    assert pca["explained_variance"] >= 0.99 and 1 <= pca["k"] <= 149
+    assert pca["explained_variance"] >= 0.99 and 1 <= pca["k"] <= 449
+    assert pca["num_rows"] == 450 and "Training split only" in pca["fit_on"]
     assert Path(layout.pca_model_dir(output), layout.SCREE_PLOT_NAME).is_file()
     parquet = read_parquet(layout.asset_dir(output, layout.PCA_FEATURES_PARQUET))
     csv = pd.read_csv(layout.csv_path(output))
-    assert len(parquet) == len(csv) == 150
+    assert len(parquet) == len(csv) == 600
     assert csv.shape[1] == pca["k"] + 2
     joined = csv.merge(parquet, on=["path", "label"])
     np.testing.assert_allclose(
@@ -72,23 +76,23 @@ def test_real_graph_outputs(real_run):
 
 
 def test_real_features_separate_fruit_classes(real_run):
-    """ImageNet features put an image nearest to another image of its own class."""
+    """ImageNet features put a Test image nearest to a Training image of its own class."""
     _, output, _, _ = real_run
     parquet = read_parquet(layout.asset_dir(output, layout.PCA_FEATURES_PARQUET))
     x = np.stack(parquet.pca_features.to_numpy()).astype(np.float64)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    similarity = x @ x.T
-    np.fill_diagonal(similarity, -np.inf)
-    nearest = parquet.label.to_numpy()[similarity.argmax(axis=1)]
-    assert (nearest == parquet.label.to_numpy()).mean() > 0.9
+    train = parquet.path.str.contains("/Training/").to_numpy()
+    similarity = x[~train] @ x[train].T
+    nearest = parquet.label.to_numpy()[train][similarity.argmax(axis=1)]
+    assert (nearest == parquet.label.to_numpy()[~train]).mean() > 0.9
 
 
 def test_rerun_one_class_leaves_the_others_untouched(real_run, fruits360, shared_weights):
     root, output, instance, _ = real_run
     features_dir = layout.asset_dir(output, layout.MOBILENET_FEATURES)
     before = {label: label_dir_digest(features_dir, label) for label in CLASSES}
-    new_image = sorted((fruits360 / "Training" / RERUN_CLASS).glob("*.jpg"))[0]
-    shutil.copy(new_image, root / RERUN_CLASS / "added_from_training.jpg")
+    new_image = sorted((fruits360 / "Test" / RERUN_CLASS).glob("*.jpg"))[0]
+    shutil.copy(new_image, root / "Training" / RERUN_CLASS / "added_copy.jpg")
 
     results = materialize_graph(instance, root, output, shared_weights, classes=[RERUN_CLASS])
     assert all(r.success for r in results)
@@ -99,11 +103,11 @@ def test_rerun_one_class_leaves_the_others_untouched(real_run, fruits360, shared
         k: v for k, v in before.items() if k != RERUN_CLASS
     }
     features = read_parquet(features_dir)
-    assert (features.label == RERUN_CLASS).sum() == 16
-    assert features.path.str.endswith("added_from_training.jpg").sum() == 1
+    assert (features.label == RERUN_CLASS).sum() == 61
+    assert features.path.str.endswith("added_copy.jpg").sum() == 1
     # The unpartitioned assets are rebuilt from every class.
-    assert len(read_parquet(layout.asset_dir(output, layout.PCA_FEATURES_PARQUET))) == 151
-    assert len(pd.read_csv(layout.csv_path(output))) == 151
+    assert len(read_parquet(layout.asset_dir(output, layout.PCA_FEATURES_PARQUET))) == 601
+    assert len(pd.read_csv(layout.csv_path(output))) == 601
     # Only the rerun class's partitions were materialized by the rerun.
     partitioned = {
         e.partition for r in results for e in r.get_asset_materialization_events() if e.partition

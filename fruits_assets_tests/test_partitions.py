@@ -14,12 +14,12 @@ from fruits_assets.sensors import fruit_class_sensor
 from fruits_assets_tests.graph import last_metadata, materialize_graph, resources
 
 
-def test_definitions_hold_the_six_assets_and_the_sensor():
+def test_definitions_hold_the_assets_and_the_sensor():
     defs = build_definitions("local")
     keys = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
     assert keys == {
         "raw_images", "labeled_images", "mobilenet_features",
-        "pca_model", "pca_features_parquet", "features_csv",
+        "pca_model", "pca_features_parquet", "features_csv", "fruit_classifier",
     }  # fmt: skip
     assert defs.resolve_sensor_def("fruit_class_sensor")
 

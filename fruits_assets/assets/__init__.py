@@ -1,10 +1,11 @@
-"""The six software-defined assets of the pipeline, in lineage order."""
+"""The software-defined assets of the pipeline, in lineage order."""
 
+from fruits_assets.assets.classifier import fruit_classifier
 from fruits_assets.assets.export import features_csv
 from fruits_assets.assets.features import mobilenet_features
 from fruits_assets.assets.images import labeled_images, raw_images
 from fruits_assets.assets.pca import pca_features_parquet, pca_model
 
 PARTITIONED_ASSETS = [raw_images, labeled_images, mobilenet_features]
-UNPARTITIONED_ASSETS = [pca_model, pca_features_parquet, features_csv]
+UNPARTITIONED_ASSETS = [pca_model, pca_features_parquet, features_csv, fruit_classifier]
 ALL_ASSETS = PARTITIONED_ASSETS + UNPARTITIONED_ASSETS

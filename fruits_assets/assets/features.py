@@ -82,12 +82,13 @@ def mobilenet_features(context: dg.AssetExecutionContext) -> dg.MaterializeResul
     featurize = featurize_udf(spark, weight_arrays, sha256, settings)
     out = layout.asset_dir(storage.output, layout.MOBILENET_FEATURES)
     started = time.perf_counter()
-    spark_io.write_label_partitions(
-        images.select("path", "label", featurize("content").alias("features")),
-        out,
-        storage.spark_path(out),
-        labels,
-    )
+    with spark_io.splits_per_slot(spark, images_dir, labels):
+        spark_io.write_label_partitions(
+            images.select("path", "label", featurize("content").alias("features")),
+            out,
+            storage.spark_path(out),
+            labels,
+        )
     seconds = time.perf_counter() - started
 
     written = spark_io.read_labels(spark, out, storage.spark_path(out), labels)

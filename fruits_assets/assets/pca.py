@@ -7,7 +7,7 @@ from pyspark.ml.feature import PCA, PCAModel
 from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.sql import functions as F
 
-from fruits_assets import checks, featurizer, filesystem, layout, pca_selection, spark_io
+from fruits_assets import checks, featurizer, filesystem, layout, pca_selection, spark_io, splits
 from fruits_assets.assets.classes import current_features
 from fruits_assets.assets.common import SPARK_RESOURCES, counts_table
 from fruits_assets.assets.features import mobilenet_features
@@ -34,7 +34,8 @@ def pca_model(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     storage: FruitsStorage = context.resources.storage
     spark = context.resources.pyspark.spark_session
     current = current_features(spark, storage)
-    vectors = current.df.select(array_to_vector("features").alias(VECTOR_COLUMN)).cache()
+    fit_rows, fit_on = splits.training_rows(current.df)
+    vectors = fit_rows.select(array_to_vector("features").alias(VECTOR_COLUMN)).cache()
     n_rows = vectors.count()
     k_max = pca_selection.max_components(n_rows, featurizer.FEATURE_DIM)
     full = PCA(k=k_max, inputCol=VECTOR_COLUMN, outputCol=PCA_COLUMN).fit(vectors)
@@ -62,6 +63,7 @@ def pca_model(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
             "target_variance": target,
             "explained_variance": achieved,
             "num_rows": n_rows,
+            "fit_on": fit_on,
             "num_classes": len(current.discovered) - len(current.without_features),
             "classes_without_features": current.without_features,
             "stale_classes_ignored": current.stale,

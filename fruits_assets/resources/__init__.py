@@ -8,7 +8,11 @@ from typing import Any
 import dagster as dg
 from dagster_pyspark import PySparkResource
 
-from fruits_assets.resources.settings import FeaturizerSettings, PcaSettings
+from fruits_assets.resources.settings import (
+    ClassifierSettings,
+    FeaturizerSettings,
+    PcaSettings,
+)
 from fruits_assets.resources.spark import local_spark_config
 from fruits_assets.resources.storage import FruitsStorage
 
@@ -26,6 +30,9 @@ def settings_from_env() -> dict[str, Any]:
         "featurizer_settings": FeaturizerSettings(
             weights=os.environ.get("FRUITS_WEIGHTS", "imagenet"),
             allow_random_fallback=os.environ.get("FRUITS_ALLOW_RANDOM_FALLBACK") == "1",
+        ),
+        "classifier_settings": ClassifierSettings(
+            accuracy_floor=float(os.environ.get("FRUITS_ACCURACY_FLOOR", "0.9"))
         ),
         "pca_settings": PcaSettings(
             target_variance=float(os.environ.get("FRUITS_VARIANCE", "0.99"))

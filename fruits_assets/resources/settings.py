@@ -20,3 +20,12 @@ class PcaSettings(dg.ConfigurableResource):
     """The explained variance the PCA must reach; k is chosen from it."""
 
     target_variance: float = 0.99
+
+
+class ClassifierSettings(dg.ConfigurableResource):
+    """The classifier's search space (chosen by cross-validation on Training) and quality floor."""
+
+    reg_params: list[float] = [1e-4, 1e-3, 1e-2]
+    max_iter: int = 300
+    cv_folds: int = 3
+    accuracy_floor: float = 0.9  # top-1 on the held-out split; below it the check fails (WARN)

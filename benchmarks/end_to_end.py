@@ -1,0 +1,124 @@
+"""End to end: `fruits run` vs the seed-style script doing the same work, and memory vs size.
+
+    .venv/bin/python benchmarks/end_to_end.py compare --reps 3
+    .venv/bin/python benchmarks/end_to_end.py memory --sizes 1000 4000 8000
+
+`compare` times, back to back in fresh processes, `fruits run` on the Fruits-360 Test split (every
+asset, Dagster included) and the seed notebook's script (featurize, PCA with the same k, Parquet).
+`memory` runs `fruits run` on growing subsets of Training+Test and reports the peak RSS of the whole
+process tree (driver, JVM, Python workers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]
+
+from machine import PeakMemory, describe  # noqa: E402
+
+SHARED = Path(os.environ.get("FRUITS_SHARED_DIR", HERE.parent.parent / "shared"))
+DATA = SHARED / "data" / "fruits360"
+WEIGHTS = SHARED / "models" / "mobilenet_v2_1.0_224_imagenet_dequant.h5"
+FRUITS = str(Path(sys.executable).with_name("fruits"))
+
+
+def timed(command: list[str], env: dict | None = None) -> tuple[float, float, str]:
+    """(wall seconds, peak tree RSS MiB, stdout) of one command in a fresh process."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+    started = time.perf_counter()
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)  # fmt: skip
+    with PeakMemory(process.pid) as memory:
+        stdout, stderr = process.communicate()
+    if process.returncode != 0:
+        raise RuntimeError(f"{command[:3]} failed:\n{stdout[-2000:]}\n{stderr[-3000:]}")
+    return time.perf_counter() - started, memory.peak / 2**20, stdout
+
+
+def fruits_run(images: Path, workdir: Path) -> tuple[float, float, int]:
+    output, home = workdir / "out", workdir / "home"
+    wall, peak, stdout = timed(
+        [
+            FRUITS,
+            "run",
+            "--images",
+            str(images),
+            "--output",
+            str(output),
+            "--weights",
+            str(WEIGHTS),
+        ],
+        env={"DAGSTER_HOME": str(home)},
+    )
+    k = int(stdout.split("PCA k:", 1)[1].split()[0])
+    return wall, peak, k
+
+
+def seed_run(images: Path, workdir: Path, k: int) -> tuple[float, float]:
+    script = str(HERE / "seed_style.py")
+    output = str(workdir / "seed_out")
+    wall, peak, _ = timed([sys.executable, script, str(images), str(WEIGHTS), str(k), output])
+    return wall, peak
+
+
+def compare(reps: int) -> None:
+    images = DATA / "Test"
+    print("machine:", json.dumps(describe()))
+    ours, seeds = [], []
+    for rep in range(reps):
+        with tempfile.TemporaryDirectory(prefix="e2e_") as tmp:
+            wall, peak, k = fruits_run(images, Path(tmp))
+            ours.append(wall)
+            print(
+                f"rep {rep + 1} fruits run   {wall:7.1f} s  peak {peak:6.0f} MiB  k={k}", flush=True
+            )
+            wall, peak = seed_run(images, Path(tmp), k)
+            seeds.append(wall)
+            print(f"rep {rep + 1} seed-style   {wall:7.1f} s  peak {peak:6.0f} MiB", flush=True)
+    a, b = statistics.median(ours), statistics.median(seeds)
+    print(f"\nmedian fruits run {a:.1f} s, seed-style {b:.1f} s: fruits run takes {a / b:.0%} "
+          f"of the seed-style wall time")  # fmt: skip
+
+
+def memory(sizes: list[int]) -> None:
+    files = sorted(DATA.glob("*/*/*.jpg"))
+    print("machine:", json.dumps(describe()))
+    print("| images | wall s | images/s end to end | peak RSS MiB (whole process tree) |")
+    print("| ---: | ---: | ---: | ---: |")
+    for size in sizes:
+        step = len(files) / size
+        chosen = [files[int(i * step)] for i in range(min(size, len(files)))]
+        with tempfile.TemporaryDirectory(prefix="mem_") as tmp:
+            root = Path(tmp) / "images"
+            for file in chosen:  # keep split and class folders
+                target = root / file.parent.parent.name / file.parent.name / file.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(file, target)
+            wall, peak, _ = fruits_run(root, Path(tmp))
+        print(f"| {len(chosen)} | {wall:.1f} | {len(chosen) / wall:.1f} | {peak:.0f} |", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="mode", required=True)
+    sub.add_parser("compare").add_argument("--reps", type=int, default=3)
+    sub.add_parser("memory").add_argument(
+        "--sizes", type=int, nargs="+", default=[1000, 4000, 8000]
+    )
+    args = parser.parse_args()
+    compare(args.reps) if args.mode == "compare" else memory(args.sizes)
+
+
+if __name__ == "__main__":
+    main()

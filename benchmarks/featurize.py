@@ -1,0 +1,179 @@
+"""Featurization benchmark: the project's asset vs the seed notebook's approach vs plain TensorFlow.
+
+    .venv/bin/python benchmarks/featurize.py --images ../shared/data/fruits360/Test --reps 3
+
+Each (variant, repetition) runs in a fresh process, so no variant inherits another's warm model
+or Spark workers. Timed: from weights on disk and a started Spark session to features written
+(Spark variants) or in memory (plain TensorFlow), model construction included. Peak memory is the
+RSS of the whole process tree (driver, JVM, Python workers), sampled every 0.25 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]
+
+from machine import PeakMemory, describe  # noqa: E402
+
+SHARED = Path(os.environ.get("FRUITS_SHARED_DIR", HERE.parent.parent / "shared"))
+DEFAULT_WEIGHTS = SHARED / "models" / "mobilenet_v2_1.0_224_imagenet_dequant.h5"
+VARIANTS = {
+    "project": "(a) mobilenet_features materialized by Dagster on local Spark",
+    "seed": "(b) seed notebook: repartition(20), model rebuilt per task, model.predict",
+    "tf": "(c) plain TensorFlow, one process, batches of 64, tf.function",
+}
+
+
+def run_project(images: str, weights: str, workdir: str) -> int:
+    import dagster as dg
+    from dagster._core.storage.tags import (
+        ASSET_PARTITION_RANGE_END_TAG,
+        ASSET_PARTITION_RANGE_START_TAG,
+    )
+
+    from fruits_assets import discovery, partitions
+    from fruits_assets.assets import ALL_ASSETS, labeled_images, mobilenet_features, raw_images
+    from fruits_assets_tests.graph import resources
+
+    instance = dg.DagsterInstance.ephemeral()
+    classes = discovery.scan(images).classes
+    partitions.sync(instance, classes)
+    ordered = instance.get_dynamic_partitions(partitions.FRUIT_CLASS_PARTITIONS_NAME)
+    tags = {ASSET_PARTITION_RANGE_START_TAG: ordered[0], ASSET_PARTITION_RANGE_END_TAG: ordered[-1]}
+    res = resources(images, workdir, weights)
+
+    def materialize(selection):
+        result = dg.materialize(
+            ALL_ASSETS, instance=instance, resources=res, selection=selection, tags=tags
+        )
+        assert result.success
+        return result
+
+    materialize([raw_images, labeled_images])  # setup, not timed
+    global STARTED
+    STARTED = time.perf_counter()
+    result = materialize([mobilenet_features])
+    event = result.get_asset_materialization_events()[-1]
+    return int(event.materialization.metadata["num_rows"].value)
+
+
+def run_seed(images: str, weights: str, workdir: str) -> int:
+    import seed_style
+
+    spark = seed_style.seed_session(os.cpu_count() or 1)
+    global STARTED
+    STARTED = time.perf_counter()
+    features = seed_style.featurize(spark, images, weights)
+    features.write.mode("overwrite").parquet(os.path.join(workdir, "features"))
+    return spark.read.parquet(os.path.join(workdir, "features")).count()
+
+
+def run_tf(images: str, weights: str, workdir: str) -> int:
+    import numpy as np
+
+    from fruits_assets import featurizer
+
+    files = sorted(Path(images).rglob("*.jpg"))
+    global STARTED
+    STARTED = time.perf_counter()
+    model = featurizer.Featurizer(featurizer.build_model(weights).get_weights(), batch_size=64)
+    out = [model([f.read_bytes() for f in files[i : i + 64]]) for i in range(0, len(files), 64)]
+    return int(np.concatenate(out).shape[0])
+
+
+def child(variant: str, images: str, weights: str, result_path: str) -> None:
+    with tempfile.TemporaryDirectory(prefix=f"bench_{variant}_") as workdir:
+        runner = {"project": run_project, "seed": run_seed, "tf": run_tf}[variant]
+        n = runner(images, weights, workdir)
+        seconds = time.perf_counter() - STARTED
+    Path(result_path).write_text(json.dumps({"images": n, "seconds": seconds}))
+
+
+def measure(variant: str, images: str, weights: str) -> dict:
+    with tempfile.NamedTemporaryFile(suffix=".json") as result:
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        command = [sys.executable, __file__, "--child", variant, "--images", images,
+                   "--weights", weights, "--result", result.name]  # fmt: skip
+        started = time.perf_counter()
+        process = subprocess.Popen(
+            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        with PeakMemory(process.pid) as memory:
+            _, stderr = process.communicate()
+        if process.returncode != 0:
+            raise RuntimeError(f"{variant} failed:\n{stderr[-4000:]}")
+        data = json.loads(Path(result.name).read_text())
+    data.update(
+        peak_rss_mib=memory.peak / 2**20,
+        process_seconds=time.perf_counter() - started,
+        images_per_second=data["images"] / data["seconds"],
+    )
+    return data
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", default=str(SHARED / "data" / "fruits360" / "Test"))
+    parser.add_argument("--weights", default=str(DEFAULT_WEIGHTS))
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--json", help="also write the raw results here")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    images, weights = str(Path(args.images).resolve()), str(Path(args.weights).resolve())
+    if args.child:
+        child(args.child, images, weights, args.result)
+        return
+
+    machine = describe()
+    print("machine:", json.dumps(machine))
+    runs: dict[str, list[dict]] = {v: [] for v in args.variants}
+    for rep in range(args.reps):  # interleaved, so drift in the machine hits every variant
+        for variant in args.variants:
+            runs[variant].append(measure(variant, images, weights))
+            r = runs[variant][-1]
+            print(f"rep {rep + 1} {variant:8} {r['images']} images {r['seconds']:7.1f} s "
+                  f"{r['images_per_second']:6.1f} img/s peak {r['peak_rss_mib']:7.0f} MiB",
+                  flush=True)  # fmt: skip
+    summary = {
+        v: {
+            "images": rs[0]["images"],
+            "median_seconds": statistics.median(r["seconds"] for r in rs),
+            "median_images_per_second": statistics.median(r["images_per_second"] for r in rs),
+            "median_peak_rss_mib": statistics.median(r["peak_rss_mib"] for r in rs),
+        }
+        for v, rs in runs.items()
+    }
+    print("\n| variant | images | median s | median images/s | median peak RSS MiB |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for v, s in summary.items():
+        cells = (s["images"], f"{s['median_seconds']:.1f}", f"{s['median_images_per_second']:.1f}")
+        print(
+            f"| {VARIANTS[v]} | "
+            + " | ".join(map(str, cells))
+            + f" | {s['median_peak_rss_mib']:.0f} |"
+        )
+    rate = {v: s["median_images_per_second"] for v, s in summary.items()}
+    if "project" in rate and "seed" in rate:
+        print(f"\na/b (project / seed-style):     {rate['project'] / rate['seed']:.2f}x")
+    if "project" in rate and "tf" in rate:
+        print(f"a/c (project / plain TF ceiling): {rate['project'] / rate['tf']:.0%}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": machine, "runs": runs}, indent=1))
+
+
+STARTED = 0.0
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""fruit_classifier: multinomial logistic regression on the PCA features, evaluated honestly."""
+
+import base64
+import json
+import time
+
+import dagster as dg
+import numpy as np
+from pyspark.ml.classification import LogisticRegression
+from pyspark.ml.evaluation import MulticlassClassificationEvaluator
+from pyspark.ml.feature import PCAModel, StandardScaler, StringIndexer
+from pyspark.ml.functions import array_to_vector, vector_to_array
+from pyspark.ml.tuning import CrossValidator, ParamGridBuilder
+from pyspark.sql import functions as F
+
+from fruits_assets import classifier, featurizer, filesystem, layout, splits
+from fruits_assets.assets.common import SPARK_RESOURCES, rows_table
+from fruits_assets.assets.features import resolve_weights
+from fruits_assets.assets.pca import pca_features_parquet
+from fruits_assets.resources.settings import ClassifierSettings
+from fruits_assets.resources.storage import FruitsStorage
+
+ACCURACY_FLOOR_CHECK = "top1_accuracy_above_floor"
+WORST_CLASSES_SHOWN = 12
+
+
+@dg.asset(
+    deps=[pca_features_parquet],
+    group_name="classifier",
+    kinds={"spark", "sparkml"},
+    required_resource_keys=SPARK_RESOURCES | {"classifier_settings", "featurizer_settings"},
+    check_specs=[
+        dg.AssetCheckSpec(
+            ACCURACY_FLOOR_CHECK,
+            asset="fruit_classifier",
+            description="Top-1 accuracy on the held-out split reaches the configured floor.",
+        )
+    ],
+)
+def fruit_classifier(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    """A Spark ML logistic regression trained on Training, tuned by CV there, scored on Test."""
+    storage: FruitsStorage = context.resources.storage
+    spark = context.resources.pyspark.spark_session
+    settings: ClassifierSettings = context.resources.classifier_settings
+    features_dir = layout.asset_dir(storage.output, layout.PCA_FEATURES_PARQUET)
+    data, split_source = splits.with_split(spark.read.parquet(storage.spark_path(features_dir)))
+    indexer = StringIndexer(inputCol="label", outputCol="y", stringOrderType="alphabetAsc")
+    data = indexer.fit(data).transform(data).withColumn("x", array_to_vector("pca_features"))
+    label_names = sorted(r["label"] for r in data.select("label").distinct().collect())
+    train = data.where(F.col("split") == splits.TRAIN).cache()
+    test = data.where(F.col("split") == splits.TEST)
+
+    started = time.perf_counter()
+    scaler = StandardScaler(inputCol="x", outputCol="scaled", withMean=True, withStd=True).fit(
+        train
+    )
+    regression = LogisticRegression(
+        family="multinomial", featuresCol="scaled", labelCol="y", maxIter=settings.max_iter
+    )
+    grid = ParamGridBuilder().addGrid(regression.regParam, settings.reg_params).build()
+    search = CrossValidator(
+        estimator=regression,
+        estimatorParamMaps=grid,
+        evaluator=MulticlassClassificationEvaluator(labelCol="y", metricName="accuracy"),
+        numFolds=settings.cv_folds,
+        seed=0,
+    ).fit(scaler.transform(train))
+    model = search.bestModel
+    train_seconds = time.perf_counter() - started
+    train_rows = train.count()
+    train.unpersist()
+
+    scored = model.transform(scaler.transform(test)).select(
+        "y", vector_to_array("probability").alias("p")
+    )
+    rows = scored.collect()  # one probability vector per test image: small, and metrics need all
+    truth = np.array([r["y"] for r in rows], dtype=int)
+    probabilities = np.array([r["p"] for r in rows])
+    predicted = probabilities.argmax(axis=1)
+    n_classes = len(label_names)
+    top1 = classifier.top_k_accuracy(probabilities, truth, 1)
+    top5 = classifier.top_k_accuracy(probabilities, truth, min(5, n_classes))
+    recall = classifier.per_class_recall(predicted, truth, n_classes)
+    order = [int(c) for c in np.argsort(np.nan_to_num(recall, nan=2.0))]
+    worst = [c for c in order if recall[c] < 1.0][:WORST_CLASSES_SHOWN] or order[:1]
+
+    out = layout.asset_dir(storage.output, layout.FRUIT_CLASSIFIER)
+    scaler.write().overwrite().save(storage.spark_path(filesystem.join(out, "scaler")))
+    model.write().overwrite().save(storage.spark_path(filesystem.join(out, "logistic_regression")))
+    filesystem.write_bytes(filesystem.join(out, "labels.json"), json.dumps(label_names).encode())
+    # Serving export: everything `fruits predict` needs, MobileNetV2 weights included, no Spark.
+    pca = PCAModel.load(storage.spark_path(layout.pca_model_dir(storage.output)))
+    info, _ = resolve_weights(context, context.resources.featurizer_settings)
+    weight_arrays, sha256 = featurizer.load_weight_arrays(info)
+    predictor = classifier.Predictor(
+        pc=pca.pc.toArray(),
+        mean=scaler.mean.toArray(),
+        std=scaler.std.toArray(),
+        coefficients=model.coefficientMatrix.toArray(),
+        intercepts=model.interceptVector.toArray(),
+        labels=label_names,
+        weights_sha256=sha256,
+    )
+    predictor_path = predictor.save(storage.output)
+    featurizer.save_weight_arrays(weight_arrays, filesystem.join(out, featurizer.SERVING_WEIGHTS))
+
+    confusion = classifier.confusion_png(predicted, truth, label_names, worst)
+    filesystem.write_bytes(filesystem.join(out, "confusion_worst.png"), confusion)
+    best_reg = grid[int(np.argmax(search.avgMetrics))][regression.regParam]
+    floor = settings.accuracy_floor
+    return dg.MaterializeResult(
+        metadata={
+            "top1_accuracy": top1,
+            "top5_accuracy": top5,
+            "macro_f1": classifier.macro_f1(predicted, truth, n_classes),
+            "num_classes": n_classes,
+            "train_images": train_rows,
+            "test_images": len(truth),
+            "split": split_source,
+            "chosen_reg_param": best_reg,
+            "cv_accuracy_by_reg_param": {
+                str(m[regression.regParam]): float(a)
+                for m, a in zip(grid, search.avgMetrics, strict=True)
+            },
+            "train_seconds": round(train_seconds, 1),
+            "recall_per_class_worst_first": rows_table(
+                [(label_names[c], f"{recall[c]:.3f}") for c in order if not np.isnan(recall[c])],
+                ("class", "recall"),
+            ),
+            "confusion_worst_classes": dg.MetadataValue.md(
+                f"![confusion](data:image/png;base64,{base64.b64encode(confusion).decode()})"
+            ),
+            "predictor": dg.MetadataValue.path(predictor_path),
+            "path": dg.MetadataValue.path(out),
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name=ACCURACY_FLOOR_CHECK,
+                passed=top1 >= floor,
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={"top1_accuracy": top1, "floor": floor},
+            )
+        ],
+    )

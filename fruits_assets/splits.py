@@ -1,0 +1,48 @@
+"""Train/test splits: the dataset's own folders when it has them, else a stratified hold-out."""
+
+from __future__ import annotations
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+TRAIN, TEST = "train", "test"
+# Folder names (above the class folder) that name a split, as Fruits-360 lays them out.
+SPLIT_FOLDERS = {"training": TRAIN, "train": TRAIN, "test": TEST, "testing": TEST}
+FOLDER_SPLIT = "the dataset's own Training/Test folders"
+HOLDOUT_BUCKETS = 5  # no split folders: 1 in 5 images of each class (by path hash) is held out
+
+
+def split_folder(path: Column) -> Column:
+    """train/test from the folder above the class folder, or null when it names no split."""
+    folder = F.lower(F.element_at(F.split(path, "/"), -3))
+    mapping = F.create_map(*[F.lit(x) for kv in SPLIT_FOLDERS.items() for x in kv])
+    return mapping[folder]
+
+
+def with_split(df: DataFrame) -> tuple[DataFrame, str]:
+    """Add a `split` column; the second value says where the split came from, for metadata."""
+    df = df.withColumn("split", split_folder(F.col("path")))
+    per_label = df.groupBy("label").agg(
+        F.sum((F.col("split") == TRAIN).cast("int")).alias("train"),
+        F.sum((F.col("split") == TEST).cast("int")).alias("test"),
+        F.sum(F.col("split").isNull().cast("int")).alias("none"),
+    )
+    # The folders are a usable split only when every class has images on both sides.
+    if not per_label.where("train = 0 OR test = 0 OR none > 0").limit(1).count():
+        return df, FOLDER_SPLIT
+    # Deterministic and stratified: a hash of the path ranks images within each class.
+    bucket = F.abs(F.xxhash64("path")) % HOLDOUT_BUCKETS
+    held_out = df.withColumn("split", F.when(bucket == 0, TEST).otherwise(TRAIN))
+    return held_out, (
+        f"no Training/Test folders: a deterministic 1-in-{HOLDOUT_BUCKETS} hold-out per class "
+        "by path hash (beware: Fruits-360 images are video frames, so near-duplicates leak)"
+    )
+
+
+def training_rows(df: DataFrame) -> tuple[DataFrame, str]:
+    """The rows a model may learn from: the Training split when the dataset has one, else all."""
+    with_splits, source = with_split(df)
+    if source == FOLDER_SPLIT:
+        training = with_splits.where(F.col("split") == TRAIN).drop("split")
+        return training, "Training split only (no Test image leaks into the PCA)"
+    return df, "all images (the input has no usable Training/Test split)"

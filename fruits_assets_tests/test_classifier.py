@@ -1,0 +1,79 @@
+"""The fruit classifier on real features: honest split, metadata, and `fruits predict`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.dataset as ds
+from pyspark.ml.classification import LogisticRegressionModel
+from pyspark.ml.feature import PCAModel, StandardScalerModel
+from pyspark.ml.functions import array_to_vector, vector_to_array
+from pyspark.sql import SparkSession
+
+from fruits_assets import classifier, layout
+from fruits_assets_tests.graph import check_outcomes, last_metadata
+from fruits_assets_tests.test_cli import fruits
+from fruits_assets_tests.test_graph_real import CLASSES, real_run  # noqa: F401 - shared fixture
+
+
+def test_classifier_trained_on_training_scored_on_test(real_run):  # noqa: F811
+    _, _, _, results = real_run
+    meta = last_metadata(results, "fruit_classifier")
+    assert meta["train_images"] == 450 and meta["test_images"] == 150
+    assert "Training/Test folders" in meta["split"]
+    assert meta["top1_accuracy"] >= 0.9 and meta["top5_accuracy"] >= meta["top1_accuracy"]
+    assert 0 < meta["macro_f1"] <= 1
+    assert check_outcomes(results)[("fruit_classifier", "top1_accuracy_above_floor")]
+
+
+def test_numpy_predictor_matches_spark_models(real_run):  # noqa: F811
+    _, output, _, _ = real_run
+    spark = SparkSession.builder.getOrCreate()
+    root = layout.asset_dir(output, layout.FRUIT_CLASSIFIER)
+    features = spark.read.parquet(layout.asset_dir(output, layout.MOBILENET_FEATURES)).limit(20)
+    pca = PCAModel.load(layout.pca_model_dir(output))
+    scaler = StandardScalerModel.load(f"{root}/scaler")
+    model = LogisticRegressionModel.load(f"{root}/logistic_regression")
+    projected = pca.transform(features.withColumn("features_vector", array_to_vector("features")))
+    scored = model.transform(
+        scaler.transform(projected.withColumnRenamed("pca_vector", "x"))
+    ).select("features", vector_to_array("probability").alias("p"))
+    rows = scored.collect()
+    predictor = classifier.Predictor.load(output)
+    ours = predictor.probabilities(np.array([r["features"] for r in rows]))
+    np.testing.assert_allclose(ours, np.array([r["p"] for r in rows]), atol=1e-4)
+
+
+def test_predict_cli_answers_each_photo_and_flags_bad_files(real_run, fruits360, tmp_path):  # noqa: F811
+    _, output, _, _ = real_run
+    photos = [sorted((fruits360 / "Test" / name).glob("*.jpg"))[-1] for name in CLASSES[:3]]
+    bad = tmp_path / "not_a_photo.jpg"
+    bad.write_text("hello")
+    done = fruits("predict", *map(str, photos), str(bad), "--model", output, "--json",
+                  home=tmp_path / "home", timeout=300)  # fmt: skip
+    assert done.returncode == 1  # one file was bad, the others still answered
+    answers = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert [a["path"] for a in answers] == [*map(str, photos), str(bad)]
+    for answer, name in zip(answers[:3], CLASSES[:3], strict=True):
+        assert len(answer["top"]) == 3
+        assert answer["top"][0]["label"] == name
+        assert sum(t["probability"] for t in answer["top"]) <= 1.0001
+    assert "not an image" in answers[3]["error"]
+    text = fruits("predict", str(photos[0]), "--model", output, home=tmp_path / "home")
+    assert text.returncode == 0 and CLASSES[0] in text.stdout
+
+
+def test_predict_without_a_trained_model_is_a_clear_error(tmp_path):
+    done = fruits("predict", "x.jpg", "--model", str(tmp_path), home=tmp_path / "home")
+    assert done.returncode == 2 and "No trained classifier" in done.stderr
+
+
+def test_metrics_helpers():
+    p = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.5, 0.4, 0.1]])
+    truth = np.array([0, 1, 1])
+    assert classifier.top_k_accuracy(p, truth, 1) == 1 / 3
+    assert classifier.top_k_accuracy(p, truth, 2) == 1.0
+    recall = classifier.per_class_recall(p.argmax(1), truth, 3)
+    assert recall[0] == 1.0 and recall[1] == 0.0 and np.isnan(recall[2])
+    assert ds  # pyarrow is what users read outputs with
