@@ -15,43 +15,47 @@ PREDICTOR_FILE = "predictor.npz"
 
 @dataclass(frozen=True)
 class Predictor:
-    """MobileNetV2 features -> PCA -> standardization -> multinomial logistic regression."""
+    """MobileNetV2 features -> PCA -> centre and scale -> Spark's MLP (softmax on top)."""
 
-    pc: np.ndarray  # (1280, k) principal components, as Spark's PCAModel applies them
-    mean: np.ndarray  # (k,) StandardScaler
-    std: np.ndarray  # (k,)
-    coefficients: np.ndarray  # (classes, k)
-    intercepts: np.ndarray  # (classes,)
+    pc: np.ndarray  # (1280, k) principal components, applied as Spark's PCAModel applies them
+    mean: np.ndarray  # (k,) training mean of the PCA features
+    scale: float  # one global factor, so no near-constant component is blown up
+    layers: list[int]  # [k, (hidden,) classes]
+    weights: np.ndarray  # Spark's flat MLP weights: per layer, W (out x in, column-major), then b
     labels: list[str]
     weights_sha256: str
 
     def probabilities(self, features: np.ndarray) -> np.ndarray:
-        projected = features.astype(np.float64) @ self.pc
-        scaled = (projected - self.mean) / np.where(self.std > 0, self.std, 1.0)
-        logits = scaled @ self.coefficients.T + self.intercepts
-        logits -= logits.max(axis=1, keepdims=True)
-        exp = np.exp(logits)
-        return exp / exp.sum(axis=1, keepdims=True)
+        activation = ((features.astype(np.float64) @ self.pc) - self.mean) * self.scale
+        offset = 0
+        for index, (n_in, n_out) in enumerate(zip(self.layers[:-1], self.layers[1:], strict=True)):
+            w = self.weights[offset : offset + n_in * n_out].reshape((n_out, n_in), order="F")
+            b = self.weights[offset + n_in * n_out : offset + n_in * n_out + n_out]
+            offset += n_in * n_out + n_out
+            z = activation @ w.T + b
+            if index < len(self.layers) - 2:
+                activation = 1.0 / (1.0 + np.exp(-z))  # Spark's hidden layers are sigmoid
+            else:
+                z -= z.max(axis=1, keepdims=True)
+                exp = np.exp(z)
+                activation = exp / exp.sum(axis=1, keepdims=True)
+        return activation
 
     def save(self, output_root: str) -> str:
         buffer = io.BytesIO()
         np.savez(
             buffer,
-            pc=self.pc, mean=self.mean, std=self.std, coefficients=self.coefficients,
-            intercepts=self.intercepts, labels=np.array(json.dumps(self.labels)),
+            pc=self.pc, mean=self.mean, scale=np.array(self.scale), layers=np.array(self.layers),
+            weights=self.weights, labels=np.array(json.dumps(self.labels)),
             weights_sha256=np.array(self.weights_sha256),
         )  # fmt: skip
-        path = filesystem.join(
-            layout.asset_dir(output_root, layout.FRUIT_CLASSIFIER), PREDICTOR_FILE
-        )
+        path = _predictor_path(output_root)
         filesystem.write_bytes(path, buffer.getvalue())
         return path
 
     @classmethod
     def load(cls, output_root: str) -> Predictor:
-        path = filesystem.join(
-            layout.asset_dir(output_root, layout.FRUIT_CLASSIFIER), PREDICTOR_FILE
-        )
+        path = _predictor_path(output_root)
         if not filesystem.exists(path):
             raise FileNotFoundError(
                 f"No trained classifier under {output_root} ({path} is missing): "
@@ -59,10 +63,14 @@ class Predictor:
             )
         data = np.load(io.BytesIO(filesystem.read_bytes(path)))
         return cls(
-            pc=data["pc"], mean=data["mean"], std=data["std"],
-            coefficients=data["coefficients"], intercepts=data["intercepts"],
+            pc=data["pc"], mean=data["mean"], scale=float(data["scale"]),
+            layers=[int(n) for n in data["layers"]], weights=data["weights"],
             labels=json.loads(str(data["labels"])), weights_sha256=str(data["weights_sha256"]),
         )  # fmt: skip
+
+
+def _predictor_path(output_root: str) -> str:
+    return filesystem.join(layout.asset_dir(output_root, layout.FRUIT_CLASSIFIER), PREDICTOR_FILE)
 
 
 def top_k_accuracy(probabilities: np.ndarray, truth: np.ndarray, k: int) -> float:

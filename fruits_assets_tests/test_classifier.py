@@ -6,10 +6,11 @@ import json
 
 import numpy as np
 import pyarrow.dataset as ds
-from pyspark.ml.classification import LogisticRegressionModel
+from pyspark.ml.classification import MultilayerPerceptronClassificationModel
 from pyspark.ml.feature import PCAModel, StandardScalerModel
 from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
 from fruits_assets import classifier, layout
 from fruits_assets_tests.graph import check_outcomes, last_metadata
@@ -28,19 +29,26 @@ def test_classifier_trained_on_training_scored_on_test(real_run):  # noqa: F811
 
 
 def test_numpy_predictor_matches_spark_models(real_run):  # noqa: F811
+    """The serving export gives Spark's own probabilities, from the stored Spark ML models."""
     _, output, _, _ = real_run
     spark = SparkSession.builder.getOrCreate()
     root = layout.asset_dir(output, layout.FRUIT_CLASSIFIER)
     features = spark.read.parquet(layout.asset_dir(output, layout.MOBILENET_FEATURES)).limit(20)
     pca = PCAModel.load(layout.pca_model_dir(output))
-    scaler = StandardScalerModel.load(f"{root}/scaler")
-    model = LogisticRegressionModel.load(f"{root}/logistic_regression")
-    projected = pca.transform(features.withColumn("features_vector", array_to_vector("features")))
-    scored = model.transform(
-        scaler.transform(projected.withColumnRenamed("pca_vector", "x"))
-    ).select("features", vector_to_array("probability").alias("p"))
-    rows = scored.collect()
+    centre = StandardScalerModel.load(f"{root}/centre")
+    model = MultilayerPerceptronClassificationModel.load(f"{root}/mlp")
     predictor = classifier.Predictor.load(output)
+    projected = pca.transform(features.withColumn("features_vector", array_to_vector("features")))
+    centred = centre.transform(projected.withColumnRenamed("pca_vector", "x"))
+    scaled = centred.withColumn(
+        "scaled",
+        array_to_vector(F.transform(vector_to_array("centred"), lambda v: v * predictor.scale)),
+    )
+    rows = (
+        model.transform(scaled)
+        .select("features", vector_to_array("probability").alias("p"))
+        .collect()
+    )
     ours = predictor.probabilities(np.array([r["features"] for r in rows]))
     np.testing.assert_allclose(ours, np.array([r["p"] for r in rows]), atol=1e-4)
 

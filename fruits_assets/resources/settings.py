@@ -25,7 +25,9 @@ class PcaSettings(dg.ConfigurableResource):
 class ClassifierSettings(dg.ConfigurableResource):
     """The classifier's search space (chosen by cross-validation on Training) and quality floor."""
 
-    reg_params: list[float] = [1e-4, 1e-3, 1e-2]
-    max_iter: int = 300
+    # Softmax regression (0 hidden units) and a small MLP head; L-BFGS iterations act as the
+    # regularizer. All are Spark ML MultilayerPerceptronClassifier models.
+    hidden_units: list[int] = [0, 256]
+    max_iters: list[int] = [100, 300]
     cv_folds: int = 3
     accuracy_floor: float = 0.9  # top-1 on the held-out split; below it the check fails (WARN)
