@@ -135,7 +135,9 @@ def run(args: argparse.Namespace) -> int:
     downstream = [a.key for a in UNPARTITIONED_ASSETS]
     outcome = RunOutcome()
     print(f"materializing {len(selected)} of {len(scan.classes)} classes from {images} -> {output}")
-    if len(ranges) == 1:
+    if args.downstream_only:  # refit PCA, exports and classifier from the stored features
+        _execute(job, instance, downstream, None, outcome)
+    elif len(ranges) == 1:
         _execute(job, instance, partitioned + downstream, ranges[0], outcome)
     else:  # classes that are not neighbours in the partition order: one run per range
         for keys in ranges:
@@ -235,7 +237,7 @@ def predict(args: argparse.Namespace) -> int:
         if not error:
             good.append((index, decoded.content))
     if good:
-        model = featurizer.Featurizer(weights, batch_size=min(len(good), 32))
+        model = featurizer.Featurizer(weights, batch_size=min(len(good), 16))
         probabilities = predictor.probabilities(model([content for _, content in good]))
         for (index, _), row in zip(good, probabilities, strict=True):
             top = row.argsort()[::-1][: args.top]
@@ -276,6 +278,11 @@ def _parser() -> argparse.ArgumentParser:
     run_parser.add_argument("--weights", help="imagenet (default) | random | PATH or s3:// .h5")
     run_parser.add_argument("--variance", type=float, help="target explained variance (0.99)")
     run_parser.add_argument("--classes", nargs="+", help="rerun only these fruit classes")
+    run_parser.add_argument(
+        "--downstream-only",
+        action="store_true",
+        help="keep the stored per-class features; refit the PCA and everything after it",
+    )
     run_parser.set_defaults(func=run)
 
     sync_parser = commands.add_parser("sync", help="register the input root's classes")

@@ -141,7 +141,7 @@ def preprocess(content: bytes) -> np.ndarray:
 class Featurizer:
     """A built model plus a compiled call with a fixed batch shape, so TensorFlow traces once."""
 
-    def __init__(self, weight_arrays: Sequence[np.ndarray] | None, batch_size: int = 64):
+    def __init__(self, weight_arrays: Sequence[np.ndarray] | None, batch_size: int = 16):
         import tensorflow as tf
 
         self.batch_size = batch_size

@@ -85,6 +85,9 @@ def fruit_classifier(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         .addGrid(mlp.maxIter, settings.max_iters)
         .build()
     )
+    context.log.info(
+        f"cross-validating {len(grid)} classifiers ({settings.cv_folds} folds) on Training"
+    )
     search = CrossValidator(
         estimator=mlp,
         estimatorParamMaps=grid,

@@ -80,6 +80,7 @@ def mobilenet_features(context: dg.AssetExecutionContext) -> dg.MaterializeResul
     images_dir = layout.accepted_images_dir(storage.output)
     images = spark_io.read_labels(spark, images_dir, storage.spark_path(images_dir), labels)
     featurize = featurize_udf(spark, weight_arrays, sha256, settings)
+    context.log.info(f"featurizing {len(labels)} classes with MobileNetV2 weights {info.source}")
     out = layout.asset_dir(storage.output, layout.MOBILENET_FEATURES)
     started = time.perf_counter()
     with spark_io.splits_per_slot(spark, images_dir, labels):

@@ -61,6 +61,7 @@ def raw_images(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     if missing:
         raise _missing_classes_failure(missing, storage.images)
     files = scan.images_of(labels)
+    context.log.info(f"{len(files)} images in {len(labels)} classes under {storage.images}")
     rows = [
         (f.path, f.label, f.size, datetime.fromtimestamp(f.modification_time, tz=timezone.utc))
         for f in files
@@ -112,6 +113,7 @@ def labeled_images(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     raw_dir = layout.asset_dir(storage.output, layout.RAW_IMAGES)
     raw = spark_io.read_labels(spark, raw_dir, storage.spark_path(raw_dir), labels)
     n_raw = raw.count()
+    context.log.info(f"decoding and validating {n_raw} images")
     # Spread the (tiny) path rows over every core before the expensive decode.
     parallelism = max(spark.sparkContext.defaultParallelism, n_raw // 2000 + 1)
     decoded = (

@@ -11,7 +11,9 @@ class FeaturizerSettings(dg.ConfigurableResource):
     weights: str = "imagenet"  # imagenet | random | local .h5 path | s3:// URI of an .h5
     # Demo mode only: fall back to random weights (loudly) when ImageNet weights can't be fetched.
     allow_random_fallback: bool = False
-    batch_size: int = 64
+    # 16 images per model call measured fastest on a 2-core AMD EPYC (30 img/s per thread vs 21
+    # at 64: smaller activations stay in cache); see BENCHMARKS.md.
+    batch_size: int = 16
     arrow_batch_rows: int = 256
     tf_threads_per_task: int = 1  # one TF thread per Spark task slot: no oversubscription
 
@@ -27,7 +29,7 @@ class ClassifierSettings(dg.ConfigurableResource):
 
     # Softmax regression (0 hidden units) and a small MLP head; L-BFGS iterations act as the
     # regularizer. All are Spark ML MultilayerPerceptronClassifier models.
-    hidden_units: list[int] = [0, 256]
+    hidden_units: list[int] = [0]
     max_iters: list[int] = [100, 300]
     cv_folds: int = 3
     accuracy_floor: float = 0.9  # top-1 on the held-out split; below it the check fails (WARN)
