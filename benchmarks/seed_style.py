@@ -19,6 +19,7 @@ import pandas as pd
 def seed_session(cores: int):
     from pyspark.sql import SparkSession
 
+    os.environ["PYSPARK_PYTHON"] = sys.executable  # workers must see TensorFlow too
     return (
         SparkSession.builder.master(f"local[{cores}]")
         .appName("seed_style")

@@ -6,6 +6,7 @@ import hashlib
 import io
 import os
 import socket
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -141,13 +142,20 @@ def preprocess(content: bytes) -> np.ndarray:
 class Featurizer:
     """A built model plus a compiled call with a fixed batch shape, so TensorFlow traces once."""
 
-    def __init__(self, weight_arrays: Sequence[np.ndarray] | None, batch_size: int = 16):
+    def __init__(self, weights: Sequence[np.ndarray] | bytes | None, batch_size: int = 16):
+        """`weights`: the penultimate model's arrays, the bytes of a Keras .h5, or None (random)."""
         import tensorflow as tf
 
         self.batch_size = batch_size
-        self.model = build_model(None)
-        if weight_arrays is not None:
-            self.model.set_weights(list(weight_arrays))
+        if isinstance(weights, bytes):
+            with tempfile.NamedTemporaryFile(suffix=".h5") as handle:
+                handle.write(weights)
+                handle.flush()
+                self.model = build_model(handle.name)
+        else:
+            self.model = build_model(None)
+            if weights is not None:
+                self.model.set_weights(list(weights))
         self._call = tf.function(
             lambda x: self.model(x, training=False),
             input_signature=[tf.TensorSpec((batch_size, IMAGE_SIZE, IMAGE_SIZE, 3), tf.float32)],
@@ -167,7 +175,16 @@ class Featurizer:
 _WORKER_FEATURIZERS: dict[str, Featurizer] = {}
 
 
-def worker_featurizer(sha256: str, weight_arrays, batch_size: int, threads: int) -> Featurizer:
+def broadcast_payload(info: WeightsInfo) -> tuple[list[np.ndarray] | bytes, str]:
+    """What the driver broadcasts: a weights file's bytes as they are (no TensorFlow needed on
+    the driver), or the arrays of the seeded random model; and the sha256 to record."""
+    if info.is_random:
+        return load_weight_arrays(info)
+    with open(info.local_path, "rb") as handle:
+        return handle.read(), info.sha256
+
+
+def worker_featurizer(sha256: str, weights, batch_size: int, threads: int) -> Featurizer:
     """One Featurizer per Python worker process and weights, reused by every task it runs."""
     key = f"{sha256}:{batch_size}"
     if key not in _WORKER_FEATURIZERS:
@@ -179,5 +196,5 @@ def worker_featurizer(sha256: str, weight_arrays, batch_size: int, threads: int)
                 tf.config.threading.set_inter_op_parallelism_threads(1)
             except RuntimeError:
                 pass
-        _WORKER_FEATURIZERS[key] = Featurizer(weight_arrays(), batch_size)
+        _WORKER_FEATURIZERS[key] = Featurizer(weights(), batch_size)
     return _WORKER_FEATURIZERS[key]

@@ -58,12 +58,14 @@ def read_labels(
 
 
 @contextmanager
-def splits_per_slot(spark: SparkSession, dataset_uri: str, labels: Iterable[str]) -> Iterator[None]:
-    """Scan the labels' files in about one split per task slot, without shuffling their bytes.
+def small_splits(
+    spark: SparkSession, dataset_uri: str, labels: Iterable[str], per_slot: int = 4
+) -> Iterator[None]:
+    """Scan the labels' files in about `per_slot` splits per task slot, without a shuffle.
 
     Spark's default packs small files into 128 MiB splits: a few thousand images become one task
-    on one core. Sizing splits from the real bytes keeps every core busy and each Python worker
-    (with its model) alive for the whole stage.
+    on one core. A few splits per slot keep every core busy to the end (a free worker takes the
+    next split), and each Python worker keeps its model across them.
     """
     total = sum(
         info.size or 0
@@ -74,7 +76,7 @@ def splits_per_slot(spark: SparkSession, dataset_uri: str, labels: Iterable[str]
     slots = spark.sparkContext.defaultParallelism
     keys = ("spark.sql.files.maxPartitionBytes", "spark.sql.files.openCostInBytes")
     previous = {key: spark.conf.get(key, None) for key in keys}
-    spark.conf.set(keys[0], str(max(1 << 16, -(-total // slots))))
+    spark.conf.set(keys[0], str(max(1 << 16, -(-total // (slots * per_slot)))))
     spark.conf.set(keys[1], "0")  # count files by their bytes only, so splits hold equal shares
     try:
         yield

@@ -34,9 +34,9 @@ def resolve_weights(
         return featurizer.resolve_weights("random"), warning
 
 
-def featurize_udf(spark, weight_arrays, sha256: str, settings: FeaturizerSettings):
+def featurize_udf(spark, weights, sha256: str, settings: FeaturizerSettings):
     """The iterator pandas UDF: weights broadcast once, one model per Python worker process."""
-    broadcast = spark.sparkContext.broadcast(weight_arrays)
+    broadcast = spark.sparkContext.broadcast(weights)
     batch_size, threads = settings.batch_size, settings.tf_threads_per_task
 
     @F.pandas_udf(T.ArrayType(T.FloatType()))
@@ -75,15 +75,15 @@ def mobilenet_features(context: dg.AssetExecutionContext) -> dg.MaterializeResul
     labels = set(context.partition_keys)
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", settings.arrow_batch_rows)
     info, warning = resolve_weights(context, settings)
-    weight_arrays, sha256 = featurizer.load_weight_arrays(info)
+    payload, sha256 = featurizer.broadcast_payload(info)
 
     images_dir = layout.accepted_images_dir(storage.output)
     images = spark_io.read_labels(spark, images_dir, storage.spark_path(images_dir), labels)
-    featurize = featurize_udf(spark, weight_arrays, sha256, settings)
+    featurize = featurize_udf(spark, payload, sha256, settings)
     context.log.info(f"featurizing {len(labels)} classes with MobileNetV2 weights {info.source}")
     out = layout.asset_dir(storage.output, layout.MOBILENET_FEATURES)
     started = time.perf_counter()
-    with spark_io.splits_per_slot(spark, images_dir, labels):
+    with spark_io.small_splits(spark, images_dir, labels):
         spark_io.write_label_partitions(
             images.select("path", "label", featurize("content").alias("features")),
             out,
@@ -96,14 +96,20 @@ def mobilenet_features(context: dg.AssetExecutionContext) -> dg.MaterializeResul
     bad_vector = (F.size("features") != featurizer.FEATURE_DIM) | F.exists(
         "features", lambda x: F.isnan(x) | (F.abs(x) == float("inf"))
     )
-    stats = written.agg(
-        F.count("*").alias("rows"),
-        F.sum(bad_vector.cast("int")).alias("bad"),
-        F.countDistinct("path").alias("paths"),
-    ).first()
-    per_class = {r["label"]: r["count"] for r in written.groupBy("label").count().collect()}
+    # One pass over the written rows for every count the checks and metadata need.
+    by_class = (
+        written.groupBy("label")
+        .agg(
+            F.count("*").alias("rows"),
+            F.sum(bad_vector.cast("int")).alias("bad"),
+            F.countDistinct("path").alias("paths"),
+        )
+        .collect()
+    )
+    per_class = {r["label"]: r["rows"] for r in by_class}
     n_images = images.count()
-    rows, bad = stats["rows"], stats["bad"] or 0
+    rows, bad = sum(per_class.values()), sum(r["bad"] or 0 for r in by_class)
+    stats = {"paths": sum(r["paths"] for r in by_class)}
     metadata = {
         "num_rows": rows,
         "feature_dim": featurizer.FEATURE_DIM,
