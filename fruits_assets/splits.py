@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 TRAIN, TEST = "train", "test"
@@ -30,12 +30,16 @@ def with_split(df: DataFrame) -> tuple[DataFrame, str]:
     # The folders are a usable split only when every class has images on both sides.
     if not per_label.where("train = 0 OR test = 0 OR none > 0").limit(1).count():
         return df, FOLDER_SPLIT
-    # Deterministic and stratified: a hash of the path ranks images within each class.
-    bucket = F.abs(F.xxhash64("path")) % HOLDOUT_BUCKETS
-    held_out = df.withColumn("split", F.when(bucket == 0, TEST).otherwise(TRAIN))
+    # Deterministic and stratified: a hash of the path ranks the images of each class, and every
+    # 5th by rank (the first included) is held out, so each class with 2+ images has a test image.
+    by_class = Window.partitionBy("label")
+    rank = F.row_number().over(by_class.orderBy(F.xxhash64("path"), "path")) - 1
+    size = F.count("*").over(by_class)
+    test = (rank % HOLDOUT_BUCKETS == 0) & (size >= 2)
+    held_out = df.withColumn("split", F.when(test, TEST).otherwise(TRAIN))
     return held_out, (
-        f"no Training/Test folders: a deterministic 1-in-{HOLDOUT_BUCKETS} hold-out per class "
-        "by path hash (beware: Fruits-360 images are video frames, so near-duplicates leak)"
+        f"no usable Training/Test folders: a deterministic 1-in-{HOLDOUT_BUCKETS} hold-out per "
+        "class by path hash (beware: Fruits-360 images are video frames, near-duplicates leak)"
     )
 
 

@@ -84,7 +84,7 @@ def test_ui_serves_the_lineage_of_the_assets(tmp_path):
     )  # fmt: skip
     query = b'{"query": "{ assetNodes { assetKey { path } dependencyKeys { path } } }"}'
     try:
-        deadline, nodes = time.monotonic() + 180, None
+        deadline, nodes = time.monotonic() + 300, None
         while time.monotonic() < deadline and nodes is None:
             try:
                 request = urllib.request.Request(
@@ -95,7 +95,7 @@ def test_ui_serves_the_lineage_of_the_assets(tmp_path):
                     nodes = __import__("json").load(response)["data"]["assetNodes"]
             except (OSError, KeyError, TypeError):
                 time.sleep(2)
-        assert nodes, "the UI did not answer within 3 minutes"
+        assert nodes, "the UI did not answer within 5 minutes"
         lineage = {
             n["assetKey"]["path"][0]: {d["path"][0] for d in n["dependencyKeys"]} for n in nodes
         }
@@ -104,4 +104,8 @@ def test_ui_serves_the_lineage_of_the_assets(tmp_path):
         assert lineage["features_csv"] == {"pca_features_parquet"}
     finally:
         os.killpg(server.pid, 15)
-        server.wait(timeout=30)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:  # a loaded machine can take longer to shut down
+            os.killpg(server.pid, 9)
+            server.wait(timeout=30)

@@ -105,6 +105,10 @@ def fruit_classifier(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         "y", vector_to_array("probability").alias("p")
     )
     rows = scored.collect()  # one probability vector per test image: small, and metrics need all
+    if not rows:
+        raise dg.Failure(
+            description="No held-out image to score the classifier on (too few images)"
+        )
     truth = np.array([r["y"] for r in rows], dtype=int)
     probabilities = np.array([r["p"] for r in rows])
     predicted = probabilities.argmax(axis=1)
