@@ -44,7 +44,7 @@ def materialize_graph(
     ranges = partitions.contiguous_ranges(ordered, set(classes or found))
     res = resources(images, output, weights, variance)
     results = []
-    for i, (start, end) in enumerate(ranges):
+    for start, end in ranges:
         last = len(ranges) == 1
         results.append(
             dg.materialize(
@@ -56,7 +56,6 @@ def materialize_graph(
                 raise_on_error=False,
             )
         )
-        assert i >= 0
     if len(ranges) > 1:
         results.append(
             dg.materialize(

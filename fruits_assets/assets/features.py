@@ -109,7 +109,7 @@ def mobilenet_features(context: dg.AssetExecutionContext) -> dg.MaterializeResul
     per_class = {r["label"]: r["rows"] for r in by_class}
     n_images = images.count()
     rows, bad = sum(per_class.values()), sum(r["bad"] or 0 for r in by_class)
-    stats = {"paths": sum(r["paths"] for r in by_class)}
+    paths = sum(r["paths"] for r in by_class)
     metadata = {
         "num_rows": rows,
         "feature_dim": featurizer.FEATURE_DIM,
@@ -128,10 +128,10 @@ def mobilenet_features(context: dg.AssetExecutionContext) -> dg.MaterializeResul
         check_results=[
             checks.result(
                 checks.FEATURES_ONE_PER_IMAGE,
-                rows == n_images and stats["paths"] == n_images,
+                rows == n_images and paths == n_images,
                 accepted_images=n_images,
                 feature_rows=rows,
-                distinct_paths=stats["paths"],
+                distinct_paths=paths,
             ),
             checks.result(checks.FEATURES_DIMENSION, bad == 0, bad_vectors=bad),
         ],
