@@ -86,12 +86,24 @@ def _execute(job, instance, selection, keys: tuple[str, str] | None, outcome: Ru
     tags = {}
     if keys is not None:
         tags = {ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[1]}
+    import dagster as dg
+    from dagster._core.definitions.reconstruct import ReconstructableJob
+
+    run_config: dict = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+    if isinstance(job, ReconstructableJob):
+        # EMR: the step launcher ships a job it can re-create remotely; steps go one at a time.
+        run_config["execution"] = {"config": {"in_process": {}}}
+        with dg.execute_job(
+            job, instance, run_config=run_config, tags=tags, asset_selection=selection
+        ) as result:
+            outcome.absorb(result)
+        return
     result = job.execute_in_process(
         instance=instance,
         asset_selection=selection,
         tags=tags,
         raise_on_error=False,
-        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+        run_config=run_config,
     )
     outcome.absorb(result)
 
@@ -130,7 +142,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"partitions: {len(added)} classes registered, {len(deleted)} stale ones removed")
     ordered = instance.get_dynamic_partitions(partitions.FRUIT_CLASS_PARTITIONS_NAME)
     ranges = partitions.contiguous_ranges(ordered, selected)
-    job = build_definitions().resolve_implicit_global_asset_job_def()
+    try:
+        job = build_definitions().resolve_implicit_global_asset_job_def()
+    except ValueError as exc:  # e.g. FRUITS_ENV=emr without a cluster id
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if os.environ.get("FRUITS_ENV") == "emr":
+        from fruits_assets.jobs import reconstructable_job
+
+        job = reconstructable_job()
     partitioned = [a.key for a in PARTITIONED_ASSETS]
     downstream = [a.key for a in UNPARTITIONED_ASSETS]
     outcome = RunOutcome()
@@ -265,6 +285,34 @@ def ui(args: argparse.Namespace) -> int:
     return EXIT_FAILED  # pragma: no cover - execvp does not return
 
 
+def cluster(args: argparse.Namespace) -> int:
+    """Create or terminate the EMR cluster of the spec, or print its bootstrap script."""
+    from fruits_assets.emr import bootstrap
+    from fruits_assets.emr import cluster as emr_cluster
+    from fruits_assets.emr.spec import ClusterSpec
+
+    if args.action == "terminate":
+        if not args.cluster_id:
+            print("error: fruits cluster terminate CLUSTER_ID", file=sys.stderr)
+            return EXIT_USAGE
+        region = args.region or ClusterSpec.load(args.spec, staging_bucket="-").region
+        emr_cluster.terminate(args.cluster_id, region, wait=args.wait)
+        return EXIT_OK
+    try:
+        spec = ClusterSpec.load(args.spec, staging_bucket=args.staging_bucket, region=args.region)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"error: cluster spec: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.action == "bootstrap":
+        print(bootstrap.bootstrap_script(spec), end="")
+        return EXIT_OK
+    cluster_id = emr_cluster.create(spec, wait=args.wait)
+    print("\nto run the asset graph on it:")
+    for line in emr_cluster.env_lines(spec, cluster_id):
+        print(f"  {line}")
+    return EXIT_OK
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fruits", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -295,6 +343,15 @@ def _parser() -> argparse.ArgumentParser:
     predict_parser.add_argument("--top", type=int, default=3)
     predict_parser.add_argument("--json", action="store_true", help="one JSON object per line")
     predict_parser.set_defaults(func=predict)
+
+    cluster_parser = commands.add_parser("cluster", help="create or terminate the EMR cluster")
+    cluster_parser.add_argument("action", choices=["create", "terminate", "bootstrap"])
+    cluster_parser.add_argument("cluster_id", nargs="?", help="for terminate: j-XXXXXXXX")
+    cluster_parser.add_argument("--spec", help="cluster spec TOML (default: the packaged one)")
+    cluster_parser.add_argument("--staging-bucket", help="private S3 bucket for steps and logs")
+    cluster_parser.add_argument("--region", help="AWS region (default: the spec's, eu-west-3)")
+    cluster_parser.add_argument("--wait", action="store_true", help="wait until ready / ended")
+    cluster_parser.set_defaults(func=cluster)
 
     ui_parser = commands.add_parser("ui", help="open the Dagster UI on this project")
     common(ui_parser)

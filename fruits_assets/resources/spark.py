@@ -1,9 +1,10 @@
-"""Spark session settings for local runs (the EMR ones live with the step launcher)."""
+"""Spark settings: local Spark (with Hadoop S3A for s3:// data) and the EMR steps' Spark."""
 
 from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 # Settings every environment needs: per-class reruns overwrite only their own label= folders.
@@ -15,15 +16,80 @@ COMMON_SPARK_CONFIG: dict[str, Any] = {
 }
 
 
+S3A_JARS = ("hadoop-aws-", "aws-java-sdk-bundle-")
+# Environment first: the same code talks to AWS, MinIO or moto's server.
+S3A_CREDENTIALS = ",".join(
+    [
+        "org.apache.hadoop.fs.s3a.TemporaryAWSCredentialsProvider",
+        "org.apache.hadoop.fs.s3a.SimpleAWSCredentialsProvider",
+        "com.amazonaws.auth.EnvironmentVariableCredentialsProvider",
+        "com.amazonaws.auth.profile.ProfileCredentialsProvider",
+        "org.apache.hadoop.fs.s3a.auth.IAMInstanceCredentialsProvider",
+    ]
+)
+
+
+def jars_dir() -> Path:
+    return Path(
+        os.environ.get("FRUITS_JARS_DIR") or Path.home() / ".cache" / "fruits_assets" / "jars"
+    )
+
+
+def s3a_jars() -> list[str]:
+    """hadoop-aws and its AWS SDK bundle, as fetched by scripts/fetch_s3a_jars.sh."""
+    found = sorted(str(p) for p in jars_dir().glob("*.jar") if p.name.startswith(S3A_JARS))
+    if len(found) != len(S3A_JARS):
+        raise FileNotFoundError(
+            f"Hadoop's S3A jars are not in {jars_dir()} (found {found}): run "
+            "scripts/fetch_s3a_jars.sh (or scripts/setup.sh) to use s3:// with local Spark"
+        )
+    return found
+
+
+def s3a_spark_config(schemes: tuple[str, ...] = ("s3a",)) -> dict[str, Any]:
+    """Hadoop S3A for the given URI schemes, endpoint and region from the AWS environment."""
+    jars = s3a_jars()
+    config: dict[str, Any] = {
+        "spark.jars": ",".join(jars),
+        "spark.driver.extraClassPath": os.pathsep.join(jars),
+        "spark.executor.extraClassPath": os.pathsep.join(jars),
+        "spark.hadoop.fs.s3a.aws.credentials.provider": S3A_CREDENTIALS,
+    }
+    for scheme in schemes:
+        config[f"spark.hadoop.fs.{scheme}.impl"] = "org.apache.hadoop.fs.s3a.S3AFileSystem"
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:  # MinIO, moto: path-style addressing, plain HTTP when the URL says so
+        config["spark.hadoop.fs.s3a.endpoint"] = endpoint
+        config["spark.hadoop.fs.s3a.path.style.access"] = "true"
+        config["spark.hadoop.fs.s3a.connection.ssl.enabled"] = str(
+            endpoint.startswith("https")
+        ).lower()
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        config["spark.hadoop.fs.s3a.endpoint.region"] = region
+    return config
+
+
+def emr_spark_config(python: str) -> dict[str, Any]:
+    """The --conf of every EMR step: YARN runs the Python of the bootstrap's venv."""
+    return {
+        **COMMON_SPARK_CONFIG,
+        "spark.pyspark.python": python,
+        "spark.pyspark.driver.python": python,
+        # TensorFlow lives off the JVM heap, in the Python workers.
+        "spark.executor.memoryOverhead": "2g",
+    }
+
+
 def local_spark_config(
-    cores: int | None = None, driver_memory: str | None = None
+    cores: int | None = None, driver_memory: str | None = None, s3: bool = False
 ) -> dict[str, Any]:
     """local[N] Spark whose Python workers run this interpreter (so they see this package)."""
     # Spark's Python workers must be this interpreter, with this package and its pins.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # local Spark listens on loopback only
     cores = cores or int(os.environ.get("FRUITS_SPARK_CORES", "0")) or os.cpu_count() or 1
-    return {
+    config = {
         **COMMON_SPARK_CONFIG,
         "spark.master": f"local[{cores}]",
         "spark.app.name": "fruits_assets",
@@ -37,3 +103,6 @@ def local_spark_config(
         "spark.driver.extraJavaOptions": "-Dderby.system.home=/tmp/derby "
         "--add-modules=jdk.incubator.vector",
     }
+    if s3:
+        config.update(s3a_spark_config())
+    return config

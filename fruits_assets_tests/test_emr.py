@@ -1,0 +1,215 @@
+"""The cloud path for real: `fruits cluster create` and `FRUITS_ENV=emr` runs against moto's S3
+and EMR, every asset executed as an EMR step by the emulated cluster (see emr_emulator.py)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from pathlib import Path
+
+import boto3
+import dagster as dg
+import pandas as pd
+import pyarrow.dataset as ds
+import pytest
+
+from fruits_assets import cli, filesystem, layout
+from fruits_assets.emr import cluster as emr_cluster
+from fruits_assets.emr.bootstrap import pinned_requirements
+from fruits_assets.emr.spec import SECURITY_CONFIGURATION, ClusterSpec
+from fruits_assets.resources.spark import s3a_jars
+from fruits_assets_tests.emr_emulator import EmulatedEmr, start_moto
+
+REGION = "eu-west-3"
+DATA_BUCKET, STAGING_BUCKET = "fruits-data", "fruits-staging"
+IMAGES = f"s3://{DATA_BUCKET}/Fruits_Cloud"  # the seed's layout: <root>/<class>/<file>.jpg
+OUTPUT = f"s3://{DATA_BUCKET}/fruits_output"
+WEIGHTS = f"s3://{DATA_BUCKET}/models/mobilenet_v2_1.0_224.h5"
+CLASSES = ["Banana 1", "Cherry 1", "Kiwi 1"]
+IMAGES_PER_CLASS = 10
+ASSETS = [
+    layout.RAW_IMAGES, layout.LABELED_IMAGES, layout.MOBILENET_FEATURES, layout.PCA_MODEL,
+    layout.PCA_FEATURES_PARQUET, layout.FEATURES_CSV, layout.FRUIT_CLASSIFIER,
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def cloud(tmp_path_factory, fruits360, shared_weights):
+    """moto on loopback, the seed's bucket layout, a cluster from the spec, an emulated EMR."""
+    try:
+        s3a_jars()
+    except FileNotFoundError as exc:
+        pytest.fail(f"{exc}: scripts/setup.sh fetches them")
+    saved_env = dict(os.environ)
+    server, endpoint = start_moto()
+    home = tmp_path_factory.mktemp("emr_dagster_home")
+    os.environ.update(
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_REGION=REGION,
+        AWS_DEFAULT_REGION=REGION,
+        DAGSTER_HOME=str(home),
+    )
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "FRUITS_IMAGES", "FRUITS_OUTPUT"):
+        os.environ.pop(name, None)
+    try:
+        s3 = boto3.client("s3", region_name=REGION)
+        s3.create_bucket(
+            Bucket=DATA_BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION}
+        )
+        for label in CLASSES:
+            for image in sorted((fruits360 / "Test" / label).iterdir())[:IMAGES_PER_CLASS]:
+                s3.upload_file(str(image), DATA_BUCKET, f"Fruits_Cloud/{label}/{image.name}")
+        # A truncated JPEG: it must be recorded as rejected, not lost silently.
+        s3.put_object(Bucket=DATA_BUCKET, Key="Fruits_Cloud/Kiwi 1/broken.jpg", Body=b"\xff\xd8")
+        s3.upload_file(str(shared_weights), DATA_BUCKET, WEIGHTS.split("/", 3)[3])
+
+        sent: dict = {}
+        session = boto3._get_default_session()
+        session.events.register(
+            "provide-client-params.emr.RunJobFlow", lambda params, **_: sent.update(params)
+        )
+        said: list[str] = []
+        spec = ClusterSpec.load(staging_bucket=STAGING_BUCKET)
+        cluster_id = emr_cluster.create(spec, say=said.append)
+        os.environ.update(
+            FRUITS_ENV="emr",
+            FRUITS_EMR_CLUSTER_ID=cluster_id,
+            FRUITS_EMR_STAGING_BUCKET=STAGING_BUCKET,
+            FRUITS_EMR_POLL_SECONDS="1",
+            FRUITS_EMR_LOG_WAIT_SECONDS="10",
+        )
+        with EmulatedEmr(REGION) as emr:
+            yield {"spec": spec, "cluster_id": cluster_id, "sent": sent, "said": said, "emr": emr}
+    finally:
+        server.stop()
+        os.environ.clear()
+        os.environ.update(saved_env)
+
+
+def run_fruits(capsys, *args: str) -> tuple[int, str]:
+    code = cli.main(["run", "--images", IMAGES, "--output", OUTPUT, *args])
+    out = capsys.readouterr().out
+    return code, out
+
+
+def read_parquet(uri: str) -> pd.DataFrame:
+    loc = filesystem.Location.of(uri)
+    table = ds.dataset(loc.path, filesystem=loc.fs, format="parquet", partitioning="hive")
+    frame = table.to_table().to_pandas()
+    return frame.assign(label=frame.label.astype(str))
+
+
+def test_cluster_create_sends_a_private_self_terminating_cluster(cloud):
+    spec, sent = cloud["spec"], cloud["sent"]
+    assert sent["ReleaseLabel"].startswith("emr-7.")
+    assert sent["AutoTerminationPolicy"] == {"IdleTimeout": 3600}
+    assert sent["LogUri"] == f"s3://{STAGING_BUCKET}/emr-logs/"
+    groups = {g["InstanceRole"]: g for g in sent["Instances"]["InstanceGroups"]}
+    assert groups["MASTER"]["InstanceCount"] == 1 and groups["CORE"]["InstanceCount"] == 2
+    assert {g["InstanceType"] for g in groups.values()} == {"m5.xlarge"}
+    # No security group of ours, hence no port 22 rule; and EMR's block public access allows none.
+    assert not any("SecurityGroup" in key for key in sent["Instances"])
+    emr = boto3.client("emr", region_name=REGION)
+    blocked = emr.get_block_public_access_configuration()["BlockPublicAccessConfiguration"]
+    assert blocked["BlockPublicSecurityGroupRules"] is True
+    assert not blocked.get("PermittedPublicSecurityGroupRuleRanges")
+    assert sent["SecurityConfiguration"] == SECURITY_CONFIGURATION
+    security = json.loads(
+        emr.describe_security_configuration(Name=SECURITY_CONFIGURATION)["SecurityConfiguration"]
+    )["EncryptionConfiguration"]
+    assert security["EnableAtRestEncryption"] is True
+    assert security["AtRestEncryptionConfiguration"]["S3EncryptionConfiguration"] == {
+        "EncryptionMode": "SSE-S3"
+    }
+    # The staging bucket carries pickles: private and encrypted.
+    s3 = boto3.client("s3", region_name=REGION)
+    block = s3.get_public_access_block(Bucket=STAGING_BUCKET)["PublicAccessBlockConfiguration"]
+    assert all(block.values())
+    rules = s3.get_bucket_encryption(Bucket=STAGING_BUCKET)["ServerSideEncryptionConfiguration"]
+    assert rules["Rules"][0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
+    # The bootstrap script installs exactly the versions installed here.
+    action = sent["BootstrapActions"][0]["ScriptBootstrapAction"]["Path"]
+    bucket, key = action[len("s3://") :].split("/", 1)
+    script = s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+    for pin in pinned_requirements():
+        assert f"'{pin}'" in script
+    assert "'dagster==1.13.27'" in script and "'tensorflow==2.21.0'" in script
+    assert f"{spec.python_interpreter} -m venv {spec.venv}" in script
+    exports = sent["Configurations"][0]["Configurations"][0]["Properties"]
+    assert exports["PYSPARK_PYTHON"] == f"{spec.venv}/bin/python"
+    listed = emr.list_bootstrap_actions(ClusterId=cloud["cluster_id"])["BootstrapActions"]
+    assert listed[0]["ScriptPath"] == action
+
+
+def test_whole_graph_materializes_through_emr_steps(cloud, capsys):
+    code, out = run_fruits(capsys, "--weights", WEIGHTS)
+    emr: EmulatedEmr = cloud["emr"]
+    assert code == 0, out + "\n".join(r.stderr[-3000:] for r in emr.runs if r.returncode)
+    # Every asset was one EMR step, run by spark-submit against the emulated cluster.
+    assert len(emr.runs) == len(ASSETS)
+    assert all(r.returncode == 0 for r in emr.runs)
+    assert all(r.command[r.command.index("--master") + 1] == "local[2]" for r in emr.runs)
+
+    instance = dg.DagsterInstance.get()
+    for asset in ASSETS:
+        event = instance.get_latest_materialization_event(dg.AssetKey(asset))
+        assert event is not None, asset
+        metadata = event.asset_materialization.metadata
+        assert metadata["emr_cost_estimate_usd"].value > 0, asset
+        assert "m5.xlarge in eu-west-3" in metadata["emr_price_basis"].value
+    (run,) = instance.get_runs()
+    checks = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
+    evaluations = {
+        (e.dagster_event.event_specific_data.asset_key.to_user_string(),
+         e.dagster_event.event_specific_data.check_name):
+        e.dagster_event.event_specific_data.passed
+        for e in checks
+    }  # fmt: skip
+    assert len(evaluations) >= 8 and all(evaluations.values()), evaluations
+
+    features = read_parquet(layout.asset_dir(OUTPUT, layout.MOBILENET_FEATURES))
+    assert len(features) == len(CLASSES) * IMAGES_PER_CLASS
+    assert set(features.label) == set(CLASSES)
+    pca = read_parquet(layout.asset_dir(OUTPUT, layout.PCA_FEATURES_PARQUET))
+    k = instance.get_latest_materialization_event(dg.AssetKey(layout.PCA_MODEL))
+    k = k.asset_materialization.metadata["k"].value
+    assert len(pca) == len(features) and len(pca.pca_features.iloc[0]) == k
+    csv = pd.read_csv(filesystem.Location.of(layout.csv_path(OUTPUT)).fs.open_input_file(
+        filesystem.Location.of(layout.csv_path(OUTPUT)).path))  # fmt: skip
+    assert len(csv) == len(features) and csv.shape[1] == k + 2  # path, label, pca_feature_1..k
+    assert filesystem.exists(filesystem.join(layout.pca_model_dir(OUTPUT), "metadata"))
+    rejected = read_parquet(layout.rejected_images_dir(OUTPUT))
+    assert list(rejected.path.str.rsplit("/", n=1).str[-1]) == ["broken.jpg"]
+
+
+def test_one_class_reruns_through_the_step_launcher(cloud, capsys):
+    before = read_parquet(layout.asset_dir(OUTPUT, layout.MOBILENET_FEATURES))
+    steps_before = len(cloud["emr"].runs)
+    code, out = run_fruits(capsys, "--weights", WEIGHTS, "--classes", "Kiwi 1")
+    assert code == 0, out
+    assert len(cloud["emr"].runs) == steps_before + len(ASSETS)
+    after = read_parquet(layout.asset_dir(OUTPUT, layout.MOBILENET_FEATURES))
+    assert len(after) == len(before) and set(after.label) == set(CLASSES)
+    run = dg.DagsterInstance.get().get_runs(limit=1)[0]
+    assert run.tags["dagster/asset_partition_range_start"] == "Kiwi 1"
+    assert run.status == dg.DagsterRunStatus.SUCCESS
+
+
+def test_a_failing_step_fails_the_run_with_the_driver_error(cloud, capsys):
+    missing = f"s3://{DATA_BUCKET}/models/missing.h5"
+    code, out = run_fruits(capsys, "--weights", missing, "--classes", "Banana 1")
+    assert code == 1
+    assert "step mobilenet_features failed" in out and "missing.h5" in out
+    assert "status:             FAILED" in out
+
+
+def test_step_logs_land_where_emr_puts_them(cloud):
+    run = cloud["emr"].runs[0]
+    s3 = boto3.client("s3", region_name=REGION)
+    key = f"emr-logs/{cloud['cluster_id']}/steps/{run.step_id}/stdout.gz"
+    stdout = gzip.decompress(s3.get_object(Bucket=STAGING_BUCKET, Key=key)["Body"].read())
+    assert b"fruits_assets: running step raw_images" in stdout
+    assert any(Path(part).name == "step_main.py" for part in run.command)
