@@ -17,6 +17,7 @@ import pytest
 from fruits_assets import cli, filesystem, layout
 from fruits_assets.emr import cluster as emr_cluster
 from fruits_assets.emr.bootstrap import pinned_requirements
+from fruits_assets.emr.launcher import FruitsEmrStepLauncher
 from fruits_assets.emr.spec import SECURITY_CONFIGURATION, ClusterSpec
 from fruits_assets.resources.spark import s3a_jars
 from fruits_assets_tests.emr_emulator import EmulatedEmr, start_moto
@@ -204,6 +205,19 @@ def test_a_failing_step_fails_the_run_with_the_driver_error(cloud, capsys):
     assert code == 1
     assert "step mobilenet_features failed" in out and "missing.h5" in out
     assert "status:             FAILED" in out
+
+
+def test_a_crashing_driver_fails_the_step_with_its_stderr(cloud, capsys, tmp_path, monkeypatch):
+    crash = tmp_path / "crash_main.py"
+    crash.write_text("import sys\nsys.exit('boom: the driver died before Dagster started')\n")
+    monkeypatch.setattr(FruitsEmrStepLauncher, "_main_file_local_path", lambda self: str(crash))
+    code, out = run_fruits(capsys, "--weights", WEIGHTS, "--classes", "Banana 1")
+    assert code == 1
+    driver = cloud["emr"].runs[-1].stdout
+    assert "step raw_images failed" in out and "boom: the driver died" in out, out + driver
+    run = dg.DagsterInstance.get().get_runs(limit=1)[0]
+    logs = [e.user_message for e in dg.DagsterInstance.get().all_logs(run.run_id)]
+    assert any("Spark driver output (tail)" in m and "boom" in m for m in logs)
 
 
 def test_step_logs_land_where_emr_puts_them(cloud):

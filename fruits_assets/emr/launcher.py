@@ -6,6 +6,7 @@ import gzip
 import json
 import os
 import pickle
+import re
 import tempfile
 import time
 import warnings
@@ -35,6 +36,7 @@ from fruits_assets.partitions import FRUIT_CLASS_PARTITIONS_NAME
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # fruits_assets/
 FORWARDED_PREFIX = "FRUITS_"
+SPARK_LOG_LINE = re.compile(r"^\d{2}/\d{2}/\d{2} \d{2}:\d{2}:\d{2} (TRACE|DEBUG|INFO|WARN) ")
 # Dagster marks step launchers as superseded by Pipes; the design card asks for this one.
 warnings.filterwarnings("ignore", message=".*StepLauncher.*", category=Warning)
 
@@ -120,16 +122,18 @@ class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
         try:
             yield from self._relay_events(step_context, run_id, step_key, emr_step_id, started)
         except EmrError as exc:
-            stderr = self._driver_stderr(emr_step_id)
-            tail = "\n".join(stderr.strip().splitlines()[-40:]) if stderr else "(no driver log)"
-            log.error(f"EMR step {emr_step_id} failed; Spark driver stderr (tail):\n{tail}")
+            # spark-submit merges the Python driver's stderr into the step's stdout.
+            logs = [self._step_log(emr_step_id, name) for name in ("stdout", "stderr")]
+            tail = _error_tail("\n".join(text for text in logs if text)) or "(no driver log)"
+            log.error(f"EMR step {emr_step_id} failed; Spark driver output (tail):\n{tail}")
             raise dg.Failure(
-                description=f"EMR step {emr_step_id} for {step_key} failed: {exc}",
+                description=f"EMR step {emr_step_id} for {step_key} failed ({exc}); "
+                f"the Spark driver's output ends with: {tail.splitlines()[-1]}",
                 metadata={
                     "emr_step_id": emr_step_id,
-                    "driver_stderr_tail": dg.MetadataValue.text(tail),
+                    "driver_output_tail": dg.MetadataValue.text(tail),
                 },
-            ) from exc
+            ) from None  # the description says it all; the CLI shows root causes
 
     def _relay_events(
         self, step_context, run_id: str, step_key: str, emr_step_id: str, started: float
@@ -177,13 +181,13 @@ class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
                 return []  # the remote process has not written any event yet
             raise
 
-    def _driver_stderr(self, emr_step_id: str) -> str | None:
-        """The step's stderr from the cluster's S3 logs (EMR ships them every ~5 minutes)."""
+    def _step_log(self, emr_step_id: str, name: str) -> str | None:
+        """A step log from the cluster's S3 logs (EMR ships them every ~5 minutes)."""
         try:
             bucket, prefix = self.emr_job_runner.log_location_for_cluster(self.cluster_id)
         except EmrError:
             return None
-        key = f"{prefix}{self.cluster_id}/steps/{emr_step_id}/stderr.gz"
+        key = f"{prefix}{self.cluster_id}/steps/{emr_step_id}/{name}.gz"
         s3 = boto3.client("s3", region_name=self.region_name)
         deadline = time.monotonic() + self.log_wait_seconds
         while True:
@@ -194,6 +198,12 @@ class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
                 if time.monotonic() > deadline:
                     return None
                 time.sleep(min(10.0, self.poll_seconds))
+
+
+def _error_tail(stderr: str, lines: int = 40) -> str:
+    """The end of a driver's output without Spark's log chatter, which follows the error."""
+    kept = [line for line in stderr.strip().splitlines() if not SPARK_LOG_LINE.match(line)]
+    return "\n".join(kept[-lines:])
 
 
 def _zip_package(package_dir: Path, target: str) -> None:

@@ -84,14 +84,15 @@ def emr_spark_config(python: str) -> dict[str, Any]:
 def local_spark_config(
     cores: int | None = None, driver_memory: str | None = None, s3: bool = False
 ) -> dict[str, Any]:
-    """local[N] Spark whose Python workers run this interpreter (so they see this package)."""
+    """local[N] Spark (or FRUITS_SPARK_MASTER's) whose Python workers run this interpreter."""
     # Spark's Python workers must be this interpreter, with this package and its pins.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # local Spark listens on loopback only
     cores = cores or int(os.environ.get("FRUITS_SPARK_CORES", "0")) or os.cpu_count() or 1
     config = {
         **COMMON_SPARK_CONFIG,
-        "spark.master": f"local[{cores}]",
+        # A standalone cluster's URL works too, when its workers share this machine's paths.
+        "spark.master": os.environ.get("FRUITS_SPARK_MASTER") or f"local[{cores}]",
         "spark.app.name": "fruits_assets",
         "spark.driver.memory": driver_memory or os.environ.get("FRUITS_DRIVER_MEMORY", "4g"),
         "spark.pyspark.python": sys.executable,
