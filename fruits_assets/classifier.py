@@ -15,40 +15,36 @@ PREDICTOR_FILE = "predictor.npz"
 
 @dataclass(frozen=True)
 class Predictor:
-    """MobileNetV2 features -> PCA -> centre and scale -> Spark's MLP (softmax on top)."""
+    """MobileNetV2 features -> PCA, colour histogram -> Spark's scalers -> softmax regression."""
 
     pc: np.ndarray  # (1280, k) principal components, applied as Spark's PCAModel applies them
-    mean: np.ndarray  # (k,) training mean of the PCA features
-    scale: float  # one global factor, so no near-constant component is blown up
-    layers: list[int]  # [k, (hidden,) classes]
-    weights: np.ndarray  # Spark's flat MLP weights: per layer, W (out x in, column-major), then b
+    pca_mean: np.ndarray  # (k,) training mean of the PCA features
+    pca_scale: np.ndarray  # (k,) 1 / training std (0 where the std is 0, as Spark does)
+    hist_mean: np.ndarray  # (512,) the same for the colour histogram
+    hist_scale: np.ndarray
+    coefficients: np.ndarray  # (classes, k + 512) Spark's multinomial coefficient matrix
+    intercepts: np.ndarray  # (classes,)
     labels: list[str]
     weights_sha256: str
 
-    def probabilities(self, features: np.ndarray) -> np.ndarray:
-        activation = ((features.astype(np.float64) @ self.pc) - self.mean) * self.scale
-        offset = 0
-        for index, (n_in, n_out) in enumerate(zip(self.layers[:-1], self.layers[1:], strict=True)):
-            w = self.weights[offset : offset + n_in * n_out].reshape((n_out, n_in), order="F")
-            b = self.weights[offset + n_in * n_out : offset + n_in * n_out + n_out]
-            offset += n_in * n_out + n_out
-            z = activation @ w.T + b
-            if index < len(self.layers) - 2:
-                activation = 1.0 / (1.0 + np.exp(-z))  # Spark's hidden layers are sigmoid
-            else:
-                z -= z.max(axis=1, keepdims=True)
-                exp = np.exp(z)
-                activation = exp / exp.sum(axis=1, keepdims=True)
-        return activation
+    def probabilities(self, features: np.ndarray, histograms: np.ndarray) -> np.ndarray:
+        """Class probabilities for MobileNetV2 features (n, 1280) and histograms (n, 512)."""
+        pca = ((features.astype(np.float64) @ self.pc) - self.pca_mean) * self.pca_scale
+        hist = (histograms.astype(np.float64) - self.hist_mean) * self.hist_scale
+        z = np.hstack([pca, hist]) @ self.coefficients.T + self.intercepts
+        z -= z.max(axis=1, keepdims=True)
+        exp = np.exp(z)
+        return exp / exp.sum(axis=1, keepdims=True)
 
     def save(self, output_root: str) -> str:
         buffer = io.BytesIO()
+        arrays = {k: v for k, v in self.__dict__.items() if isinstance(v, np.ndarray)}
         np.savez(
             buffer,
-            pc=self.pc, mean=self.mean, scale=np.array(self.scale), layers=np.array(self.layers),
-            weights=self.weights, labels=np.array(json.dumps(self.labels)),
+            **arrays,
+            labels=np.array(json.dumps(self.labels)),
             weights_sha256=np.array(self.weights_sha256),
-        )  # fmt: skip
+        )
         path = _predictor_path(output_root)
         filesystem.write_bytes(path, buffer.getvalue())
         return path
@@ -62,11 +58,15 @@ class Predictor:
                 "run `fruits run` on a dataset first"
             )
         data = np.load(io.BytesIO(filesystem.read_bytes(path)))
+        if "coefficients" not in data.files:
+            raise ValueError(f"{path} comes from an older fruits_assets: rerun `fruits run`")
+        texts = ("labels", "weights_sha256")
+        arrays = {name: data[name] for name in data.files if name not in texts}
         return cls(
-            pc=data["pc"], mean=data["mean"], scale=float(data["scale"]),
-            layers=[int(n) for n in data["layers"]], weights=data["weights"],
-            labels=json.loads(str(data["labels"])), weights_sha256=str(data["weights_sha256"]),
-        )  # fmt: skip
+            **arrays,
+            labels=json.loads(str(data["labels"])),
+            weights_sha256=str(data["weights_sha256"]),
+        )
 
 
 def _predictor_path(output_root: str) -> str:

@@ -233,7 +233,9 @@ def predict(args: argparse.Namespace) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import json
 
-    from fruits_assets import classifier, decoding, featurizer, filesystem
+    import numpy as np
+
+    from fruits_assets import classifier, color, decoding, featurizer, filesystem
 
     root = filesystem.normalize_uri(args.model)
     try:
@@ -258,7 +260,9 @@ def predict(args: argparse.Namespace) -> int:
             good.append((index, decoded.content))
     if good:
         model = featurizer.Featurizer(weights, batch_size=min(len(good), 16))
-        probabilities = predictor.probabilities(model([content for _, content in good]))
+        contents = [content for _, content in good]
+        histograms = np.stack([color.histogram(content) for content in contents])
+        probabilities = predictor.probabilities(model(contents), histograms)
         for (index, _), row in zip(good, probabilities, strict=True):
             top = row.argsort()[::-1][: args.top]
             answers[index]["top"] = [

@@ -23,7 +23,7 @@ def resources(images: str, output: str, weights: str, variance: float = 0.99) ->
         "storage": FruitsStorage(images_root=str(images), output_root=str(output)),
         "featurizer_settings": FeaturizerSettings(weights=str(weights)),
         "pca_settings": PcaSettings(target_variance=variance),
-        "classifier_settings": ClassifierSettings(hidden_units=[0], max_iters=[100], cv_folds=2),
+        "classifier_settings": ClassifierSettings(reg_params=[1e-4], max_iter=100, cv_folds=2),
         "pyspark": PySparkResource(spark_config=local_spark_config()),
         "step_launcher": dg.ResourceDefinition.none_resource(),
     }

@@ -6,11 +6,10 @@ import json
 
 import numpy as np
 import pyarrow.dataset as ds
-from pyspark.ml.classification import MultilayerPerceptronClassificationModel
-from pyspark.ml.feature import PCAModel, StandardScalerModel
+from pyspark.ml import PipelineModel
+from pyspark.ml.feature import PCAModel
 from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.sql import SparkSession
-from pyspark.sql import functions as F
 
 from fruits_assets import classifier, layout
 from fruits_assets_tests.graph import check_outcomes, last_metadata
@@ -35,21 +34,20 @@ def test_numpy_predictor_matches_spark_models(real_run):  # noqa: F811
     root = layout.asset_dir(output, layout.FRUIT_CLASSIFIER)
     features = spark.read.parquet(layout.asset_dir(output, layout.MOBILENET_FEATURES)).limit(20)
     pca = PCAModel.load(layout.pca_model_dir(output))
-    centre = StandardScalerModel.load(f"{root}/centre")
-    model = MultilayerPerceptronClassificationModel.load(f"{root}/mlp")
+    model = PipelineModel.load(f"{root}/model")
     predictor = classifier.Predictor.load(output)
     projected = pca.transform(features.withColumn("features_vector", array_to_vector("features")))
-    centred = centre.transform(projected.withColumnRenamed("pca_vector", "x"))
-    scaled = centred.withColumn(
-        "scaled",
-        array_to_vector(F.transform(vector_to_array("centred"), lambda v: v * predictor.scale)),
+    inputs = projected.withColumnRenamed("pca_vector", "x").withColumn(
+        "h", array_to_vector("color_histogram")
     )
     rows = (
-        model.transform(scaled)
-        .select("features", vector_to_array("probability").alias("p"))
+        model.transform(inputs)
+        .select("features", "color_histogram", vector_to_array("probability").alias("p"))
         .collect()
     )
-    ours = predictor.probabilities(np.array([r["features"] for r in rows]))
+    ours = predictor.probabilities(
+        np.array([r["features"] for r in rows]), np.array([r["color_histogram"] for r in rows])
+    )
     np.testing.assert_allclose(ours, np.array([r["p"] for r in rows]), atol=1e-4)
 
 

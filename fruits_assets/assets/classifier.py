@@ -1,4 +1,4 @@
-"""fruit_classifier: a softmax (or small MLP) head on the PCA features, evaluated honestly."""
+"""fruit_classifier: softmax regression on PCA features + colour histograms, scored honestly."""
 
 import base64
 import json
@@ -6,15 +6,16 @@ import time
 
 import dagster as dg
 import numpy as np
-from pyspark.ml.classification import MultilayerPerceptronClassifier
+from pyspark.ml import Pipeline, PipelineModel
+from pyspark.ml.classification import LogisticRegression
 from pyspark.ml.evaluation import MulticlassClassificationEvaluator
-from pyspark.ml.feature import ElementwiseProduct, PCAModel, StandardScaler, StringIndexer
+from pyspark.ml.feature import PCAModel, StandardScaler, StringIndexer, VectorAssembler
 from pyspark.ml.functions import array_to_vector, vector_to_array
-from pyspark.ml.linalg import Vectors
 from pyspark.ml.tuning import CrossValidator, ParamGridBuilder
 from pyspark.sql import functions as F
 
 from fruits_assets import classifier, featurizer, filesystem, layout, splits
+from fruits_assets.assets.classes import current_features
 from fruits_assets.assets.common import SPARK_RESOURCES, rows_table
 from fruits_assets.assets.features import resolve_weights
 from fruits_assets.assets.pca import pca_features_parquet
@@ -39,69 +40,69 @@ WORST_CLASSES_SHOWN = 12
     ],
 )
 def fruit_classifier(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-    """A Spark ML softmax/MLP classifier trained on Training, tuned by CV there, scored on Test."""
+    """Spark ML softmax regression fit on Training, L2 chosen by CV there, scored on Test."""
     storage: FruitsStorage = context.resources.storage
     spark = context.resources.pyspark.spark_session
     settings: ClassifierSettings = context.resources.classifier_settings
     features_dir = layout.asset_dir(storage.output, layout.PCA_FEATURES_PARQUET)
-    data, split_source = splits.with_split(spark.read.parquet(storage.spark_path(features_dir)))
+    features = current_features(spark, storage).df
+    if "color_histogram" not in features.columns:
+        raise dg.Failure(
+            description="mobilenet_features has no colour histograms (written by an older "
+            "fruits_assets): rematerialize it, e.g. `fruits run` without --downstream-only"
+        )
+    histograms = features.select("path", "color_histogram")
+    pca_rows = spark.read.parquet(storage.spark_path(features_dir))
+    data, split_source = splits.with_split(pca_rows.join(histograms, "path"))
     indexer = StringIndexer(inputCol="label", outputCol="y", stringOrderType="alphabetAsc")
-    data = indexer.fit(data).transform(data).withColumn("x", array_to_vector("pca_features"))
+    data = (
+        indexer.fit(data)
+        .transform(data)
+        .withColumn("x", array_to_vector("pca_features"))
+        .withColumn("h", array_to_vector("color_histogram"))
+    )
     label_names = sorted(r["label"] for r in data.select("label").distinct().collect())
     train = data.where(F.col("split") == splits.TRAIN).cache()
     test = data.where(F.col("split") == splits.TEST)
 
     started = time.perf_counter()
-    # Centre, then one global scale: per-feature standardization would blow up the PCA's
-    # near-zero-variance components (Spark's LogisticRegression scores ~8% on Test for that).
-    centre = StandardScaler(inputCol="x", outputCol="centred", withMean=True, withStd=False).fit(
-        train
+    # Standardized inputs, L2 strength chosen by CV: the penalty then does what Spark's own
+    # standardization would, without its blow-up of near-constant PCA components.
+    regression = LogisticRegression(
+        featuresCol="z",
+        labelCol="y",
+        family="multinomial",
+        standardization=False,
+        elasticNetParam=0.0,
+        maxIter=settings.max_iter,
+        tol=1e-7,
     )
-    centred = centre.transform(train)
-    spread = (
-        centred.select(
-            F.sqrt(
-                F.avg(
-                    F.aggregate(vector_to_array("centred"), F.lit(0.0), lambda acc, v: acc + v * v)
-                )
-            )
-        ).first()[0]
-        or 1.0
+    pipeline = Pipeline(
+        stages=[
+            StandardScaler(inputCol="x", outputCol="xs", withMean=True, withStd=True),
+            StandardScaler(inputCol="h", outputCol="hs", withMean=True, withStd=True),
+            VectorAssembler(inputCols=["xs", "hs"], outputCol="z"),
+            regression,
+        ]
     )
-    k = len(centre.mean)
-    scale = ElementwiseProduct(scalingVec=Vectors.dense([1.0 / spread] * k), inputCol="centred",
-                               outputCol="scaled")  # fmt: skip
-    scaled_train = scale.transform(centred).cache()
-    n_classes = len(label_names)
-    mlp = MultilayerPerceptronClassifier(
-        featuresCol="scaled", labelCol="y", seed=0, layers=[k, n_classes]
-    )
-    grid = (
-        ParamGridBuilder()
-        .addGrid(
-            mlp.layers,
-            [[k, n_classes] if h == 0 else [k, h, n_classes] for h in settings.hidden_units],
-        )
-        .addGrid(mlp.maxIter, settings.max_iters)
-        .build()
-    )
+    grid = ParamGridBuilder().addGrid(regression.regParam, settings.reg_params).build()
     context.log.info(
-        f"cross-validating {len(grid)} classifiers ({settings.cv_folds} folds) on Training"
+        f"cross-validating {len(grid)} L2 strengths ({settings.cv_folds} folds) on Training"
     )
     search = CrossValidator(
-        estimator=mlp,
+        estimator=pipeline,
         estimatorParamMaps=grid,
         evaluator=MulticlassClassificationEvaluator(labelCol="y", metricName="accuracy"),
         numFolds=settings.cv_folds,
         seed=0,
-    ).fit(scaled_train)
-    model = search.bestModel
+    ).fit(train)
+    model: PipelineModel = search.bestModel
     train_seconds = time.perf_counter() - started
-    train_rows = scaled_train.count()
-    scaled_train.unpersist()
+    train_rows = train.count()
     train.unpersist()
+    n_classes = len(label_names)
 
-    scored = model.transform(scale.transform(centre.transform(test))).select(
+    scored = model.transform(test).select(
         "y", vector_to_array("probability").alias("p")
     )
     rows = scored.collect()  # one probability vector per test image: small, and metrics need all
@@ -119,19 +120,21 @@ def fruit_classifier(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     worst = [c for c in order if recall[c] < 1.0][:WORST_CLASSES_SHOWN] or order[:1]
 
     out = layout.asset_dir(storage.output, layout.FRUIT_CLASSIFIER)
-    centre.write().overwrite().save(storage.spark_path(filesystem.join(out, "centre")))
-    model.write().overwrite().save(storage.spark_path(filesystem.join(out, "mlp")))
+    model.write().overwrite().save(storage.spark_path(filesystem.join(out, "model")))
     filesystem.write_bytes(filesystem.join(out, "labels.json"), json.dumps(label_names).encode())
     # Serving export: everything `fruits predict` needs, MobileNetV2 weights included, no Spark.
     pca = PCAModel.load(storage.spark_path(layout.pca_model_dir(storage.output)))
     info, _ = resolve_weights(context, context.resources.featurizer_settings)
     weight_arrays, sha256 = featurizer.load_weight_arrays(info)
+    pca_scaler, hist_scaler, _, fitted = model.stages
     predictor = classifier.Predictor(
         pc=pca.pc.toArray(),
-        mean=centre.mean.toArray(),
-        scale=1.0 / spread,
-        layers=list(model.getLayers()),
-        weights=model.weights.toArray(),
+        pca_mean=pca_scaler.mean.toArray(),
+        pca_scale=_inverse(pca_scaler.std.toArray()),
+        hist_mean=hist_scaler.mean.toArray(),
+        hist_scale=_inverse(hist_scaler.std.toArray()),
+        coefficients=fitted.coefficientMatrix.toArray(),
+        intercepts=fitted.interceptVector.toArray(),
         labels=label_names,
         weights_sha256=sha256,
     )
@@ -151,10 +154,11 @@ def fruit_classifier(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
             "train_images": train_rows,
             "test_images": len(truth),
             "split": split_source,
-            "chosen_layers": str(best[mlp.layers]),
-            "chosen_max_iter": best[mlp.maxIter],
+            "model": "multinomial logistic regression on standardized PCA features + "
+            "colour histograms",
+            "chosen_reg_param": best[regression.regParam],
             "cv_accuracy": {
-                f"layers={m[mlp.layers]} maxIter={m[mlp.maxIter]}": float(a)
+                f"regParam={m[regression.regParam]}": float(a)
                 for m, a in zip(grid, search.avgMetrics, strict=True)
             },
             "train_seconds": round(train_seconds, 1),
@@ -177,3 +181,8 @@ def fruit_classifier(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
             )
         ],
     )
+
+
+def _inverse(std: np.ndarray) -> np.ndarray:
+    """Spark's StandardScaler multiplies by 1/std, and by 0 where the std is 0."""
+    return np.divide(1.0, std, out=np.zeros_like(std), where=std > 0)

@@ -1,4 +1,4 @@
-"""mobilenet_features: MobileNetV2's 1280-d penultimate layer for every accepted image."""
+"""mobilenet_features: MobileNetV2's 1280-d penultimate layer (and a colour histogram) per image."""
 
 import time
 from collections.abc import Iterator
@@ -8,7 +8,7 @@ import pandas as pd
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from fruits_assets import checks, featurizer, layout, spark_io
+from fruits_assets import checks, color, featurizer, layout, spark_io
 from fruits_assets.assets.common import PARTITIONED, SPARK_RESOURCES, counts_table
 from fruits_assets.assets.images import labeled_images
 from fruits_assets.resources.settings import FeaturizerSettings
@@ -48,6 +48,12 @@ def featurize_udf(spark, weights, sha256: str, settings: FeaturizerSettings):
     return featurize
 
 
+@F.pandas_udf(T.ArrayType(T.FloatType()))
+def color_histogram_udf(contents: pd.Series) -> pd.Series:
+    """The classifier's second input: each image's colour histogram (cheap next to the CNN)."""
+    return pd.Series([color.histogram(content) for content in contents])
+
+
 @dg.asset(
     **PARTITIONED,
     deps=[labeled_images],
@@ -63,7 +69,8 @@ def featurize_udf(spark, weights, sha256: str, settings: FeaturizerSettings):
         checks.spec(
             checks.FEATURES_DIMENSION,
             "mobilenet_features",
-            f"Every vector has {featurizer.FEATURE_DIM} finite values.",
+            f"Every vector has {featurizer.FEATURE_DIM} finite values (and every colour "
+            f"histogram {color.HISTOGRAM_DIM}).",
         ),
     ],
 )
@@ -85,7 +92,12 @@ def mobilenet_features(context: dg.AssetExecutionContext) -> dg.MaterializeResul
     started = time.perf_counter()
     with spark_io.small_splits(spark, images_dir, labels):
         spark_io.write_label_partitions(
-            images.select("path", "label", featurize("content").alias("features")),
+            images.select(
+                "path",
+                "label",
+                featurize("content").alias("features"),
+                color_histogram_udf("content").alias("color_histogram"),
+            ),
             out,
             storage.spark_path(out),
             labels,
@@ -93,8 +105,10 @@ def mobilenet_features(context: dg.AssetExecutionContext) -> dg.MaterializeResul
     seconds = time.perf_counter() - started
 
     written = spark_io.read_labels(spark, out, storage.spark_path(out), labels)
-    bad_vector = (F.size("features") != featurizer.FEATURE_DIM) | F.exists(
-        "features", lambda x: F.isnan(x) | (F.abs(x) == float("inf"))
+    bad_vector = (
+        (F.size("features") != featurizer.FEATURE_DIM)
+        | F.exists("features", lambda x: F.isnan(x) | (F.abs(x) == float("inf")))
+        | (F.size("color_histogram") != color.HISTOGRAM_DIM)
     )
     # One pass over the written rows for every count the checks and metadata need.
     by_class = (
@@ -113,6 +127,7 @@ def mobilenet_features(context: dg.AssetExecutionContext) -> dg.MaterializeResul
     metadata = {
         "num_rows": rows,
         "feature_dim": featurizer.FEATURE_DIM,
+        "color_histogram_dim": color.HISTOGRAM_DIM,
         "weights": info.spec,
         "weights_source": info.source,
         "weights_sha256": sha256,
