@@ -227,3 +227,19 @@ def test_step_logs_land_where_emr_puts_them(cloud):
     stdout = gzip.decompress(s3.get_object(Bucket=STAGING_BUCKET, Key=key)["Body"].read())
     assert b"fruits_assets: running step raw_images" in stdout
     assert any(Path(part).name == "step_main.py" for part in run.command)
+
+
+def test_cluster_terminate_from_the_cli(cloud, capsys):  # last: the cluster is gone after it
+    assert cli.main(["cluster", "terminate", cloud["cluster_id"], "--region", REGION]) == 0
+    assert "termination requested" in capsys.readouterr().out
+    emr = boto3.client("emr", region_name=REGION)
+    state = emr.describe_cluster(ClusterId=cloud["cluster_id"])["Cluster"]["Status"]["State"]
+    assert state in ("TERMINATING", "TERMINATED")
+
+
+def test_cluster_bootstrap_prints_the_generated_script(capsys):
+    assert cli.main(["cluster", "bootstrap", "--staging-bucket", "any"]) == 0
+    script = capsys.readouterr().out
+    assert script.startswith("#!/bin/bash") and "'dagster==1.13.27'" in script
+    assert cli.main(["cluster", "create"]) == 2  # no staging bucket: a usage error, no AWS call
+    assert "staging_bucket" in capsys.readouterr().err
