@@ -102,9 +102,7 @@ def fruit_classifier(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     train.unpersist()
     n_classes = len(label_names)
 
-    scored = model.transform(test).select(
-        "y", vector_to_array("probability").alias("p")
-    )
+    scored = model.transform(test).select("y", vector_to_array("probability").alias("p"))
     rows = scored.collect()  # one probability vector per test image: small, and metrics need all
     if not rows:
         raise dg.Failure(

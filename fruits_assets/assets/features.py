@@ -34,24 +34,34 @@ def resolve_weights(
         return featurizer.resolve_weights("random"), warning
 
 
+# The MobileNetV2 vector, and the colour histogram the classifier also uses (cheap next to it).
+OUTPUT_TYPE = T.StructType(
+    [
+        T.StructField("features", T.ArrayType(T.FloatType())),
+        T.StructField("color_histogram", T.ArrayType(T.FloatType())),
+    ]
+)
+
+
 def featurize_udf(spark, weights, sha256: str, settings: FeaturizerSettings):
     """The iterator pandas UDF: weights broadcast once, one model per Python worker process."""
     broadcast = spark.sparkContext.broadcast(weights)
     batch_size, threads = settings.batch_size, settings.tf_threads_per_task
 
-    @F.pandas_udf(T.ArrayType(T.FloatType()))
-    def featurize(contents: Iterator[pd.Series]) -> Iterator[pd.Series]:
+    @F.pandas_udf(OUTPUT_TYPE)
+    def featurize(contents: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
         model = featurizer.worker_featurizer(sha256, lambda: broadcast.value, batch_size, threads)
         for batch in contents:
-            yield pd.Series(list(model(batch.tolist())))
+            images = batch.tolist()
+            # The histogram rides along: the image bytes cross to Python once, not twice.
+            yield pd.DataFrame(
+                {
+                    "features": list(model(images)),
+                    "color_histogram": [color.histogram(image) for image in images],
+                }
+            )
 
     return featurize
-
-
-@F.pandas_udf(T.ArrayType(T.FloatType()))
-def color_histogram_udf(contents: pd.Series) -> pd.Series:
-    """The classifier's second input: each image's colour histogram (cheap next to the CNN)."""
-    return pd.Series([color.histogram(content) for content in contents])
 
 
 @dg.asset(
@@ -92,11 +102,8 @@ def mobilenet_features(context: dg.AssetExecutionContext) -> dg.MaterializeResul
     started = time.perf_counter()
     with spark_io.small_splits(spark, images_dir, labels):
         spark_io.write_label_partitions(
-            images.select(
-                "path",
-                "label",
-                featurize("content").alias("features"),
-                color_histogram_udf("content").alias("color_histogram"),
+            images.select("path", "label", featurize("content").alias("out")).select(
+                "path", "label", "out.features", "out.color_histogram"
             ),
             out,
             storage.spark_path(out),
