@@ -15,11 +15,11 @@ PREDICTOR_FILE = "predictor.npz"
 
 @dataclass(frozen=True)
 class Predictor:
-    """MobileNetV2 features -> PCA, colour histogram -> Spark's scalers -> softmax regression."""
+    """MobileNetV2 features -> PCA, colour histogram -> centre and scale -> softmax regression."""
 
     pc: np.ndarray  # (1280, k) principal components, applied as Spark's PCAModel applies them
     pca_mean: np.ndarray  # (k,) training mean of the PCA features
-    pca_scale: np.ndarray  # (k,) 1 / training std (0 where the std is 0, as Spark does)
+    pca_scale: np.ndarray  # (k,) 1 / sqrt(training variance + shrinkage), see fruit_classifier
     hist_mean: np.ndarray  # (512,) the same for the colour histogram
     hist_scale: np.ndarray
     coefficients: np.ndarray  # (classes, k + 512) Spark's multinomial coefficient matrix

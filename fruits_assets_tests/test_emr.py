@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import boto3
@@ -21,6 +22,7 @@ from fruits_assets.emr.launcher import FruitsEmrStepLauncher
 from fruits_assets.emr.spec import SECURITY_CONFIGURATION, ClusterSpec
 from fruits_assets.resources.spark import s3a_jars
 from fruits_assets_tests.emr_emulator import EmulatedEmr, start_moto
+from fruits_assets_tests.test_cli import FRUITS
 
 REGION = "eu-west-3"
 DATA_BUCKET, STAGING_BUCKET = "fruits-data", "fruits-staging"
@@ -81,6 +83,8 @@ def cloud(tmp_path_factory, fruits360, shared_weights):
             FRUITS_EMR_STAGING_BUCKET=STAGING_BUCKET,
             FRUITS_EMR_POLL_SECONDS="1",
             FRUITS_EMR_LOG_WAIT_SECONDS="10",
+            # 24 training images: L-BFGS would run all 200 iterations, one Spark job each.
+            FRUITS_CLASSIFIER_MAX_ITER="30",
         )
         with EmulatedEmr(REGION) as emr:
             yield {"spec": spec, "cluster_id": cluster_id, "sent": sent, "said": said, "emr": emr}
@@ -90,10 +94,11 @@ def cloud(tmp_path_factory, fruits360, shared_weights):
         os.environ.update(saved_env)
 
 
-def run_fruits(capsys, *args: str) -> tuple[int, str]:
-    code = cli.main(["run", "--images", IMAGES, "--output", OUTPUT, *args])
-    out = capsys.readouterr().out
-    return code, out
+def run_fruits(*args: str) -> tuple[int, str]:
+    """`fruits run` as a user runs it: its own process, talking to moto over HTTP."""
+    command = [FRUITS, "run", "--images", IMAGES, "--output", OUTPUT, *args]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1800, check=False)
+    return done.returncode, done.stdout + done.stderr[-5000:]
 
 
 def read_parquet(uri: str) -> pd.DataFrame:
@@ -145,8 +150,8 @@ def test_cluster_create_sends_a_private_self_terminating_cluster(cloud):
     assert listed[0]["ScriptPath"] == action
 
 
-def test_whole_graph_materializes_through_emr_steps(cloud, capsys):
-    code, out = run_fruits(capsys, "--weights", WEIGHTS)
+def test_whole_graph_materializes_through_emr_steps(cloud):
+    code, out = run_fruits("--weights", WEIGHTS)
     emr: EmulatedEmr = cloud["emr"]
     assert code == 0, out + "\n".join(r.stderr[-3000:] for r in emr.runs if r.returncode)
     # Every asset was one EMR step, run by spark-submit against the emulated cluster.
@@ -186,10 +191,10 @@ def test_whole_graph_materializes_through_emr_steps(cloud, capsys):
     assert list(rejected.path.str.rsplit("/", n=1).str[-1]) == ["broken.jpg"]
 
 
-def test_one_class_reruns_through_the_step_launcher(cloud, capsys):
+def test_one_class_reruns_through_the_step_launcher(cloud):
     before = read_parquet(layout.asset_dir(OUTPUT, layout.MOBILENET_FEATURES))
     steps_before = len(cloud["emr"].runs)
-    code, out = run_fruits(capsys, "--weights", WEIGHTS, "--classes", "Kiwi 1")
+    code, out = run_fruits("--weights", WEIGHTS, "--classes", "Kiwi 1")
     assert code == 0, out
     assert len(cloud["emr"].runs) == steps_before + len(ASSETS)
     after = read_parquet(layout.asset_dir(OUTPUT, layout.MOBILENET_FEATURES))
@@ -199,9 +204,9 @@ def test_one_class_reruns_through_the_step_launcher(cloud, capsys):
     assert run.status == dg.DagsterRunStatus.SUCCESS
 
 
-def test_a_failing_step_fails_the_run_with_the_driver_error(cloud, capsys):
+def test_a_failing_step_fails_the_run_with_the_driver_error(cloud):
     missing = f"s3://{DATA_BUCKET}/models/missing.h5"
-    code, out = run_fruits(capsys, "--weights", missing, "--classes", "Banana 1")
+    code, out = run_fruits("--weights", missing, "--classes", "Banana 1")
     assert code == 1
     assert "step mobilenet_features failed" in out and "missing.h5" in out
     assert "status:             FAILED" in out
@@ -211,7 +216,10 @@ def test_a_crashing_driver_fails_the_step_with_its_stderr(cloud, capsys, tmp_pat
     crash = tmp_path / "crash_main.py"
     crash.write_text("import sys\nsys.exit('boom: the driver died before Dagster started')\n")
     monkeypatch.setattr(FruitsEmrStepLauncher, "_main_file_local_path", lambda self: str(crash))
-    code, out = run_fruits(capsys, "--weights", WEIGHTS, "--classes", "Banana 1")
+    # In this process, so that the patched launcher is the one used.
+    code = cli.main(["run", "--images", IMAGES, "--output", OUTPUT, "--weights", WEIGHTS,
+                     "--classes", "Banana 1"])  # fmt: skip
+    out = capsys.readouterr().out
     assert code == 1
     driver = cloud["emr"].runs[-1].stdout
     assert "step raw_images failed" in out and "boom: the driver died" in out, out + driver

@@ -33,7 +33,8 @@ def settings_from_env() -> dict[str, Any]:
             allow_random_fallback=os.environ.get("FRUITS_ALLOW_RANDOM_FALLBACK") == "1",
         ),
         "classifier_settings": ClassifierSettings(
-            accuracy_floor=float(os.environ.get("FRUITS_ACCURACY_FLOOR", "0.9"))
+            accuracy_floor=float(os.environ.get("FRUITS_ACCURACY_FLOOR", "0.9")),
+            max_iter=int(os.environ.get("FRUITS_CLASSIFIER_MAX_ITER", "200")),
         ),
         "pca_settings": PcaSettings(
             target_variance=float(os.environ.get("FRUITS_VARIANCE", "0.99"))
