@@ -7,6 +7,7 @@ heads with L2 regularization on, at 0.90 / 0.95 / 0.99 explained variance (PCA f
   - "global": the PCA features centred and scaled by one global factor,
   - "standardized": each PCA feature standardized,
   - "standardized+color": the same, plus the image's colour histogram (fruits_assets.color),
+  - "shrunk+color": each dimension scaled by 1/sqrt(var + 0.1 mean var), as fruit_classifier,
   - with --augment, "standardized" with Training augmented by mirrored copies (featurized here).
 Each configuration's chosen L2 strength is then scored once on Test.
 
@@ -89,6 +90,15 @@ def inputs(x_fit, h_fit, x_eval, h_eval, variance: float, mode: str):
     if mode == "global":
         scale = np.sqrt((z_fit**2).sum(axis=1).mean())
         return z_fit / scale, z_eval / scale, k
+    if mode == "shrunk+color":  # what fruit_classifier ships: no blow-up of near-empty dimensions
+        z_scale = 1 / np.sqrt(z_fit.var(axis=0) + 0.1 * z_fit.var(axis=0).mean())
+        h_mean, h_var = h_fit.mean(axis=0), h_fit.var(axis=0)
+        h_scale = 1 / np.sqrt(h_var + 0.1 * h_var.mean() + 1e-12)
+        return (
+            np.hstack([z_fit * z_scale, (h_fit - h_mean) * h_scale]),
+            np.hstack([z_eval * z_scale, (h_eval - h_mean) * h_scale]),
+            k,
+        )
     std = z_fit.std(axis=0)
     z_fit, z_eval = z_fit / std, z_eval / std
     if mode == "standardized+color":
@@ -166,7 +176,8 @@ def main() -> None:
 
     data["h"] = np.stack([color.histogram(Path(p).read_bytes()) for p in data["paths"]])
     extra = mirrored_features(data, args.weights) if args.augment else None
-    runs = [(mode, None) for mode in ("global", "standardized", "standardized+color")]
+    modes = ("global", "standardized", "standardized+color", "shrunk+color")
+    runs = [(mode, None) for mode in modes]
     if extra is not None:
         runs.append(("standardized", extra))
     results = []

@@ -1,6 +1,6 @@
 """Wall time of `fruits predict` for one photo, as a user runs it (a fresh process each time).
 
-    .venv/bin/python benchmarks/predict_latency.py OUTPUT_ROOT PHOTO [--reps 5]
+.venv/bin/python benchmarks/predict_latency.py OUTPUT_ROOT PHOTO [--reps 5]
 """
 
 from __future__ import annotations
