@@ -7,6 +7,7 @@ import gzip
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import boto3
@@ -18,7 +19,6 @@ import pytest
 from fruits_assets import cli, filesystem, layout
 from fruits_assets.emr import cluster as emr_cluster
 from fruits_assets.emr.bootstrap import pinned_requirements
-from fruits_assets.emr.launcher import FruitsEmrStepLauncher
 from fruits_assets.emr.spec import SECURITY_CONFIGURATION, ClusterSpec
 from fruits_assets.resources.spark import s3a_jars
 from fruits_assets_tests.emr_emulator import EmulatedEmr, start_moto
@@ -212,15 +212,24 @@ def test_a_failing_step_fails_the_run_with_the_driver_error(cloud):
     assert "status:             FAILED" in out
 
 
-def test_a_crashing_driver_fails_the_step_with_its_stderr(cloud, capsys, tmp_path, monkeypatch):
+def test_a_crashing_driver_fails_the_step_with_its_stderr(cloud, tmp_path):
     crash = tmp_path / "crash_main.py"
     crash.write_text("import sys\nsys.exit('boom: the driver died before Dagster started')\n")
-    monkeypatch.setattr(FruitsEmrStepLauncher, "_main_file_local_path", lambda self: str(crash))
-    # In this process, so that the patched launcher is the one used.
-    code = cli.main(["run", "--images", IMAGES, "--output", OUTPUT, "--weights", WEIGHTS,
-                     "--classes", "Banana 1"])  # fmt: skip
-    out = capsys.readouterr().out
-    assert code == 1
+    # `fruits run` in its own process, with a launcher whose step main dies at once.
+    program = (
+        "import sys\n"
+        "from fruits_assets.emr.launcher import FruitsEmrStepLauncher\n"
+        f"FruitsEmrStepLauncher._main_file_local_path = lambda self: {str(crash)!r}\n"
+        "from fruits_assets.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    args = ["run", "--images", IMAGES, "--output", OUTPUT, "--weights", WEIGHTS,
+            "--classes", "Banana 1"]  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", program, *args], capture_output=True, text=True, timeout=900
+    )
+    out = done.stdout
+    assert done.returncode == 1
     driver = cloud["emr"].runs[-1].stdout
     assert "step raw_images failed" in out and "boom: the driver died" in out, out + driver
     run = dg.DagsterInstance.get().get_runs(limit=1)[0]
