@@ -21,12 +21,10 @@ from botocore.exceptions import ClientError
 from dagster._core.errors import raise_execution_interrupts
 from dagster._core.events import DagsterEvent, DagsterEventType
 from dagster._core.execution.plan.external_step import (
-    PICKLED_EVENTS_FILE_NAME,
     PICKLED_STEP_RUN_REF_FILE_NAME,
     step_context_to_step_run_ref,
 )
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_START_TAG
-from dagster._serdes import deserialize_value
 from dagster_aws.emr import EmrError
 from dagster_aws.emr.pyspark_step_launcher import CODE_ZIP_NAME, EmrPySparkStepLauncher
 
@@ -169,17 +167,6 @@ class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
         metadata = {**materialization.metadata, **self.price.estimate(seconds)}
         data = data._replace(materialization=materialization.with_metadata(metadata))
         return event._replace(dagster_event=dagster_event._replace(event_specific_data=data))
-
-    def read_events(self, s3, run_id, step_key):  # noqa: ANN001
-        obj = s3.Object(
-            self.staging_bucket, self._artifact_s3_key(run_id, step_key, PICKLED_EVENTS_FILE_NAME)
-        )
-        try:
-            return deserialize_value(pickle.loads(obj.get()["Body"].read()))
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] == "NoSuchKey":
-                return []  # the remote process has not written any event yet
-            raise
 
     def _step_log(self, emr_step_id: str, name: str) -> str | None:
         """A step log from the cluster's S3 logs (EMR ships them every ~5 minutes)."""

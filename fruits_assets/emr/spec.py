@@ -87,6 +87,13 @@ class ClusterSpec:
         return 1 + self.core_count
 
     @property
+    def instances(self) -> dict[str, int]:
+        """Instance type -> count, over the primary and core groups."""
+        counts = {self.primary_type: 1}
+        counts[self.core_type] = counts.get(self.core_type, 0) + self.core_count
+        return counts
+
+    @property
     def log_uri(self) -> str:
         return f"s3://{self.staging_bucket}/{self.log_prefix.strip('/')}/"
 

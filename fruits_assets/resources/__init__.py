@@ -95,7 +95,7 @@ def emr_resources() -> dict[str, Any]:
         spark_config=emr_spark_config(spec.python),
         poll_seconds=float(os.environ.get("FRUITS_EMR_POLL_SECONDS", "15")),
         log_wait_seconds=float(os.environ.get("FRUITS_EMR_LOG_WAIT_SECONDS", "330")),
-        price=cluster_price(spec.region, _instances(spec)),
+        price=cluster_price(spec.region, spec.instances),
     )
     return {
         **settings,
@@ -104,12 +104,6 @@ def emr_resources() -> dict[str, Any]:
         "pyspark": LazyPySparkResource(spark_config=COMMON_SPARK_CONFIG),
         "step_launcher": dg.ResourceDefinition.hardcoded_resource(launcher),
     }
-
-
-def _instances(spec) -> dict[str, int]:  # noqa: ANN001
-    counts = {spec.primary_type: 1}
-    counts[spec.core_type] = counts.get(spec.core_type, 0) + spec.core_count
-    return counts
 
 
 RESOURCES_BY_ENV = {"local": local_resources, "emr": emr_resources}
