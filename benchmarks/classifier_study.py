@@ -149,8 +149,9 @@ def mirrored_features(data: dict, weights: str) -> dict:
 
     from fruits_assets import featurizer
 
-    model = featurizer.Featurizer(featurizer.load_weight_arrays(
-        featurizer.resolve_weights(weights))[0])  # fmt: skip
+    model = featurizer.Featurizer(
+        featurizer.tflite_model(featurizer.resolve_weights(weights), 1)[0], threads=2
+    )
     train = data["split"] == "training"
     contents = []
     for path in data["paths"][train]:

@@ -4,8 +4,12 @@
 
 Each (variant, repetition) runs in a fresh process, so no variant inherits another's warm model
 or Spark workers. Timed: from weights on disk and a started Spark session to features written
-(Spark variants) or in memory (plain TensorFlow), model construction included. Peak memory is the
-RSS of the whole process tree (driver, JVM, Python workers), sampled every 0.25 s.
+(Spark variants) or in memory (plain TensorFlow / TFLite), model construction included. Peak
+memory is the RSS of the whole process tree (driver, JVM, Python workers), sampled every 0.25 s.
+
+The project converts the weights to a TFLite model once per weights file and caches it:
+`project` runs with that cache filled (by an untimed conversion before the first repetition,
+whose time is printed), `project_cold` with an empty cache each time (conversion timed).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -29,9 +34,11 @@ SHARED = Path(os.environ.get("FRUITS_SHARED_DIR", HERE.parent.parent / "shared")
 DEFAULT_WEIGHTS = SHARED / "models" / "mobilenet_v2_1.0_224_imagenet_dequant.h5"
 VARIANTS = {
     "project": "(a) mobilenet_features materialized by Dagster on local Spark",
+    "project_cold": "(a') the same, TFLite conversion included (empty cache)",
     "seed": "(b) seed notebook: repartition(20), model rebuilt per task, model.predict",
     "tf": "(c) plain TensorFlow, one process, batches of 64, tf.function",
-    "tf16": "(c') plain TensorFlow, one process, batches of 16 (this machine's best)",
+    "tf16": "(c') plain TensorFlow, one process, batches of 16",
+    "tflite": "(d) plain TFLite (XNNPACK), one process, 2 threads, batch 1",
 }
 
 
@@ -81,13 +88,29 @@ def run_seed(images: str, weights: str, workdir: str) -> int:
 
 def run_tf(images: str, weights: str, workdir: str, batch: int = 64) -> int:
     import numpy as np
+    from tf_featurizer import TensorFlowFeaturizer
+
+    files = sorted(Path(images).rglob("*.jpg"))
+    global STARTED
+    STARTED = time.perf_counter()
+    model = TensorFlowFeaturizer(weights, batch)
+    step = 256
+    out = [model([f.read_bytes() for f in files[i : i + step]]) for i in range(0, len(files), step)]
+    return int(np.concatenate(out).shape[0])
+
+
+def run_tflite(images: str, weights: str, workdir: str) -> int:
+    """The project's runtime alone: its cached TFLite model, 2 XNNPACK threads, no Spark."""
+    import numpy as np
 
     from fruits_assets import featurizer
 
     files = sorted(Path(images).rglob("*.jpg"))
     global STARTED
     STARTED = time.perf_counter()
-    model = featurizer.Featurizer(featurizer.build_model(weights).get_weights(), batch_size=batch)
+    model = featurizer.Featurizer(
+        featurizer.tflite_model(featurizer.resolve_weights(weights), 1)[0], threads=2
+    )
     step = 256
     out = [model([f.read_bytes() for f in files[i : i + step]]) for i in range(0, len(files), step)]
     return int(np.concatenate(out).shape[0])
@@ -97,18 +120,27 @@ def child(variant: str, images: str, weights: str, result_path: str) -> None:
     with tempfile.TemporaryDirectory(prefix=f"bench_{variant}_") as workdir:
         runner = {
             "project": run_project,
+            "project_cold": run_project,
             "seed": run_seed,
             "tf": run_tf,
             "tf16": lambda *a: run_tf(*a, batch=16),
+            "tflite": run_tflite,
         }[variant]
         n = runner(images, weights, workdir)
         seconds = time.perf_counter() - STARTED
     Path(result_path).write_text(json.dumps({"images": n, "seconds": seconds}))
 
 
-def measure(variant: str, images: str, weights: str) -> dict:
-    with tempfile.NamedTemporaryFile(suffix=".json") as result:
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+def measure(variant: str, images: str, weights: str, cache: str) -> dict:
+    with (
+        tempfile.NamedTemporaryFile(suffix=".json") as result,
+        tempfile.TemporaryDirectory(prefix="bench_cold_cache_") as cold_cache,
+    ):
+        env = {
+            **os.environ,
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+            "FRUITS_CACHE_DIR": cold_cache if variant == "project_cold" else cache,
+        }
         command = [sys.executable, __file__, "--child", variant, "--images", images,
                    "--weights", weights, "--result", result.name]  # fmt: skip
         started = time.perf_counter()
@@ -145,10 +177,16 @@ def main() -> None:
 
     machine = describe()
     print("machine:", json.dumps(machine))
+    cache = tempfile.mkdtemp(prefix="bench_cache_")
+    started = time.perf_counter()
+    env = {**os.environ, "FRUITS_CACHE_DIR": cache, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    subprocess.run([sys.executable, "-c", CONVERT, weights], check=True, env=env)
+    print(f"one-off TFLite conversion (fresh process, TensorFlow import included): "
+          f"{time.perf_counter() - started:.1f} s")  # fmt: skip
     runs: dict[str, list[dict]] = {v: [] for v in args.variants}
     for rep in range(args.reps):  # interleaved, so drift in the machine hits every variant
         for variant in args.variants:
-            runs[variant].append(measure(variant, images, weights))
+            runs[variant].append(measure(variant, images, weights, cache))
             r = runs[variant][-1]
             print(f"rep {rep + 1} {variant:8} {r['images']} images {r['seconds']:7.1f} s "
                   f"{r['images_per_second']:6.1f} img/s peak {r['peak_rss_mib']:7.0f} MiB",
@@ -174,15 +212,24 @@ def main() -> None:
     rate = {v: s["median_images_per_second"] for v, s in summary.items()}
     if "project" in rate and "seed" in rate:
         print(f"\na/b (project / seed-style):     {rate['project'] / rate['seed']:.2f}x")
+    if "project_cold" in rate and "seed" in rate:
+        print(f"a'/b (cold cache / seed-style):   {rate['project_cold'] / rate['seed']:.2f}x")
     if "project" in rate and "tf" in rate:
         print(f"a/c (project / plain TF ceiling): {rate['project'] / rate['tf']:.0%}")
     if "project" in rate and "tf16" in rate:
-        print(f"a/c' (project / best plain TF):   {rate['project'] / rate['tf16']:.0%}")
+        print(f"a/c' (project / plain TF b16):    {rate['project'] / rate['tf16']:.0%}")
+    if "project" in rate and "tflite" in rate:
+        print(f"a/d (project / plain TFLite):     {rate['project'] / rate['tflite']:.0%}")
+    shutil.rmtree(cache, ignore_errors=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": machine, "runs": runs}, indent=1))
 
 
 STARTED = 0.0
+CONVERT = (
+    "import sys; from fruits_assets import featurizer; "
+    "featurizer.tflite_model(featurizer.resolve_weights(sys.argv[1]), 1)"
+)
 
 if __name__ == "__main__":
     main()

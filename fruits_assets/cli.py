@@ -153,6 +153,8 @@ def run(args: argparse.Namespace) -> int:
         job = reconstructable_job()
     partitioned = [a.key for a in PARTITIONED_ASSETS]
     downstream = [a.key for a in UNPARTITIONED_ASSETS]
+    if args.no_classifier:
+        downstream = [key for key in downstream if key.to_user_string() != layout.FRUIT_CLASSIFIER]
     outcome = RunOutcome()
     print(f"materializing {len(selected)} of {len(scan.classes)} classes from {images} -> {output}")
     if args.downstream_only:  # refit PCA, exports and classifier from the stored features
@@ -240,10 +242,15 @@ def predict(args: argparse.Namespace) -> int:
     root = filesystem.normalize_uri(args.model)
     try:
         predictor = classifier.Predictor.load(root)
-        weights_uri = filesystem.join(
-            layout.asset_dir(root, layout.FRUIT_CLASSIFIER), featurizer.SERVING_WEIGHTS
+        model_uri = filesystem.join(
+            layout.asset_dir(root, layout.FRUIT_CLASSIFIER), featurizer.SERVING_MODEL
         )
-        weights = featurizer.load_weight_array_file(weights_uri)
+        if not filesystem.exists(model_uri):
+            raise FileNotFoundError(
+                f"{model_uri} not found: this output root was trained by an older version; "
+                "rematerialize fruit_classifier (fruits run --downstream-only)"
+            )
+        model = featurizer.Featurizer(filesystem.read_bytes(model_uri))
     except (FileNotFoundError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -259,7 +266,6 @@ def predict(args: argparse.Namespace) -> int:
         if not error:
             good.append((index, decoded.content))
     if good:
-        model = featurizer.Featurizer(weights, batch_size=min(len(good), 16))
         contents = [content for _, content in good]
         histograms = np.stack([color.histogram(content) for content in contents])
         probabilities = predictor.probabilities(model(contents), histograms)
@@ -334,6 +340,11 @@ def _parser() -> argparse.ArgumentParser:
         "--downstream-only",
         action="store_true",
         help="keep the stored per-class features; refit the PCA and everything after it",
+    )
+    run_parser.add_argument(
+        "--no-classifier",
+        action="store_true",
+        help="the feature pipeline only (the seed notebook's work), without fruit_classifier",
     )
     run_parser.set_defaults(func=run)
 

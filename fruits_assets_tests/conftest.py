@@ -20,6 +20,14 @@ os.environ.setdefault("FRUITS_DRIVER_MEMORY", "2g")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def converted_models_cache(tmp_path_factory) -> Path:
+    """Converted featurizers go to a cache of this session, not the user's ~/.cache."""
+    path = tmp_path_factory.mktemp("fruits-cache")
+    os.environ.setdefault("FRUITS_CACHE_DIR", str(path))
+    return path
+
+
 @pytest.fixture(scope="session")
 def fruits360() -> Path:
     if not (FRUITS360 / "Test").is_dir():

@@ -13,8 +13,10 @@ from __future__ import annotations
 import gzip
 import logging
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -90,6 +92,8 @@ class EmulatedEmr:
     _stop: threading.Event = field(default_factory=threading.Event)
     _handled: set[str] = field(default_factory=set)
     _thread: threading.Thread | None = None
+    # The cluster node's own home: its caches (weights, converted models) start empty, as on EMR.
+    node_home: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="emulated-emr-home-"))
 
     def __enter__(self) -> EmulatedEmr:
         self._thread = threading.Thread(target=self._loop, name="emulated-emr", daemon=True)
@@ -100,6 +104,7 @@ class EmulatedEmr:
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=self.step_timeout)
+        shutil.rmtree(self.node_home, ignore_errors=True)
 
     def _clusters(self) -> list:
         # moto's server files EMR calls to loopback under its default region: look everywhere.
@@ -130,7 +135,7 @@ class EmulatedEmr:
         step.state, step.start_date_time = "RUNNING", utcnow()
         cluster.state = "RUNNING"
         env = {k: v for k, v in os.environ.items() if not k.startswith("FRUITS_")}
-        env.update(PYSPARK_PYTHON=sys.executable, SPARK_LOCAL_IP="127.0.0.1")
+        env.update(PYSPARK_PYTHON=sys.executable, SPARK_LOCAL_IP="127.0.0.1", HOME=self.node_home)
         try:
             command = local_command(list(step.args))
             done = subprocess.run(

@@ -40,6 +40,20 @@ def test_demo_run_works_offline_and_lands_in_the_instance(tmp_path, monkeypatch)
     assert instance.get_latest_materialization_event(dg.AssetKey("features_csv")) is not None
 
 
+def test_no_classifier_runs_the_seed_pipeline_only(tmp_path, fruits360, shared_weights):
+    """--no-classifier materializes the six pipeline assets, CSV included, and no classifier."""
+    images = copy_classes(fruits360 / "Test", tmp_path / "images", ["Banana 1", "Kiwi 1"])
+    home, output = tmp_path / "dagster_home", tmp_path / "out"
+    done = fruits("run", "--images", str(images), "--output", str(output), "--weights",
+                  str(shared_weights), "--no-classifier", home=home)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert len(pd.read_csv(output / "features_csv" / "features.csv")) == 30
+    assert not (output / "fruit_classifier").exists()
+    instance = dg.DagsterInstance.from_config(str(home))
+    materialized = {key.to_user_string() for key in instance.get_asset_keys()}
+    assert "features_csv" in materialized and "fruit_classifier" not in materialized
+
+
 def test_missing_weights_fail_the_run_with_a_clear_message(tmp_path, fruits360):
     images = copy_classes(fruits360 / "Test", tmp_path / "images", ["Banana 1", "Lemon 1"])
     done = fruits(

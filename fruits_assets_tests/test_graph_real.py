@@ -12,9 +12,10 @@ import pyarrow.dataset as ds
 import pytest
 from dagster import DagsterInstance
 
-from fruits_assets import layout
+from fruits_assets import filesystem, layout
 from fruits_assets_tests.conftest import WEIGHTS_SHA256, copy_classes
 from fruits_assets_tests.graph import check_outcomes, last_metadata, materialize_graph
+from fruits_assets_tests.test_featurizer import keras_features
 
 CLASSES = [
     "Apple Golden 2", "Banana 1", "Cherry 1", "Kiwi 1", "Lemon 1",
@@ -73,6 +74,16 @@ def test_real_graph_outputs(real_run):
         rtol=1e-5,
         atol=1e-5,
     )
+
+
+def test_asset_features_are_keras_mobilenet_v2_features(real_run, shared_weights):
+    """The asset's vectors (TFLite on Spark workers) are what Keras's MobileNetV2 computes."""
+    _, output, _, _ = real_run
+    features = read_parquet(layout.asset_dir(output, layout.MOBILENET_FEATURES))
+    sample = features.sort_values("path").groupby("label").head(1)
+    photos = [Path(filesystem.normalize_uri(p)).read_bytes() for p in sample.path]
+    expected = keras_features(shared_weights, photos)
+    np.testing.assert_allclose(np.stack(sample.features.to_numpy()), expected, atol=1e-3, rtol=1e-3)
 
 
 def test_real_features_separate_fruit_classes(real_run):

@@ -131,7 +131,10 @@ def fruit_classifier(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     # Serving export: everything `fruits predict` needs, MobileNetV2 weights included, no Spark.
     pca = PCAModel.load(storage.spark_path(layout.pca_model_dir(storage.output)))
     info, _ = resolve_weights(context, context.resources.featurizer_settings)
-    weight_arrays, sha256 = featurizer.load_weight_arrays(info)
+    # The very model that computed the features (cached after mobilenet_features converted it).
+    serving_model, sha256 = featurizer.tflite_model(
+        info, context.resources.featurizer_settings.batch_size
+    )
     pca_centre, pca_scale, hist_centre, hist_scale, _, fitted = model.stages
     predictor = classifier.Predictor(
         pc=pca.pc.toArray(),
@@ -145,7 +148,7 @@ def fruit_classifier(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         weights_sha256=sha256,
     )
     predictor_path = predictor.save(storage.output)
-    featurizer.save_weight_arrays(weight_arrays, filesystem.join(out, featurizer.SERVING_WEIGHTS))
+    filesystem.write_bytes(filesystem.join(out, featurizer.SERVING_MODEL), serving_model)
 
     confusion = classifier.confusion_png(predicted, truth, label_names, worst)
     filesystem.write_bytes(filesystem.join(out, "confusion_worst.png"), confusion)

@@ -43,14 +43,15 @@ OUTPUT_TYPE = T.StructType(
 )
 
 
-def featurize_udf(spark, weights, sha256: str, settings: FeaturizerSettings):
-    """The iterator pandas UDF: weights broadcast once, one model per Python worker process."""
-    broadcast = spark.sparkContext.broadcast(weights)
-    batch_size, threads = settings.batch_size, settings.tf_threads_per_task
+def featurize_udf(spark, model: bytes, sha256: str, settings: FeaturizerSettings):
+    """The iterator pandas UDF: the TFLite model broadcast once, one interpreter per Python
+    worker process for the whole stage."""
+    broadcast = spark.sparkContext.broadcast(model)
+    key, threads = f"{sha256}:{settings.batch_size}", settings.threads_per_task
 
     @F.pandas_udf(OUTPUT_TYPE)
     def featurize(contents: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
-        model = featurizer.worker_featurizer(sha256, lambda: broadcast.value, batch_size, threads)
+        model = featurizer.worker_featurizer(key, lambda: broadcast.value, threads)
         for batch in contents:
             images = batch.tolist()
             # The histogram rides along: the image bytes cross to Python once, not twice.
@@ -92,11 +93,11 @@ def mobilenet_features(context: dg.AssetExecutionContext) -> dg.MaterializeResul
     labels = set(context.partition_keys)
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", settings.arrow_batch_rows)
     info, warning = resolve_weights(context, settings)
-    payload, sha256 = featurizer.broadcast_payload(info)
+    model, sha256 = featurizer.tflite_model(info, settings.batch_size)
 
     images_dir = layout.accepted_images_dir(storage.output)
     images = spark_io.read_labels(spark, images_dir, storage.spark_path(images_dir), labels)
-    featurize = featurize_udf(spark, payload, sha256, settings)
+    featurize = featurize_udf(spark, model, sha256, settings)
     context.log.info(f"featurizing {len(labels)} classes with MobileNetV2 weights {info.source}")
     out = layout.asset_dir(storage.output, layout.MOBILENET_FEATURES)
     started = time.perf_counter()
@@ -138,6 +139,8 @@ def mobilenet_features(context: dg.AssetExecutionContext) -> dg.MaterializeResul
         "weights": info.spec,
         "weights_source": info.source,
         "weights_sha256": sha256,
+        "runtime": f"TFLite float32 on XNNPACK, batch {settings.batch_size}, "
+        f"{settings.threads_per_task} thread(s) per task",
         "featurize_seconds": round(seconds, 2),
         "images_per_second": round(rows / seconds, 1) if seconds > 0 else 0.0,
         "rows_per_class": counts_table(per_class),

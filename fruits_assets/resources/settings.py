@@ -11,11 +11,11 @@ class FeaturizerSettings(dg.ConfigurableResource):
     weights: str = "imagenet"  # imagenet | random | local .h5 path | s3:// URI of an .h5
     # Demo mode only: fall back to random weights (loudly) when ImageNet weights can't be fetched.
     allow_random_fallback: bool = False
-    # 16 images per model call measured fastest on a 2-core AMD EPYC (30 img/s per thread vs 21
-    # at 64: smaller activations stay in cache); see BENCHMARKS.md.
-    batch_size: int = 16
+    # Images per call of the TFLite model: 1 to 4 measured alike on XNNPACK (≈180 img/s per
+    # thread), 16 slower (≈147); 1 never pads. See BENCHMARKS.md.
+    batch_size: int = 1
     arrow_batch_rows: int = 256
-    tf_threads_per_task: int = 1  # one TF thread per Spark task slot: no oversubscription
+    threads_per_task: int = 1  # one XNNPACK thread per Spark task slot: no oversubscription
 
 
 class PcaSettings(dg.ConfigurableResource):

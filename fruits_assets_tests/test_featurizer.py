@@ -1,0 +1,83 @@
+"""The TFLite featurizer computes Keras MobileNetV2's own penultimate features, and is cached."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fruits_assets import featurizer
+
+
+@pytest.fixture(scope="module")
+def photos(fruits360) -> list[bytes]:
+    """Eight real photos of four different fruits."""
+    classes = ["Apple Golden 2", "Banana 1", "Kiwi 1", "Strawberry 1"]
+    paths = [p for c in classes for p in sorted((fruits360 / "Test" / c).glob("*.jpg"))[:2]]
+    return [p.read_bytes() for p in paths]
+
+
+def keras_features(weights_path, photos: list[bytes]) -> np.ndarray:
+    """The reference: Keras's MobileNetV2 (include_top=True) cut at layers[-2], via predict."""
+    import keras
+
+    full = keras.applications.MobileNetV2(include_top=True, weights=None)
+    full.load_weights(str(weights_path))
+    model = keras.Model(full.input, full.layers[-2].output)
+    batch = np.stack([featurizer.preprocess(photo) for photo in photos])
+    return model.predict(batch, verbose=0)
+
+
+def test_tflite_features_equal_keras_features(shared_weights, photos, tmp_path, monkeypatch):
+    """Same 1280 values per photo as Keras (float32 round-off only), for any batch size."""
+    monkeypatch.setenv("FRUITS_CACHE_DIR", str(tmp_path))
+    info = featurizer.resolve_weights(str(shared_weights))
+    expected = keras_features(shared_weights, photos)
+    for batch_size in (1, 3):
+        model, sha256 = featurizer.tflite_model(info, batch_size)
+        assert sha256 == info.sha256
+        ours = featurizer.Featurizer(model)(photos)  # 8 photos: the last batch of 3 is padded
+        assert ours.shape == (8, featurizer.FEATURE_DIM)
+        np.testing.assert_allclose(ours, expected, rtol=1e-3, atol=1e-3)
+        assert np.abs(ours - expected).max() < 1e-3 * np.abs(expected).max()
+    # Different photos give different vectors: the comparison above is not vacuous.
+    assert np.linalg.norm(expected[0] - expected[2]) > 1.0
+
+
+def test_conversion_is_cached_per_weights(shared_weights, tmp_path, monkeypatch):
+    """The second request reads the converted model back instead of converting again."""
+    monkeypatch.setenv("FRUITS_CACHE_DIR", str(tmp_path))
+    info = featurizer.resolve_weights(str(shared_weights))
+    first, _ = featurizer.tflite_model(info, 1)
+    (cached,) = (tmp_path / "tflite").iterdir()
+    assert cached.name.startswith(info.sha256) and cached.read_bytes() == first
+
+    def fail(*_):
+        raise AssertionError("converted again")
+
+    monkeypatch.setattr(featurizer, "convert_to_tflite", fail)
+    assert featurizer.tflite_model(info, 1)[0] == first
+
+
+def test_random_weights_are_reproducible(tmp_path, monkeypatch):
+    """The demo's random model is seeded: same digest, same features, run after run."""
+    monkeypatch.setenv("FRUITS_CACHE_DIR", str(tmp_path))
+    info = featurizer.resolve_weights("random")
+    (model_a, sha_a), (model_b, sha_b) = (featurizer.tflite_model(info, 1) for _ in range(2))
+    assert sha_a == sha_b
+    image = np.zeros((20, 20, 3), dtype=np.uint8)
+    from io import BytesIO
+
+    from PIL import Image
+
+    buffer = BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    photo = [buffer.getvalue()]
+    np.testing.assert_array_equal(
+        featurizer.Featurizer(model_a)(photo), featurizer.Featurizer(model_b)(photo)
+    )
+
+
+def test_a_model_that_is_not_the_featurizer_is_refused(shared_weights, tmp_path):
+    """Garbage bytes fail loudly instead of producing vectors."""
+    with pytest.raises(ValueError):
+        featurizer.Featurizer(b"not a tflite model")
