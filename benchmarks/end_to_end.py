@@ -34,8 +34,8 @@ WEIGHTS = SHARED / "models" / "mobilenet_v2_1.0_224_imagenet_dequant.h5"
 FRUITS = str(Path(sys.executable).with_name("fruits"))
 
 
-def timed(command: list[str], env: dict | None = None) -> tuple[float, float, str]:
-    """(wall seconds, peak tree RSS MiB, stdout) of one command in a fresh process."""
+def timed(command: list[str], env: dict | None = None) -> tuple[float, PeakMemory, str]:
+    """(wall seconds, the peak memory sampler, stdout) of one command in a fresh process."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
     started = time.perf_counter()
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -44,10 +44,10 @@ def timed(command: list[str], env: dict | None = None) -> tuple[float, float, st
         stdout, stderr = process.communicate()
     if process.returncode != 0:
         raise RuntimeError(f"{command[:3]} failed:\n{stdout[-2000:]}\n{stderr[-3000:]}")
-    return time.perf_counter() - started, memory.peak / 2**20, stdout
+    return time.perf_counter() - started, memory, stdout
 
 
-def fruits_run(images: Path, workdir: Path, *extra: str) -> tuple[float, float, int]:
+def fruits_run(images: Path, workdir: Path, *extra: str) -> tuple[float, PeakMemory, int]:
     output, home = workdir / "out", workdir / "home"
     wall, peak, stdout = timed(
         [
@@ -67,11 +67,17 @@ def fruits_run(images: Path, workdir: Path, *extra: str) -> tuple[float, float, 
     return wall, peak, k
 
 
-def seed_run(images: Path, workdir: Path, k: int) -> tuple[float, float]:
+def seed_run(images: Path, workdir: Path, k: int) -> tuple[float, PeakMemory]:
     script = str(HERE / "seed_style.py")
     output = str(workdir / "seed_out")
     wall, peak, _ = timed([sys.executable, script, str(images), str(WEIGHTS), str(k), output])
     return wall, peak
+
+
+def mib(memory: PeakMemory) -> str:
+    kinds = {k: v / 2**20 for k, v in memory.peak_by_kind.items()}
+    return (f"{memory.peak / 2**20:6.0f} MiB (JVM {kinds.get('java', 0):.0f}, "
+            f"Python {kinds.get('python', 0):.0f})")  # fmt: skip
 
 
 def compare(reps: int) -> None:
@@ -82,12 +88,10 @@ def compare(reps: int) -> None:
         with tempfile.TemporaryDirectory(prefix="e2e_") as tmp:
             wall, peak, k = fruits_run(images, Path(tmp), "--no-classifier")
             ours.append(wall)
-            print(
-                f"rep {rep + 1} fruits run   {wall:7.1f} s  peak {peak:6.0f} MiB  k={k}", flush=True
-            )
+            print(f"rep {rep + 1} fruits run   {wall:7.1f} s  peak {mib(peak)}  k={k}", flush=True)
             wall, peak = seed_run(images, Path(tmp), k)
             seeds.append(wall)
-            print(f"rep {rep + 1} seed-style   {wall:7.1f} s  peak {peak:6.0f} MiB", flush=True)
+            print(f"rep {rep + 1} seed-style   {wall:7.1f} s  peak {mib(peak)}", flush=True)
     a, b = statistics.median(ours), statistics.median(seeds)
     print(f"\nmedian fruits run {a:.1f} s, seed-style {b:.1f} s: fruits run takes {a / b:.0%} "
           f"of the seed-style wall time")  # fmt: skip
@@ -96,8 +100,9 @@ def compare(reps: int) -> None:
 def memory(sizes: list[int]) -> None:
     files = sorted(DATA.glob("*/*/*.jpg"))
     print("machine:", json.dumps(describe()))
-    print("| images | wall s | images/s end to end | peak RSS MiB (whole process tree) |")
-    print("| ---: | ---: | ---: | ---: |")
+    print(f"driver heap: {os.environ.get('FRUITS_DRIVER_MEMORY', '4g (default)')}")
+    print("| images | wall s | images/s end to end | peak RSS MiB: whole tree | JVM | Python |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
     for size in sizes:
         step = len(files) / size
         chosen = [files[int(i * step)] for i in range(min(size, len(files)))]
@@ -108,7 +113,10 @@ def memory(sizes: list[int]) -> None:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy(file, target)
             wall, peak, _ = fruits_run(root, Path(tmp))
-        print(f"| {len(chosen)} | {wall:.1f} | {len(chosen) / wall:.1f} | {peak:.0f} |", flush=True)
+        kinds = peak.peak_by_kind
+        print(f"| {len(chosen)} | {wall:.1f} | {len(chosen) / wall:.1f} | {peak.peak / 2**20:.0f} "
+              f"| {kinds.get('java', 0) / 2**20:.0f} | {kinds.get('python', 0) / 2**20:.0f} |",
+              flush=True)  # fmt: skip
 
 
 def main() -> None:

@@ -24,7 +24,9 @@ def describe() -> dict:
         pass
     memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     versions = {}
-    for package in ("tensorflow", "keras", "pyspark", "dagster", "numpy", "pillow", "pyarrow"):
+    packages = ("tensorflow", "keras", "ai-edge-litert", "pyspark", "dagster", "numpy", "pillow",
+                "pyarrow")  # fmt: skip
+    for package in packages:
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
@@ -41,40 +43,49 @@ def describe() -> dict:
     }
 
 
-def _tree_rss_bytes(root_pid: int) -> int:
-    """Resident memory of a process and all its descendants (Spark's JVM and Python workers)."""
+def _tree_rss_bytes(root_pid: int) -> dict[str, int]:
+    """Resident memory of a process and all its descendants (Spark's JVM and Python workers),
+    by kind: `java` (the JVM), `python` (driver and workers), `other`."""
     children: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
+    kinds: dict[int, str] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
+                head, tail = handle.read().rsplit(")", 1)
+            fields, name = tail.split(), head.split("(", 1)[1]
             pid, ppid = int(entry), int(fields[1])
+            kinds[pid] = "java" if name == "java" else "python" if "python" in name else "other"
             rss[pid] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
             children.setdefault(ppid, []).append(pid)
         except (OSError, IndexError, ValueError):
             continue
-    total, stack = 0, [root_pid]
+    totals, stack = {"java": 0, "python": 0, "other": 0}, [root_pid]
     while stack:
         pid = stack.pop()
-        total += rss.get(pid, 0)
+        totals[kinds.get(pid, "other")] += rss.get(pid, 0)
         stack.extend(children.get(pid, []))
-    return total
+    return totals
 
 
 class PeakMemory:
-    """Samples the RSS of a process tree every `interval` seconds; `.peak` in bytes."""
+    """Samples the RSS of a process tree every `interval` seconds; `.peak` in bytes, and
+    `.peak_by_kind` (each kind's own peak: the JVM's and the Python processes')."""
 
     def __init__(self, pid: int, interval: float = 0.25):
         self.pid, self.interval, self.peak = pid, interval, 0
+        self.peak_by_kind: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, _tree_rss_bytes(self.pid))
+            sample = _tree_rss_bytes(self.pid)
+            self.peak = max(self.peak, sum(sample.values()))
+            for kind, value in sample.items():
+                self.peak_by_kind[kind] = max(self.peak_by_kind.get(kind, 0), value)
             time.sleep(self.interval)
 
     def __enter__(self) -> PeakMemory:

@@ -34,6 +34,8 @@ from fruits_assets.partitions import FRUIT_CLASS_PARTITIONS_NAME
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # fruits_assets/
 FORWARDED_PREFIX = "FRUITS_"
+# Paths on the launching machine: the cluster's nodes keep their own caches.
+NOT_FORWARDED = {"FRUITS_CACHE_DIR", "FRUITS_JARS_DIR"}
 SPARK_LOG_LINE = re.compile(r"^\d{2}/\d{2}/\d{2} \d{2}:\d{2}:\d{2} (TRACE|DEBUG|INFO|WARN) ")
 # Dagster marks step launchers as superseded by Pipes; the design card asks for this one.
 warnings.filterwarnings("ignore", message=".*StepLauncher.*", category=Warning)
@@ -91,7 +93,11 @@ class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
         """The settings and partitions the remote (ephemeral) Dagster instance needs."""
         name = FRUIT_CLASS_PARTITIONS_NAME
         partitions = {name: list(step_context.instance.get_dynamic_partitions(name))}
-        env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_PREFIX)}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k.startswith(FORWARDED_PREFIX) and k not in NOT_FORWARDED
+        }
         env.setdefault("AWS_REGION", self.region_name)
         body = json.dumps({"env": env, "dynamic_partitions": partitions}).encode()
         boto3.client("s3", region_name=self.region_name).put_object(
