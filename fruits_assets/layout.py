@@ -33,6 +33,11 @@ def rejected_images_dir(output_root: str) -> str:
     return join(output_root, LABELED_IMAGES, "rejected")
 
 
+def featurizer_model_path(output_root: str, weights_sha256: str) -> str:
+    """The TFLite model that computed the stored features (the `_` keeps it out of the dataset)."""
+    return join(output_root, MOBILENET_FEATURES, "_featurizer", f"{weights_sha256}.tflite")
+
+
 def pca_model_dir(output_root: str) -> str:
     return asset_dir(output_root, PCA_MODEL)
 

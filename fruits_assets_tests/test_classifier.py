@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import dagster as dg
 import numpy as np
 import pyarrow.dataset as ds
+import pytest
 from pyspark.ml import PipelineModel
 from pyspark.ml.feature import PCAModel
 from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.sql import SparkSession
 
-from fruits_assets import classifier, layout
-from fruits_assets_tests.graph import check_outcomes, last_metadata
+from fruits_assets import classifier, featurizer, layout
+from fruits_assets.assets import ALL_ASSETS, fruit_classifier
+from fruits_assets.assets.classes import WEIGHTS_COLUMN, features_weights
+from fruits_assets_tests.conftest import WEIGHTS_SHA256
+from fruits_assets_tests.graph import check_outcomes, last_metadata, resources
 from fruits_assets_tests.test_cli import fruits
 from fruits_assets_tests.test_graph_real import CLASSES, real_run  # noqa: F401 - shared fixture
 
@@ -49,6 +55,35 @@ def test_numpy_predictor_matches_spark_models(real_run):  # noqa: F811
         np.array([r["features"] for r in rows]), np.array([r["color_histogram"] for r in rows])
     )
     np.testing.assert_allclose(ours, np.array([r["p"] for r in rows]), atol=1e-4)
+
+
+def test_classifier_exports_the_featurizer_that_computed_the_features(real_run, tmp_path):  # noqa: F811
+    """A downstream rerun needs no weights: it ships the model stored with the features."""
+    _, output, instance, _ = real_run
+    images = real_run[0]
+    res = resources(images, output, tmp_path / "no_such_weights.h5")
+    result = dg.materialize(
+        ALL_ASSETS, instance=instance, resources=res, selection=[fruit_classifier],
+        raise_on_error=False,
+    )  # fmt: skip
+    assert result.success
+    stored = Path(layout.featurizer_model_path(output, WEIGHTS_SHA256)).read_bytes()
+    served = Path(layout.asset_dir(output, layout.FRUIT_CLASSIFIER), featurizer.SERVING_MODEL)
+    assert served.read_bytes() == stored
+    assert classifier.Predictor.load(output).weights_sha256 == WEIGHTS_SHA256
+
+
+def test_mixed_or_unrecorded_weights_are_refused():
+    """Features from two sets of weights would make a meaningless PCA: a clear failure instead."""
+    spark = SparkSession.builder.getOrCreate()
+    columns = ["path", "label", WEIGHTS_COLUMN]
+    one = spark.createDataFrame([("a", "Kiwi", "s1"), ("b", "Lemon", "s1")], columns)
+    assert features_weights(one) == "s1"
+    mixed = spark.createDataFrame([("a", "Kiwi", "s1"), ("b", "Lemon", "s2")], columns)
+    with pytest.raises(dg.Failure, match="mixes 2 sets of weights.*Lemon"):
+        features_weights(mixed)
+    with pytest.raises(dg.Failure, match="does not record its weights"):
+        features_weights(one.drop(WEIGHTS_COLUMN))
 
 
 def test_predict_cli_answers_each_photo_and_flags_bad_files(real_run, fruits360, tmp_path):  # noqa: F811

@@ -12,7 +12,7 @@ import pyarrow.dataset as ds
 import pytest
 from dagster import DagsterInstance
 
-from fruits_assets import filesystem, layout
+from fruits_assets import featurizer, filesystem, layout
 from fruits_assets_tests.conftest import WEIGHTS_SHA256, copy_classes
 from fruits_assets_tests.graph import check_outcomes, last_metadata, materialize_graph
 from fruits_assets_tests.test_featurizer import keras_features
@@ -84,6 +84,10 @@ def test_asset_features_are_keras_mobilenet_v2_features(real_run, shared_weights
     photos = [Path(filesystem.normalize_uri(p)).read_bytes() for p in sample.path]
     expected = keras_features(shared_weights, photos)
     np.testing.assert_allclose(np.stack(sample.features.to_numpy()), expected, atol=1e-3, rtol=1e-3)
+    # Each row names its weights; the model that computed them is stored beside them.
+    assert set(features.weights_sha256) == {WEIGHTS_SHA256}
+    model = Path(layout.featurizer_model_path(output, WEIGHTS_SHA256)).read_bytes()
+    np.testing.assert_allclose(featurizer.Featurizer(model)(photos), expected, atol=1e-3, rtol=1e-3)
 
 
 def test_real_features_separate_fruit_classes(real_run):

@@ -2,7 +2,9 @@
 
 from dataclasses import dataclass
 
+import dagster as dg
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from fruits_assets import discovery, layout, spark_io
 from fruits_assets.resources.storage import FruitsStorage
@@ -30,3 +32,26 @@ def current_features(spark: SparkSession, storage: FruitsStorage) -> CurrentFeat
         stale=sorted(stored - set(discovered)),
         without_features=sorted(set(discovered) - stored),
     )
+
+
+WEIGHTS_COLUMN = "weights_sha256"
+
+
+def features_weights(features: DataFrame) -> str:
+    """The sha256 of the weights every feature row was computed with; mixed weights (or rows
+    from a version that did not record them) fail, as a PCA over them would mean nothing."""
+    if WEIGHTS_COLUMN not in features.columns:
+        raise dg.Failure(
+            description="mobilenet_features does not record its weights (written by an older "
+            "fruits_assets): rematerialize it, e.g. `fruits run` without --downstream-only"
+        )
+    rows = features.groupBy(WEIGHTS_COLUMN).agg(F.collect_set("label").alias("labels")).collect()
+    if len(rows) != 1:
+        detail = "; ".join(
+            f"{r[WEIGHTS_COLUMN][:12]}…: {', '.join(sorted(r['labels'])[:5])}" for r in rows
+        )
+        raise dg.Failure(
+            description=f"mobilenet_features mixes {len(rows)} sets of weights across classes "
+            f"({detail}): rerun the classes with one --weights"
+        )
+    return rows[0][WEIGHTS_COLUMN]

@@ -22,9 +22,8 @@ from pyspark.ml.tuning import CrossValidator, ParamGridBuilder
 from pyspark.sql import functions as F
 
 from fruits_assets import classifier, featurizer, filesystem, layout, splits
-from fruits_assets.assets.classes import current_features
+from fruits_assets.assets.classes import current_features, features_weights
 from fruits_assets.assets.common import SPARK_RESOURCES, rows_table
-from fruits_assets.assets.features import resolve_weights
 from fruits_assets.assets.pca import pca_features_parquet
 from fruits_assets.resources.settings import ClassifierSettings
 from fruits_assets.resources.storage import FruitsStorage
@@ -37,7 +36,7 @@ WORST_CLASSES_SHOWN = 12
     deps=[pca_features_parquet],
     group_name="classifier",
     kinds={"spark", "sparkml"},
-    required_resource_keys=SPARK_RESOURCES | {"classifier_settings", "featurizer_settings"},
+    required_resource_keys=SPARK_RESOURCES | {"classifier_settings"},
     check_specs=[
         dg.AssetCheckSpec(
             ACCURACY_FLOOR_CHECK,
@@ -57,6 +56,13 @@ def fruit_classifier(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         raise dg.Failure(
             description="mobilenet_features has no colour histograms (written by an older "
             "fruits_assets): rematerialize it, e.g. `fruits run` without --downstream-only"
+        )
+    weights_sha256 = features_weights(features)
+    serving_model_path = layout.featurizer_model_path(storage.output, weights_sha256)
+    if not filesystem.exists(serving_model_path):
+        raise dg.Failure(
+            description=f"{serving_model_path} is missing: rematerialize mobilenet_features "
+            "(`fruits run` without --downstream-only)"
         )
     histograms = features.select("path", "color_histogram")
     pca_rows = spark.read.parquet(storage.spark_path(features_dir))
@@ -130,11 +136,8 @@ def fruit_classifier(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     filesystem.write_bytes(filesystem.join(out, "labels.json"), json.dumps(label_names).encode())
     # Serving export: everything `fruits predict` needs, MobileNetV2 weights included, no Spark.
     pca = PCAModel.load(storage.spark_path(layout.pca_model_dir(storage.output)))
-    info, _ = resolve_weights(context, context.resources.featurizer_settings)
-    # The very model that computed the features (cached after mobilenet_features converted it).
-    serving_model, sha256 = featurizer.tflite_model(
-        info, context.resources.featurizer_settings.batch_size
-    )
+    # The very model that computed the features, whatever --weights says now.
+    serving_model = filesystem.read_bytes(serving_model_path)
     pca_centre, pca_scale, hist_centre, hist_scale, _, fitted = model.stages
     predictor = classifier.Predictor(
         pc=pca.pc.toArray(),
@@ -145,7 +148,7 @@ def fruit_classifier(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         coefficients=fitted.coefficientMatrix.toArray(),
         intercepts=fitted.interceptVector.toArray(),
         labels=label_names,
-        weights_sha256=sha256,
+        weights_sha256=weights_sha256,
     )
     predictor_path = predictor.save(storage.output)
     filesystem.write_bytes(filesystem.join(out, featurizer.SERVING_MODEL), serving_model)

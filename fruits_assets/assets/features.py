@@ -8,7 +8,8 @@ import pandas as pd
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from fruits_assets import checks, color, featurizer, layout, spark_io
+from fruits_assets import checks, color, featurizer, filesystem, layout, spark_io
+from fruits_assets.assets.classes import WEIGHTS_COLUMN
 from fruits_assets.assets.common import PARTITIONED, SPARK_RESOURCES, counts_table
 from fruits_assets.assets.images import labeled_images
 from fruits_assets.resources.settings import FeaturizerSettings
@@ -94,6 +95,10 @@ def mobilenet_features(context: dg.AssetExecutionContext) -> dg.MaterializeResul
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", settings.arrow_batch_rows)
     info, warning = resolve_weights(context, settings)
     model, sha256 = featurizer.tflite_model(info, settings.batch_size)
+    # Kept beside the features: the classifier exports the model that really computed them.
+    model_path = layout.featurizer_model_path(storage.output, sha256)
+    if not filesystem.exists(model_path):
+        filesystem.write_bytes(model_path, model)
 
     images_dir = layout.accepted_images_dir(storage.output)
     images = spark_io.read_labels(spark, images_dir, storage.spark_path(images_dir), labels)
@@ -104,7 +109,11 @@ def mobilenet_features(context: dg.AssetExecutionContext) -> dg.MaterializeResul
     with spark_io.small_splits(spark, images_dir, labels):
         spark_io.write_label_partitions(
             images.select("path", "label", featurize("content").alias("out")).select(
-                "path", "label", "out.features", "out.color_histogram"
+                "path",
+                "label",
+                "out.features",
+                "out.color_histogram",
+                F.lit(sha256).alias(WEIGHTS_COLUMN),
             ),
             out,
             storage.spark_path(out),

@@ -8,7 +8,7 @@ from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.sql import functions as F
 
 from fruits_assets import checks, featurizer, filesystem, layout, pca_selection, spark_io, splits
-from fruits_assets.assets.classes import current_features
+from fruits_assets.assets.classes import current_features, features_weights
 from fruits_assets.assets.common import SPARK_RESOURCES, counts_table
 from fruits_assets.assets.features import mobilenet_features
 from fruits_assets.resources.storage import FruitsStorage
@@ -34,6 +34,7 @@ def pca_model(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     storage: FruitsStorage = context.resources.storage
     spark = context.resources.pyspark.spark_session
     current = current_features(spark, storage)
+    weights_sha256 = features_weights(current.df)
     fit_rows, fit_on = splits.training_rows(current.df)
     vectors = fit_rows.select(array_to_vector("features").alias(VECTOR_COLUMN)).cache()
     n_rows = vectors.count()
@@ -64,6 +65,7 @@ def pca_model(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
             "explained_variance": achieved,
             "num_rows": n_rows,
             "fit_on": fit_on,
+            "features_weights_sha256": weights_sha256,
             "num_classes": len(current.discovered) - len(current.without_features),
             "classes_without_features": current.without_features,
             "stale_classes_ignored": current.stale,
