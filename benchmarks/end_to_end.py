@@ -76,8 +76,9 @@ def seed_run(images: Path, workdir: Path, k: int) -> tuple[float, PeakMemory]:
 
 def mib(memory: PeakMemory) -> str:
     kinds = {k: v / 2**20 for k, v in memory.peak_by_kind.items()}
-    return (f"{memory.peak / 2**20:6.0f} MiB (JVM {kinds.get('java', 0):.0f}, "
-            f"Python {kinds.get('python', 0):.0f})")  # fmt: skip
+    java, python, other = (kinds.get(k, 0) for k in ("java", "python", "other"))
+    total = memory.peak / 2**20
+    return f"{total:6.0f} MiB (JVM {java:.0f}, python* {python:.0f}, other {other:.0f})"
 
 
 def compare(reps: int) -> None:
@@ -101,8 +102,9 @@ def memory(sizes: list[int]) -> None:
     files = sorted(DATA.glob("*/*/*.jpg"))
     print("machine:", json.dumps(describe()))
     print(f"driver heap: {os.environ.get('FRUITS_DRIVER_MEMORY', '4g (default)')}")
-    print("| images | wall s | images/s end to end | peak RSS MiB: whole tree | JVM | Python |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| images | wall s | images/s end to end | peak RSS MiB: whole tree | JVM | Spark Python "
+          "workers | `fruits` driver |")  # fmt: skip
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for size in sizes:
         step = len(files) / size
         chosen = [files[int(i * step)] for i in range(min(size, len(files)))]
@@ -115,7 +117,8 @@ def memory(sizes: list[int]) -> None:
             wall, peak, _ = fruits_run(root, Path(tmp))
         kinds = peak.peak_by_kind
         print(f"| {len(chosen)} | {wall:.1f} | {len(chosen) / wall:.1f} | {peak.peak / 2**20:.0f} "
-              f"| {kinds.get('java', 0) / 2**20:.0f} | {kinds.get('python', 0) / 2**20:.0f} |",
+              f"| {kinds.get('java', 0) / 2**20:.0f} | {kinds.get('python', 0) / 2**20:.0f} "
+              f"| {kinds.get('other', 0) / 2**20:.0f} |",
               flush=True)  # fmt: skip
 
 

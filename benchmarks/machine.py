@@ -45,7 +45,8 @@ def describe() -> dict:
 
 def _tree_rss_bytes(root_pid: int) -> dict[str, int]:
     """Resident memory of a process and all its descendants (Spark's JVM and Python workers),
-    by kind: `java` (the JVM), `python` (driver and workers), `other`."""
+    by kind: `java` (the JVM), `python` (processes named python*: Spark's Python workers, or a
+    driver started as `python …`), `other` (e.g. the `fruits` driver, named after its script)."""
     children: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
     kinds: dict[int, str] = {}
