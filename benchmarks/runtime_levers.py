@@ -21,6 +21,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 from machine import describe  # noqa: E402
+from tf_featurizer import TensorFlowFeaturizer  # noqa: E402
 
 SHARED = Path(os.environ.get("FRUITS_SHARED_DIR", HERE.parent.parent / "shared"))
 DEFAULT_WEIGHTS = SHARED / "models" / "mobilenet_v2_1.0_224_imagenet_dequant.h5"
@@ -64,35 +65,23 @@ def main() -> None:
         ("colour histogram (decode included)", rate(lambda: [color.histogram(c) for c in contents],
                                                     n, args.reps)),
     ]  # fmt: skip
+
+    def model_alone(runtime, batch: int) -> float:
+        """The rate of `runtime.run_batch` over the preprocessed pixels, full batches only."""
+
+        def run() -> None:
+            for start in range(0, n - batch + 1, batch):
+                runtime.run_batch(pixels[start : start + batch])
+
+        return rate(run, n - n % batch, args.reps)
+
     model = featurizer.build_model(args.weights)
     for batch in (1, 16, 64):
-        call = tf.function(
-            lambda x: model(x, training=False),
-            input_signature=[tf.TensorSpec((batch, 224, 224, 3), tf.float32)],
-        )
-
-        def run_tf(call=call, batch=batch) -> None:
-            for start in range(0, n - batch + 1, batch):
-                call(pixels[start : start + batch]).numpy()
-
-        rows.append((f"TensorFlow tf.function, batch {batch}", rate(run_tf, n - n % batch,
-                                                                      args.reps)))  # fmt: skip
+        runtime = TensorFlowFeaturizer(args.weights, batch, model=model)
+        rows.append((f"TensorFlow tf.function, batch {batch}", model_alone(runtime, batch)))
     for batch in (1, 2, 4, 8, 16):
-        interpreter = featurizer._interpreter_class()(
-            model_content=featurizer.convert_to_tflite(model, batch), num_threads=1
-        )
-        interpreter.allocate_tensors()
-        inp = interpreter.get_input_details()[0]["index"]
-        out = interpreter.get_output_details()[0]["index"]
-
-        def run_tflite(interpreter=interpreter, batch=batch, inp=inp, out=out) -> None:
-            for start in range(0, n - batch + 1, batch):
-                interpreter.set_tensor(inp, pixels[start : start + batch])
-                interpreter.invoke()
-                interpreter.get_tensor(out).copy()
-
-        rows.append((f"TFLite float32 XNNPACK, batch {batch}", rate(run_tflite, n - n % batch,
-                                                                      args.reps)))  # fmt: skip
+        runtime = featurizer.Featurizer(featurizer.convert_to_tflite(model, batch), threads=1)
+        rows.append((f"TFLite float32 XNNPACK, batch {batch}", model_alone(runtime, batch)))
     print(f"\n{n} images, 1 thread, median of {args.reps} passes\n")
     print("| step | images/s per thread |")
     print("| --- | ---: |")

@@ -12,11 +12,12 @@ from fruits_assets import featurizer
 class TensorFlowFeaturizer:
     """MobileNetV2's penultimate layer called through a tf.function with a fixed batch shape."""
 
-    def __init__(self, weights_path: str, batch_size: int):
+    def __init__(self, weights_path: str, batch_size: int, model=None):  # noqa: ANN001
+        """`model`: an already built `featurizer.build_model(weights_path)`, to reuse."""
         import tensorflow as tf
 
         self.batch_size = batch_size
-        self.model = featurizer.build_model(weights_path)
+        self.model = model if model is not None else featurizer.build_model(weights_path)
         shape = (batch_size, featurizer.IMAGE_SIZE, featurizer.IMAGE_SIZE, 3)
         self._call = tf.function(
             lambda x: self.model(x, training=False),
@@ -31,5 +32,9 @@ class TensorFlowFeaturizer:
             batch = np.zeros((self.batch_size, size, size, 3), dtype=np.float32)
             for i, content in enumerate(chunk):
                 batch[i] = featurizer.preprocess(content)
-            out[start : start + len(chunk)] = self._call(batch).numpy()[: len(chunk)]
+            out[start : start + len(chunk)] = self.run_batch(batch)[: len(chunk)]
         return out
+
+    def run_batch(self, pixels: np.ndarray) -> np.ndarray:
+        """Features of exactly `batch_size` preprocessed images."""
+        return self._call(pixels).numpy()

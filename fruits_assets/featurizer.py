@@ -162,11 +162,12 @@ def tflite_model(info: WeightsInfo, batch_size: int) -> tuple[bytes, str]:
     path = os.path.join(
         cache_dir("tflite"), f"{info.sha256}-b{batch_size}-tf{_tensorflow_version()}.tflite"
     )
-    if not os.path.exists(path):
-        data = convert_to_tflite(build_model(info.local_path), batch_size)
-        _write_atomically(path, data)
-    with open(path, "rb") as handle:
-        return handle.read(), info.sha256
+    if os.path.exists(path):
+        with open(path, "rb") as handle:
+            return handle.read(), info.sha256
+    data = convert_to_tflite(build_model(info.local_path), batch_size)
+    _write_atomically(path, data)
+    return data, info.sha256
 
 
 SERVING_MODEL = "mobilenet_v2_penultimate.tflite"
@@ -210,11 +211,14 @@ class Featurizer:
             chunk = contents[start : start + self.batch_size]
             for i, content in enumerate(chunk):
                 batch[i] = preprocess(content)
-            self._interpreter.set_tensor(self._input, batch)
-            self._interpreter.invoke()
-            result = self._interpreter.get_tensor(self._output)
-            out[start : start + len(chunk)] = result[: len(chunk)]
+            out[start : start + len(chunk)] = self.run_batch(batch)[: len(chunk)]
         return out
+
+    def run_batch(self, pixels: np.ndarray) -> np.ndarray:
+        """Features of exactly `batch_size` preprocessed images (a copy the caller may keep)."""
+        self._interpreter.set_tensor(self._input, pixels)
+        self._interpreter.invoke()
+        return self._interpreter.get_tensor(self._output)
 
 
 _WORKER_FEATURIZERS: dict[str, Featurizer] = {}

@@ -28,7 +28,7 @@ EXPECTED = {
 }
 
 
-def _jpeg(rgb=(200, 40, 40), size=(100, 100), mode="RGB") -> bytes:
+def noisy_jpeg(rgb=(200, 40, 40), size=(100, 100), mode="RGB") -> bytes:
     buffer = io.BytesIO()
     rng = np.random.default_rng(sum(rgb))
     array = np.clip(rng.normal(rgb, 20, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
@@ -60,9 +60,9 @@ def write_mixed_root(root: Path) -> dict[str, int]:
     good.mkdir(parents=True)
     bad.mkdir(parents=True)
     for i in range(6):
-        (good / f"{i}_100.jpg").write_bytes(_jpeg((200, 40 + 20 * i, 40)))
-        (bad / f"{i}_100.jpg").write_bytes(_jpeg((40, 160, 40 + 20 * i)))
-    jpeg = _jpeg((120, 90, 30))
+        (good / f"{i}_100.jpg").write_bytes(noisy_jpeg((200, 40 + 20 * i, 40)))
+        (bad / f"{i}_100.jpg").write_bytes(noisy_jpeg((40, 160, 40 + 20 * i)))
+    jpeg = noisy_jpeg((120, 90, 30))
     (bad / "empty.jpg").write_bytes(b"")
     (bad / "text.jpg").write_bytes(b"this is not a picture of a kiwi\n")
     (bad / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
@@ -71,12 +71,12 @@ def write_mixed_root(root: Path) -> dict[str, int]:
     middle = len(png) // 2  # header intact, pixel data garbled: opens, fails to decode
     (bad / "corrupt.png").write_bytes(png[:middle] + b"\xff" * 64 + png[middle + 64 :])
     (bad / "huge.png").write_bytes(_huge_png())
-    (bad / "cmyk.jpg").write_bytes(_jpeg((30, 150, 60), mode="CMYK"))
+    (bad / "cmyk.jpg").write_bytes(noisy_jpeg((30, 150, 60), mode="CMYK"))
     (bad / "grey.png").write_bytes(_png(Image.new("L", (80, 90), 120)))
     (bad / "rgba.png").write_bytes(_png(Image.new("RGBA", (70, 70), (0, 255, 0, 128))))
     sixteen = Image.fromarray(np.full((50, 60), 40000, dtype=np.uint16))
     (bad / "sixteen_bit.png").write_bytes(_png(sixteen))
-    (bad / "upper.JPEG").write_bytes(_jpeg((50, 180, 50)))
+    (bad / "upper.JPEG").write_bytes(noisy_jpeg((50, 180, 50)))
     # Ignored but counted: hidden files, a hidden folder, a non-image, an image with no class.
     (bad / ".DS_Store").write_bytes(b"\x00\x01")
     (good / ".hidden.jpg").write_bytes(jpeg)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from fruits_assets import featurizer
+from fruits_assets_tests.images import noisy_jpeg
 
 
 @pytest.fixture(scope="module")
@@ -64,14 +65,7 @@ def test_random_weights_are_reproducible(tmp_path, monkeypatch):
     info = featurizer.resolve_weights("random")
     (model_a, sha_a), (model_b, sha_b) = (featurizer.tflite_model(info, 1) for _ in range(2))
     assert sha_a == sha_b
-    image = np.zeros((20, 20, 3), dtype=np.uint8)
-    from io import BytesIO
-
-    from PIL import Image
-
-    buffer = BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    photo = [buffer.getvalue()]
+    photo = [noisy_jpeg()]
     np.testing.assert_array_equal(
         featurizer.Featurizer(model_a)(photo), featurizer.Featurizer(model_b)(photo)
     )
