@@ -48,10 +48,10 @@ def run_project(images: str, weights: str, workdir: str) -> int:
         ASSET_PARTITION_RANGE_END_TAG,
         ASSET_PARTITION_RANGE_START_TAG,
     )
+    from fruits_assets_tests.graph import resources
 
     from fruits_assets import discovery, partitions
     from fruits_assets.assets import ALL_ASSETS, labeled_images, mobilenet_features, raw_images
-    from fruits_assets_tests.graph import resources
 
     instance = dg.DagsterInstance.ephemeral()
     classes = discovery.scan(images).classes

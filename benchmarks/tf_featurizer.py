@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 
-from fruits_assets import featurizer
+from fruits_assets.ml import featurizer
 
 
-class TensorFlowFeaturizer:
+class TensorFlowFeaturizer(featurizer.BatchedFeaturizer):
     """MobileNetV2's penultimate layer called through a tf.function with a fixed batch shape."""
 
-    def __init__(self, weights_path: str, batch_size: int, model=None):  # noqa: ANN001
+    def __init__(self, weights_path: str, batch_size: int, model=None):
         """`model`: an already built `featurizer.build_model(weights_path)`, to reuse."""
         import tensorflow as tf
 
@@ -23,17 +21,6 @@ class TensorFlowFeaturizer:
             lambda x: self.model(x, training=False),
             input_signature=[tf.TensorSpec(shape, tf.float32)],
         )
-
-    def __call__(self, contents: Sequence[bytes]) -> np.ndarray:
-        out = np.empty((len(contents), featurizer.FEATURE_DIM), dtype=np.float32)
-        size = featurizer.IMAGE_SIZE
-        for start in range(0, len(contents), self.batch_size):
-            chunk = contents[start : start + self.batch_size]
-            batch = np.zeros((self.batch_size, size, size, 3), dtype=np.float32)
-            for i, content in enumerate(chunk):
-                batch[i] = featurizer.preprocess(content)
-            out[start : start + len(chunk)] = self.run_batch(batch)[: len(chunk)]
-        return out
 
     def run_batch(self, pixels: np.ndarray) -> np.ndarray:
         """Features of exactly `batch_size` preprocessed images."""

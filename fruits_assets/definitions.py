@@ -1,25 +1,38 @@
-"""The Dagster definitions; FRUITS_ENV picks the resources (local Spark now, EMR next)."""
+"""The Dagster definitions, built on first use from the settings; FRUITS_ENV picks the resources."""
 
 from __future__ import annotations
 
-import os
+import functools
 
 import dagster as dg
 
-from fruits_assets.assets import ALL_ASSETS
-from fruits_assets.resources import RESOURCES_BY_ENV
-from fruits_assets.sensors import fruit_class_sensor
+from fruits_assets.settings import FruitsSettings
 
 
-def build_definitions(env: str | None = None) -> dg.Definitions:
-    env = env or os.environ.get("FRUITS_ENV", "local")
-    if env not in RESOURCES_BY_ENV:
-        raise ValueError(f"FRUITS_ENV={env!r}: expected one of {sorted(RESOURCES_BY_ENV)}")
+def build_definitions(
+    settings: FruitsSettings | None = None, **resource_overrides: object
+) -> dg.Definitions:
+    """Assets, checks and the sensor, with the resources of the settings' environment."""
+    from fruits_assets.assets import ALL_ASSETS
+    from fruits_assets.resources.environments import RESOURCES_BY_ENV
+    from fruits_assets.sensors import fruit_class_sensor
+
+    settings = settings or FruitsSettings.from_env()
     return dg.Definitions(
         assets=ALL_ASSETS,
         sensors=[fruit_class_sensor],
-        resources=RESOURCES_BY_ENV[env](),
+        resources={**RESOURCES_BY_ENV[settings.env](settings), **resource_overrides},
+        # One process, one Spark session per run; on EMR each asset is still its own step.
+        executor=dg.in_process_executor,
     )
 
 
-defs = build_definitions()
+@functools.cache
+def _from_environment() -> dg.Definitions:
+    return build_definitions()
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    """What `dagster dev` and the UI load (`workspace.yaml`): the settings of the environment."""
+    return _from_environment()

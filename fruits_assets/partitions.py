@@ -2,11 +2,31 @@
 
 from __future__ import annotations
 
+import warnings
+
 import dagster as dg
 
 FRUIT_CLASS_PARTITIONS_NAME = "fruit_class"
 
 fruit_class_partitions = dg.DynamicPartitionsDefinition(name=FRUIT_CLASS_PARTITIONS_NAME)
+
+# A materialization of many classes is one run (one Spark job per asset), not one run per class.
+# BackfillPolicy is "beta" in Dagster 1.13; we rely on it knowingly, so don't warn every import.
+warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
+ONE_RUN_FOR_ALL_CLASSES = dg.BackfillPolicy.single_run()
+
+# The run tags Dagster documents for a run over a range of partitions.
+PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
+PARTITION_RANGE_END_TAG = "dagster/asset_partition_range_end"
+
+
+def range_tags(first: str, last: str) -> dict[str, str]:
+    return {PARTITION_RANGE_START_TAG: first, PARTITION_RANGE_END_TAG: last}
+
+
+def registered_classes(instance: dg.DagsterInstance) -> list[str]:
+    """The classes of the configured input root, as the last sync registered them."""
+    return list(instance.get_dynamic_partitions(FRUIT_CLASS_PARTITIONS_NAME))
 
 
 def sync_requests(registered: list[str], discovered: list[str]) -> tuple[list[str], list[str]]:

@@ -2,18 +2,18 @@
 
 import dagster as dg
 
-from fruits_assets import discovery
-from fruits_assets.assets import PARTITIONED_ASSETS
+from fruits_assets.assets import PER_CLASS_ASSETS
 from fruits_assets.partitions import (
     FRUIT_CLASS_PARTITIONS_NAME,
     fruit_class_partitions,
     sync_requests,
 )
 from fruits_assets.resources.storage import FruitsStorage
+from fruits_assets.storage import discovery
 
 
 @dg.sensor(
-    asset_selection=dg.AssetSelection.assets(*PARTITIONED_ASSETS),
+    asset_selection=dg.AssetSelection.assets(*PER_CLASS_ASSETS),
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.STOPPED,
 )

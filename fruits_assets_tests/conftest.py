@@ -1,9 +1,8 @@
-"""Shared fixtures: the ../shared material (overridable), Spark settings and graph runners."""
+"""Shared fixtures: the ../shared material (overridable), Spark settings, the real-data run."""
 
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,12 @@ WEIGHTS_SHA256 = "472433e2c02cc616671246b8899da36b853b899d8f1ce52dc258fa5f556a55
 os.environ.setdefault("FRUITS_SPARK_CORES", "2")
 os.environ.setdefault("FRUITS_DRIVER_MEMORY", "2g")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# The real-data run: 10 classes in the dataset's own layout, 45 Training and 15 Test images each.
+REAL_CLASSES = [
+    "Apple Golden 2", "Banana 1", "Cherry 1", "Kiwi 1", "Lemon 1",
+    "Limes 1", "Orange 1", "Pear 1", "Strawberry 1", "Tomato 1",
+]  # fmt: skip
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -42,8 +47,17 @@ def shared_weights() -> Path:
     return WEIGHTS_H5
 
 
-def copy_classes(source: Path, target: Path, classes: list[str]) -> Path:
-    """A small input root with the given class folders of a Fruits-360 split."""
-    for name in classes:
-        shutil.copytree(source / name, target / name)
-    return target
+@pytest.fixture(scope="session")
+def real_run(tmp_path_factory, fruits360, shared_weights):
+    """The whole graph once per session on real photos with the real weights."""
+    from dagster import DagsterInstance
+
+    from fruits_assets_tests.helpers import copy_classes, materialize_graph
+
+    root = tmp_path_factory.mktemp("real_images")
+    for split in ("Training", "Test"):
+        copy_classes(fruits360 / split, root / split, REAL_CLASSES)
+    output = tmp_path_factory.mktemp("real_out")
+    instance = DagsterInstance.ephemeral()
+    outcome = materialize_graph(instance, root, output, shared_weights)
+    return root, str(output), instance, outcome

@@ -7,41 +7,41 @@ from pathlib import Path
 
 import dagster as dg
 import numpy as np
-import pyarrow.dataset as ds
 import pytest
 from pyspark.ml import PipelineModel
 from pyspark.ml.feature import PCAModel
 from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.sql import SparkSession
 
-from fruits_assets import classifier, featurizer, layout
-from fruits_assets.assets import ALL_ASSETS, fruit_classifier
-from fruits_assets.assets.classes import WEIGHTS_COLUMN, features_weights
+from fruits_assets import runner
+from fruits_assets.assets.current_features import WEIGHTS_COLUMN, features_weights
+from fruits_assets.ml.serving import Predictor
+from fruits_assets.storage import layout
+from fruits_assets_tests.conftest import REAL_CLASSES as CLASSES
 from fruits_assets_tests.conftest import WEIGHTS_SHA256
-from fruits_assets_tests.graph import check_outcomes, last_metadata, resources
-from fruits_assets_tests.test_cli import fruits
-from fruits_assets_tests.test_graph_real import CLASSES, real_run  # noqa: F401 - shared fixture
+from fruits_assets_tests.helpers import FAST_CLASSIFIER, fruits, settings
+
+pytestmark = pytest.mark.slow
 
 
-def test_classifier_trained_on_training_scored_on_test(real_run):  # noqa: F811
-    _, _, _, results = real_run
-    meta = last_metadata(results, "fruit_classifier")
+def test_classifier_trained_on_training_scored_on_test(real_run):
+    _, _, _, outcome = real_run
+    meta = outcome.metadata["fruit_classifier"]
     assert meta["train_images"] == 450 and meta["test_images"] == 150
     assert "Training/Test folders" in meta["split"]
     assert meta["top1_accuracy"] >= 0.9 and meta["top5_accuracy"] >= meta["top1_accuracy"]
     assert 0 < meta["macro_f1"] <= 1
-    assert check_outcomes(results)[("fruit_classifier", "top1_accuracy_above_floor")]
+    assert outcome.checks[("fruit_classifier", "top1_accuracy_above_floor")]
 
 
-def test_numpy_predictor_matches_spark_models(real_run):  # noqa: F811
+def test_numpy_predictor_matches_spark_models(real_run):
     """The serving export gives Spark's own probabilities, from the stored Spark ML models."""
     _, output, _, _ = real_run
     spark = SparkSession.builder.getOrCreate()
-    root = layout.asset_dir(output, layout.FRUIT_CLASSIFIER)
     features = spark.read.parquet(layout.asset_dir(output, layout.MOBILENET_FEATURES)).limit(20)
     pca = PCAModel.load(layout.pca_model_dir(output))
-    model = PipelineModel.load(f"{root}/model")
-    predictor = classifier.Predictor.load(output)
+    model = PipelineModel.load(layout.classifier_model_dir(output))
+    predictor = Predictor.load(output)
     projected = pca.transform(features.withColumn("features_vector", array_to_vector("features")))
     inputs = projected.withColumnRenamed("pca_vector", "x").withColumn(
         "h", array_to_vector("color_histogram")
@@ -57,20 +57,20 @@ def test_numpy_predictor_matches_spark_models(real_run):  # noqa: F811
     np.testing.assert_allclose(ours, np.array([r["p"] for r in rows]), atol=1e-4)
 
 
-def test_classifier_exports_the_featurizer_that_computed_the_features(real_run, tmp_path):  # noqa: F811
+def test_classifier_exports_the_featurizer_that_computed_the_features(real_run, tmp_path):
     """A downstream rerun needs no weights: it ships the model stored with the features."""
-    _, output, instance, _ = real_run
-    images = real_run[0]
-    res = resources(images, output, tmp_path / "no_such_weights.h5")
-    result = dg.materialize(
-        ALL_ASSETS, instance=instance, resources=res, selection=[fruit_classifier],
-        raise_on_error=False,
-    )  # fmt: skip
-    assert result.success
+    images, output, instance, _ = real_run
+    outcome = runner.materialize(
+        settings(images, output, tmp_path / "no_such_weights.h5"),
+        instance,
+        downstream_only=True,
+        resource_overrides=FAST_CLASSIFIER,
+    )
+    assert outcome.ok, outcome.failures
     stored = Path(layout.featurizer_model_path(output, WEIGHTS_SHA256)).read_bytes()
-    served = Path(layout.asset_dir(output, layout.FRUIT_CLASSIFIER), featurizer.SERVING_MODEL)
+    served = Path(layout.classifier_file(output, layout.SERVING_MODEL_FILE))
     assert served.read_bytes() == stored
-    assert classifier.Predictor.load(output).weights_sha256 == WEIGHTS_SHA256
+    assert Predictor.load(output).weights_sha256 == WEIGHTS_SHA256
 
 
 def test_mixed_or_unrecorded_weights_are_refused():
@@ -86,7 +86,7 @@ def test_mixed_or_unrecorded_weights_are_refused():
         features_weights(one.drop(WEIGHTS_COLUMN))
 
 
-def test_predict_cli_answers_each_photo_and_flags_bad_files(real_run, fruits360, tmp_path):  # noqa: F811
+def test_predict_cli_answers_each_photo_and_flags_bad_files(real_run, fruits360, tmp_path):
     _, output, _, _ = real_run
     photos = [sorted((fruits360 / "Test" / name).glob("*.jpg"))[-1] for name in CLASSES[:3]]
     bad = tmp_path / "not_a_photo.jpg"
@@ -103,18 +103,3 @@ def test_predict_cli_answers_each_photo_and_flags_bad_files(real_run, fruits360,
     assert "not an image" in answers[3]["error"]
     text = fruits("predict", str(photos[0]), "--model", output, home=tmp_path / "home")
     assert text.returncode == 0 and CLASSES[0] in text.stdout
-
-
-def test_predict_without_a_trained_model_is_a_clear_error(tmp_path):
-    done = fruits("predict", "x.jpg", "--model", str(tmp_path), home=tmp_path / "home")
-    assert done.returncode == 2 and "No trained classifier" in done.stderr
-
-
-def test_metrics_helpers():
-    p = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.5, 0.4, 0.1]])
-    truth = np.array([0, 1, 1])
-    assert classifier.top_k_accuracy(p, truth, 1) == 1 / 3
-    assert classifier.top_k_accuracy(p, truth, 2) == 1.0
-    recall = classifier.per_class_recall(p.argmax(1), truth, 3)
-    assert recall[0] == 1.0 and recall[1] == 0.0 and np.isnan(recall[2])
-    assert ds  # pyarrow is what users read outputs with

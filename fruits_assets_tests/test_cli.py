@@ -4,23 +4,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 import dagster as dg
 import pandas as pd
 import pytest
 
-from fruits_assets_tests.conftest import copy_classes
-
-FRUITS = str(Path(sys.executable).with_name("fruits"))
-
-
-def fruits(*args: str, home: Path, timeout: int = 900) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DAGSTER_HOME": str(home), "HOME": str(home.parent)}
-    return subprocess.run(
-        [FRUITS, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
-    )
+from fruits_assets_tests.helpers import FRUITS, copy_classes, fruits
 
 
 def test_demo_run_works_offline_and_lands_in_the_instance(tmp_path, monkeypatch):
@@ -40,6 +29,7 @@ def test_demo_run_works_offline_and_lands_in_the_instance(tmp_path, monkeypatch)
     assert instance.get_latest_materialization_event(dg.AssetKey("features_csv")) is not None
 
 
+@pytest.mark.slow
 def test_no_classifier_runs_the_seed_pipeline_only(tmp_path, fruits360, shared_weights):
     """--no-classifier materializes the six pipeline assets, CSV included, and no classifier."""
     images = copy_classes(fruits360 / "Test", tmp_path / "images", ["Banana 1", "Kiwi 1"])
@@ -54,6 +44,7 @@ def test_no_classifier_runs_the_seed_pipeline_only(tmp_path, fruits360, shared_w
     assert "features_csv" in materialized and "fruit_classifier" not in materialized
 
 
+@pytest.mark.slow
 def test_missing_weights_fail_the_run_with_a_clear_message(tmp_path, fruits360):
     images = copy_classes(fruits360 / "Test", tmp_path / "images", ["Banana 1", "Lemon 1"])
     done = fruits(

@@ -16,13 +16,15 @@ import pandas as pd
 import pyarrow.dataset as ds
 import pytest
 
-from fruits_assets import cli, filesystem, layout
+from fruits_assets import cli
 from fruits_assets.emr import cluster as emr_cluster
 from fruits_assets.emr.bootstrap import pinned_requirements
 from fruits_assets.emr.spec import SECURITY_CONFIGURATION, ClusterSpec
 from fruits_assets.resources.spark import s3a_jars
+from fruits_assets.settings import FruitsSettings
+from fruits_assets.storage import filesystem, layout
 from fruits_assets_tests.emr_emulator import EmulatedEmr, start_moto
-from fruits_assets_tests.test_cli import FRUITS
+from fruits_assets_tests.helpers import FRUITS
 
 REGION = "eu-west-3"
 DATA_BUCKET, STAGING_BUCKET = "fruits-data", "fruits-staging"
@@ -41,7 +43,7 @@ ASSETS = [
 def cloud(tmp_path_factory, fruits360, shared_weights):
     """moto on loopback, the seed's bucket layout, a cluster from the spec, an emulated EMR."""
     try:
-        s3a_jars()
+        s3a_jars(FruitsSettings.from_env().jars_dir)
     except FileNotFoundError as exc:
         pytest.fail(f"{exc}: scripts/setup.sh fetches them")
     saved_env = dict(os.environ)

@@ -9,8 +9,9 @@ import pytest
 from fruits_assets.emr.bootstrap import bootstrap_script, pinned_requirements
 from fruits_assets.emr.pricing import cluster_price
 from fruits_assets.emr.spec import ClusterSpec
-from fruits_assets.resources import emr_resources
+from fruits_assets.resources.environments import emr_resources
 from fruits_assets.resources.spark import emr_spark_config, s3a_spark_config
+from fruits_assets.settings import FruitsSettings
 
 
 def test_spec_defaults_are_the_documented_cluster():
@@ -59,14 +60,14 @@ def test_emr_environment_needs_s3_roots_and_a_cluster(monkeypatch):
     monkeypatch.setenv("FRUITS_IMAGES", "/local/images")
     monkeypatch.setenv("FRUITS_OUTPUT", "s3://b/out")
     with pytest.raises(ValueError, match="images root must be an s3:// URI"):
-        emr_resources()
+        emr_resources(FruitsSettings.from_env())
     monkeypatch.setenv("FRUITS_IMAGES", "s3://b/images")
     monkeypatch.delenv("FRUITS_EMR_CLUSTER_ID", raising=False)
     monkeypatch.setenv("FRUITS_EMR_STAGING_BUCKET", "stage")
     with pytest.raises(ValueError, match="FRUITS_EMR_CLUSTER_ID"):
-        emr_resources()
+        emr_resources(FruitsSettings.from_env())
     monkeypatch.setenv("FRUITS_EMR_CLUSTER_ID", "j-TEST")
-    resources = emr_resources()
+    resources = emr_resources(FruitsSettings.from_env())
     assert resources["storage"].native_s3 is True  # EMRFS: s3:// as is, no S3A shipped
     launcher = resources["step_launcher"].resource_fn(None)
     assert launcher.region_name == "eu-west-3" and launcher.cluster_id == "j-TEST"
@@ -77,7 +78,7 @@ def test_emr_environment_needs_s3_roots_and_a_cluster(monkeypatch):
 def test_s3a_settings_follow_the_aws_environment(monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
     monkeypatch.setenv("AWS_REGION", "eu-west-3")
-    config = s3a_spark_config(schemes=("s3", "s3a"))
+    config = s3a_spark_config(FruitsSettings.from_env().jars_dir, schemes=("s3", "s3a"))
     assert config["spark.hadoop.fs.s3.impl"] == "org.apache.hadoop.fs.s3a.S3AFileSystem"
     assert config["spark.hadoop.fs.s3a.endpoint"] == "http://127.0.0.1:9000"
     assert config["spark.hadoop.fs.s3a.path.style.access"] == "true"

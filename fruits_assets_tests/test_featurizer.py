@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fruits_assets import featurizer
+from fruits_assets.ml import featurizer
+from fruits_assets_tests.helpers import keras_features
 from fruits_assets_tests.images import noisy_jpeg
 
 
@@ -15,17 +16,6 @@ def photos(fruits360) -> list[bytes]:
     classes = ["Apple Golden 2", "Banana 1", "Kiwi 1", "Strawberry 1"]
     paths = [p for c in classes for p in sorted((fruits360 / "Test" / c).glob("*.jpg"))[:2]]
     return [p.read_bytes() for p in paths]
-
-
-def keras_features(weights_path, photos: list[bytes]) -> np.ndarray:
-    """The reference: Keras's MobileNetV2 (include_top=True) cut at layers[-2], via predict."""
-    import keras
-
-    full = keras.applications.MobileNetV2(include_top=True, weights=None)
-    full.load_weights(str(weights_path))
-    model = keras.Model(full.input, full.layers[-2].output)
-    batch = np.stack([featurizer.preprocess(photo) for photo in photos])
-    return model.predict(batch, verbose=0)
 
 
 def test_tflite_features_equal_keras_features(shared_weights, photos, tmp_path, monkeypatch):

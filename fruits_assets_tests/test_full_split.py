@@ -6,7 +6,7 @@ import pandas as pd
 import pyarrow.dataset as ds
 import pytest
 
-from fruits_assets_tests.test_cli import fruits
+from fruits_assets_tests.helpers import fruits
 
 pytestmark = pytest.mark.slow
 

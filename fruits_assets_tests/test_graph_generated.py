@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import pandas as pd
-import pyarrow.dataset as ds
 import pytest
 from dagster import DagsterInstance
 
-from fruits_assets import layout
-from fruits_assets_tests.graph import check_outcomes, last_metadata, materialize_graph
+from fruits_assets.storage import layout
+from fruits_assets_tests.helpers import materialize_graph
+from fruits_assets_tests.helpers import read_dataset as read_parquet
 from fruits_assets_tests.images import BAD_CLASS, EXPECTED, GOOD_CLASS, write_mixed_root
-
-
-def read_parquet(path) -> pd.DataFrame:
-    return ds.dataset(str(path), format="parquet", partitioning="hive").to_table().to_pandas()
 
 
 @pytest.fixture(scope="module")
@@ -22,20 +18,19 @@ def mixed_run(tmp_path_factory):
     expected = write_mixed_root(root)
     output = tmp_path_factory.mktemp("mixed_out")
     instance = DagsterInstance.ephemeral()
-    results = materialize_graph(instance, root, output, "random")
-    return root, output, expected, results
+    outcome = materialize_graph(instance, root, output, "random")
+    return root, output, expected, outcome
 
 
 def test_graph_succeeds_and_every_check_passes(mixed_run):
-    _, _, _, results = mixed_run
-    assert all(r.success for r in results)
-    outcomes = check_outcomes(results)
-    assert len(outcomes) == 12
-    assert all(outcomes.values()), outcomes
+    _, _, _, outcome = mixed_run
+    assert outcome.ok, outcome.failures
+    assert len(outcome.checks) == 12
+    assert all(outcome.checks.values()), outcome.checks
 
 
 def test_every_bad_file_is_rejected_with_its_reason(mixed_run):
-    _, output, expected, results = mixed_run
+    _, output, expected, outcome = mixed_run
     rejected = read_parquet(layout.rejected_images_dir(str(output)))
     assert set(rejected.columns) >= {"path", "label", "reason"}
     by_name = {p.rsplit("/", 1)[-1]: r for p, r in zip(rejected.path, rejected.reason, strict=True)}
@@ -44,27 +39,28 @@ def test_every_bad_file_is_rejected_with_its_reason(mixed_run):
     for name, reason in wanted.items():
         assert by_name[name].startswith(reason)
     assert set(rejected.label.astype(str)) == {BAD_CLASS}
-    meta = last_metadata(results, "labeled_images")
+    meta = outcome.metadata["labeled_images"]
     assert meta["num_rejected"] == expected["rejected"]
     assert meta["num_accepted"] == expected["accepted"]
     assert meta["num_converted_to_rgb"] == 4  # CMYK, grey, RGBA, 16-bit
 
 
 def test_raw_images_count_ignored_files(mixed_run):
-    _, output, expected, results = mixed_run
+    _, output, expected, outcome = mixed_run
     raw = read_parquet(layout.asset_dir(str(output), layout.RAW_IMAGES))
     assert len(raw) == expected["images"]
     assert {"path", "label", "size", "modification_time"} <= set(raw.columns)
-    meta = last_metadata(results, "raw_images")
-    assert meta["num_ignored_files"] == expected["ignored"]  # hidden, .txt, no class folder
+    meta = outcome.metadata["raw_images"]
+    # hidden files and folders, a .txt, an image with no class folder
+    assert meta["num_ignored_files"] + meta["ignored_outside_class_folders"] == expected["ignored"]
 
 
 def test_features_pca_and_csv_agree(mixed_run):
-    _, output, expected, results = mixed_run
+    _, output, expected, outcome = mixed_run
     features = read_parquet(layout.asset_dir(str(output), layout.MOBILENET_FEATURES))
     assert len(features) == expected["accepted"]
     assert all(len(v) == 1280 for v in features.features)
-    k = last_metadata(results, "pca_model")["k"]
+    k = outcome.metadata["pca_model"]["k"]
     assert 1 <= k <= expected["accepted"] - 1
     pca = read_parquet(layout.asset_dir(str(output), layout.PCA_FEATURES_PARQUET))
     assert len(pca) == expected["accepted"] and all(len(v) == k for v in pca.pca_features)
@@ -78,6 +74,6 @@ def test_features_pca_and_csv_agree(mixed_run):
 
 
 def test_random_weights_are_recorded(mixed_run):
-    meta = last_metadata(mixed_run[3], "mobilenet_features")
+    meta = mixed_run[3].metadata["mobilenet_features"]
     assert meta["weights"] == "random"
     assert len(meta["weights_sha256"]) == 64

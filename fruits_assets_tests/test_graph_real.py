@@ -8,25 +8,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.dataset as ds
 import pytest
-from dagster import DagsterInstance
 
-from fruits_assets import featurizer, filesystem, layout
-from fruits_assets_tests.conftest import WEIGHTS_SHA256, copy_classes
-from fruits_assets_tests.graph import check_outcomes, last_metadata, materialize_graph
-from fruits_assets_tests.test_featurizer import keras_features
+from fruits_assets.ml import featurizer
+from fruits_assets.storage import filesystem, layout
+from fruits_assets_tests.conftest import REAL_CLASSES as CLASSES
+from fruits_assets_tests.conftest import WEIGHTS_SHA256
+from fruits_assets_tests.helpers import keras_features, materialize_graph
+from fruits_assets_tests.helpers import read_dataset as read_parquet
 
-CLASSES = [
-    "Apple Golden 2", "Banana 1", "Cherry 1", "Kiwi 1", "Lemon 1",
-    "Limes 1", "Orange 1", "Pear 1", "Strawberry 1", "Tomato 1",
-]  # fmt: skip
+pytestmark = pytest.mark.slow
 RERUN_CLASS = "Kiwi 1"
-
-
-def read_parquet(path) -> pd.DataFrame:
-    table = ds.dataset(str(path), format="parquet", partitioning="hive").to_table().to_pandas()
-    return table.assign(label=table.label.astype(str))
 
 
 def label_dir_digest(dataset: str, label: str) -> str:
@@ -39,30 +31,18 @@ def label_dir_digest(dataset: str, label: str) -> str:
     return digest.hexdigest()
 
 
-@pytest.fixture(scope="module")
-def real_run(tmp_path_factory, fruits360, shared_weights):
-    """10 classes in the dataset's own layout: 45 Training and 15 Test images each."""
-    root = tmp_path_factory.mktemp("real_images")
-    for split in ("Training", "Test"):
-        copy_classes(fruits360 / split, root / split, CLASSES)
-    output = tmp_path_factory.mktemp("real_out")
-    instance = DagsterInstance.ephemeral()
-    results = materialize_graph(instance, root, output, shared_weights)
-    return root, str(output), instance, results
-
-
 def test_real_graph_outputs(real_run):
-    _, output, _, results = real_run
-    assert all(r.success for r in results)
-    assert all(check_outcomes(results).values())
+    _, output, _, outcome = real_run
+    assert outcome.ok, outcome.failures
+    assert outcome.checks and all(outcome.checks.values())
     features = read_parquet(layout.asset_dir(output, layout.MOBILENET_FEATURES))
     assert len(features) == 600 and set(features.label) == set(CLASSES)
-    meta = last_metadata(results, "mobilenet_features")
+    meta = outcome.metadata["mobilenet_features"]
     assert meta["weights_sha256"] == WEIGHTS_SHA256
-    pca = last_metadata(results, "pca_model")
+    pca = outcome.metadata["pca_model"]
     assert pca["explained_variance"] >= 0.99 and 1 <= pca["k"] <= 449
     assert pca["num_rows"] == 450 and "Training split only" in pca["fit_on"]
-    assert Path(layout.pca_model_dir(output), layout.SCREE_PLOT_NAME).is_file()
+    assert Path(layout.scree_plot_path(output)).is_file()
     parquet = read_parquet(layout.asset_dir(output, layout.PCA_FEATURES_PARQUET))
     csv = pd.read_csv(layout.csv_path(output))
     assert len(parquet) == len(csv) == 600
@@ -109,9 +89,9 @@ def test_rerun_one_class_leaves_the_others_untouched(real_run, fruits360, shared
     new_image = sorted((fruits360 / "Test" / RERUN_CLASS).glob("*.jpg"))[0]
     shutil.copy(new_image, root / "Training" / RERUN_CLASS / "added_copy.jpg")
 
-    results = materialize_graph(instance, root, output, shared_weights, classes=[RERUN_CLASS])
-    assert all(r.success for r in results)
-    assert all(check_outcomes(results).values())
+    outcome = materialize_graph(instance, root, output, shared_weights, classes=[RERUN_CLASS])
+    assert outcome.ok, outcome.failures
+    assert all(outcome.checks.values())
     after = {label: label_dir_digest(features_dir, label) for label in CLASSES}
     assert after[RERUN_CLASS] != before[RERUN_CLASS]
     assert {k: v for k, v in after.items() if k != RERUN_CLASS} == {
@@ -124,7 +104,5 @@ def test_rerun_one_class_leaves_the_others_untouched(real_run, fruits360, shared
     assert len(read_parquet(layout.asset_dir(output, layout.PCA_FEATURES_PARQUET))) == 601
     assert len(pd.read_csv(layout.csv_path(output))) == 601
     # Only the rerun class's partitions were materialized by the rerun.
-    partitioned = {
-        e.partition for r in results for e in r.get_asset_materialization_events() if e.partition
-    }
-    assert partitioned == {RERUN_CLASS}
+    assert set(outcome.partitions) == {"raw_images", "labeled_images", "mobilenet_features"}
+    assert all(classes == {RERUN_CLASS} for classes in outcome.partitions.values())

@@ -6,16 +6,17 @@ import dagster as dg
 import pandas as pd
 import pyarrow.dataset as ds
 
-from fruits_assets import demo_data, layout
 from fruits_assets.definitions import build_definitions
+from fruits_assets.ml import demo_data
 from fruits_assets.partitions import FRUIT_CLASS_PARTITIONS_NAME
 from fruits_assets.resources.storage import FruitsStorage
 from fruits_assets.sensors import fruit_class_sensor
-from fruits_assets_tests.graph import last_metadata, materialize_graph, resources
+from fruits_assets.storage import layout
+from fruits_assets_tests.helpers import materialize_graph, settings
 
 
 def test_definitions_hold_the_assets_and_the_sensor():
-    defs = build_definitions("local")
+    defs = build_definitions(settings("/tmp", "/tmp/out", "random"))
     keys = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
     assert keys == {
         "raw_images", "labeled_images", "mobilenet_features",
@@ -43,13 +44,11 @@ def test_stale_partition_key_fails_clearly(tmp_path):
     demo_data.generate(tmp_path / "images", images_per_class=2)
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(FRUIT_CLASS_PARTITIONS_NAME, ["Ghost"])
-    from fruits_assets.assets import raw_images
-
-    result = dg.materialize(
-        [raw_images],
+    defs = build_definitions(settings(tmp_path / "images", tmp_path / "out", "random"))
+    result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
         instance=instance,
         partition_key="Ghost",
-        resources=resources(tmp_path / "images", tmp_path / "out", "random"),
+        asset_selection=[dg.AssetKey("raw_images")],
         raise_on_error=False,
     )
     assert not result.success
@@ -70,9 +69,9 @@ def test_another_input_root_never_mixes_into_outputs(tmp_path):
         (second / name).rmdir()
     instance = dg.DagsterInstance.ephemeral()
     output = tmp_path / "out"
-    assert all(r.success for r in materialize_graph(instance, first, output, "random"))
-    results = materialize_graph(instance, second, output, "random")
-    assert all(r.success for r in results)
+    assert materialize_graph(instance, first, output, "random").ok
+    outcome = materialize_graph(instance, second, output, "random")
+    assert outcome.ok, outcome.failures
     assert sorted(instance.get_dynamic_partitions(FRUIT_CLASS_PARTITIONS_NAME)) == [
         "Apple Demo B", "Banana Demo B",
     ]  # fmt: skip
@@ -81,5 +80,5 @@ def test_another_input_root_never_mixes_into_outputs(tmp_path):
     ).to_table()
     assert set(table.column("label").to_pylist()) == {"Apple Demo B", "Banana Demo B"}
     assert set(pd.read_csv(layout.csv_path(str(output))).label) == {"Apple Demo B", "Banana Demo B"}
-    stale = last_metadata(results, "pca_model")["stale_classes_ignored"]
+    stale = outcome.metadata["pca_model"]["stale_classes_ignored"]
     assert sorted(stale) == ["Apple Demo", "Banana Demo", "Lime Demo", "Plum Demo"]

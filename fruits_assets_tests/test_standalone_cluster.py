@@ -6,9 +6,8 @@ from __future__ import annotations
 import pandas as pd
 import pyarrow.dataset as ds
 
-from fruits_assets_tests.conftest import copy_classes
+from fruits_assets_tests.helpers import copy_classes, fruits
 from fruits_assets_tests.spark_standalone import master_state, standalone_cluster
-from fruits_assets_tests.test_cli import fruits
 
 CLASSES = ["Avocado 1", "Banana 1", "Lemon 1", "Pear 1"]
 

@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fruits_assets import decoding, discovery, layout, partitions, pca_selection
+from fruits_assets import partitions
+from fruits_assets.ml import decoding, pca, plots, training
+from fruits_assets.storage import discovery, layout
+from fruits_assets_tests.helpers import fruits
 from fruits_assets_tests.images import BAD_CLASS, EXPECTED, GOOD_CLASS, write_mixed_root
 
 
@@ -60,20 +63,20 @@ def test_plain_rgb_jpeg_keeps_its_bytes():
 
 def test_choose_k_is_smallest_reaching_target():
     variance = [0.5, 0.3, 0.15, 0.04, 0.01]
-    assert pca_selection.choose_k(variance, 0.8) == (2, pytest.approx(0.8))
-    assert pca_selection.choose_k(variance, 0.99)[0] == 4
-    assert pca_selection.choose_k(variance, 1.0)[0] == 5
+    assert pca.choose_k(variance, 0.8) == (2, pytest.approx(0.8))
+    assert pca.choose_k(variance, 0.99)[0] == 4
+    assert pca.choose_k(variance, 1.0)[0] == 5
 
 
 def test_max_components_bounded_by_rows_and_features():
-    assert pca_selection.max_components(100, 1280) == 99
-    assert pca_selection.max_components(5000, 1280) == 1280
+    assert pca.max_components(100, 1280) == 99
+    assert pca.max_components(5000, 1280) == 1280
     with pytest.raises(ValueError):
-        pca_selection.max_components(1, 1280)
+        pca.max_components(1, 1280)
 
 
 def test_scree_plot_is_a_png():
-    assert pca_selection.scree_png([0.6, 0.3, 0.1], 0.99, 3).startswith(b"\x89PNG")
+    assert plots.scree_png([0.6, 0.3, 0.1], 0.99, 3).startswith(b"\x89PNG")
 
 
 def test_contiguous_ranges_follow_instance_order():
@@ -89,3 +92,17 @@ def test_sync_requests_add_new_and_drop_stale():
 def test_partition_dir_name_escapes_like_spark():
     assert layout.partition_dir_name("Apple Golden 2") == "label=Apple Golden 2"
     assert layout.partition_dir_name("Kiwi [bio] #1") == "label=Kiwi %5Bbio%5D %231"
+
+
+def test_predict_without_a_trained_model_is_a_clear_error(tmp_path):
+    done = fruits("predict", "x.jpg", "--model", str(tmp_path), home=tmp_path / "home")
+    assert done.returncode == 2 and "No trained classifier" in done.stderr
+
+
+def test_metrics_helpers():
+    p = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.5, 0.4, 0.1]])
+    truth = np.array([0, 1, 1])
+    assert training.top_k_accuracy(p, truth, 1) == 1 / 3
+    assert training.top_k_accuracy(p, truth, 2) == 1.0
+    recall = training.per_class_recall(p.argmax(1), truth, 3)
+    assert recall[0] == 1.0 and recall[1] == 0.0 and np.isnan(recall[2])

@@ -1,34 +1,32 @@
 """fruit_classifier: softmax regression on PCA features + colour histograms, scored honestly."""
 
-import base64
+
 import json
 import time
+from typing import Any
 
 import dagster as dg
 import numpy as np
+from dagster_pyspark import LazyPySparkResource
 from pyspark.ml import PipelineModel
 from pyspark.ml.classification import LogisticRegression
 from pyspark.ml.evaluation import MulticlassClassificationEvaluator
-from pyspark.ml.feature import (
-    ElementwiseProduct,
-    PCAModel,
-    StandardScaler,
-    StringIndexer,
-    VectorAssembler,
-)
+from pyspark.ml.feature import PCAModel, StringIndexer, VectorAssembler
 from pyspark.ml.functions import array_to_vector, vector_to_array
-from pyspark.ml.linalg import Vectors
 from pyspark.ml.tuning import CrossValidator, ParamGridBuilder
 from pyspark.sql import functions as F
 
-from fruits_assets import classifier, featurizer, filesystem, layout, splits
-from fruits_assets.assets.classes import current_features, features_weights
-from fruits_assets.assets.common import SPARK_RESOURCES, rows_table
+from fruits_assets.assets import checks
+from fruits_assets.assets.current_features import current_features, features_weights
+from fruits_assets.assets.metadata import png_markdown, rows_table
 from fruits_assets.assets.pca import pca_features_parquet
-from fruits_assets.resources.settings import ClassifierSettings
+from fruits_assets.ml import plots, splits, training
+from fruits_assets.ml.serving import Predictor
+from fruits_assets.resources.ml_settings import ClassifierSettings
 from fruits_assets.resources.storage import FruitsStorage
+from fruits_assets.storage import filesystem, layout
+from fruits_assets.storage.datasets import Datasets
 
-ACCURACY_FLOOR_CHECK = "top1_accuracy_above_floor"
 WORST_CLASSES_SHOWN = 12
 
 
@@ -36,22 +34,26 @@ WORST_CLASSES_SHOWN = 12
     deps=[pca_features_parquet],
     group_name="classifier",
     kinds={"spark", "sparkml"},
-    required_resource_keys=SPARK_RESOURCES | {"classifier_settings"},
     check_specs=[
         dg.AssetCheckSpec(
-            ACCURACY_FLOOR_CHECK,
+            checks.ACCURACY_FLOOR,
             asset="fruit_classifier",
             description="Top-1 accuracy on the held-out split reaches the configured floor.",
         )
     ],
 )
-def fruit_classifier(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+def fruit_classifier(
+    context: dg.AssetExecutionContext,
+    storage: FruitsStorage,
+    pyspark: LazyPySparkResource,
+    classifier_settings: ClassifierSettings,
+    step_launcher: dg.ResourceParam[Any],
+) -> dg.MaterializeResult:
     """Spark ML softmax regression fit on Training, L2 chosen by CV there, scored on Test."""
-    storage: FruitsStorage = context.resources.storage
-    spark = context.resources.pyspark.spark_session
-    settings: ClassifierSettings = context.resources.classifier_settings
-    features_dir = layout.asset_dir(storage.output, layout.PCA_FEATURES_PARQUET)
-    features = current_features(spark, storage).df
+    spark = pyspark.spark_session
+    settings = classifier_settings
+    datasets = Datasets(spark, storage, context.run.run_id)
+    features = current_features(context, datasets).df
     if "color_histogram" not in features.columns:
         raise dg.Failure(
             description="mobilenet_features has no colour histograms (written by an older "
@@ -65,7 +67,7 @@ def fruit_classifier(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
             "(`fruits run` without --downstream-only)"
         )
     histograms = features.select("path", "color_histogram")
-    pca_rows = spark.read.parquet(storage.spark_path(features_dir))
+    pca_rows = datasets.read(layout.PCA_FEATURES_PARQUET)
     data, split_source = splits.with_split(pca_rows.join(histograms, "path"))
     indexer = StringIndexer(inputCol="label", outputCol="y", stringOrderType="alphabetAsc")
     data = (
@@ -79,14 +81,13 @@ def fruit_classifier(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     test = data.where(F.col("split") == splits.TEST)
 
     started = time.perf_counter()
-    # Centre both inputs, then scale each dimension by 1/sqrt(var + 0.1 * mean var): standardized
-    # where the training variance is real, one global scale where it is ~0. Plain standardization
-    # divides test images' energy in near-empty PCA components (or rare colour bins) by ~0 and
-    # wrecks the predictions (8 % top-1 on 10 real classes).
+    # Both inputs centred, then rescaled without blowing up near-empty dimensions.
     preparation = [
         stage
         for column in ("x", "h")
-        for stage in _centre_and_shrink(train, column, f"{column}s", settings.variance_shrinkage)
+        for stage in training.centre_and_shrink(
+            train, column, f"{column}s", settings.variance_shrinkage
+        )
     ] + [VectorAssembler(inputCols=["xs", "hs"], outputCol="z")]
     prepared = PipelineModel(stages=preparation).transform(train).select("y", "z").cache()
     regression = LogisticRegression(
@@ -125,21 +126,24 @@ def fruit_classifier(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     truth = np.array([r["y"] for r in rows], dtype=int)
     probabilities = np.array([r["p"] for r in rows])
     predicted = probabilities.argmax(axis=1)
-    top1 = classifier.top_k_accuracy(probabilities, truth, 1)
-    top5 = classifier.top_k_accuracy(probabilities, truth, min(5, n_classes))
-    recall = classifier.per_class_recall(predicted, truth, n_classes)
+    top1 = training.top_k_accuracy(probabilities, truth, 1)
+    top5 = training.top_k_accuracy(probabilities, truth, min(5, n_classes))
+    recall = training.per_class_recall(predicted, truth, n_classes)
     order = [int(c) for c in np.argsort(np.nan_to_num(recall, nan=2.0))]
     worst = [c for c in order if recall[c] < 1.0][:WORST_CLASSES_SHOWN] or order[:1]
 
-    out = layout.asset_dir(storage.output, layout.FRUIT_CLASSIFIER)
-    model.write().overwrite().save(storage.spark_path(filesystem.join(out, "model")))
-    filesystem.write_bytes(filesystem.join(out, "labels.json"), json.dumps(label_names).encode())
+    out = layout.classifier_dir(storage.output)
+    model.write().overwrite().save(storage.spark_path(layout.classifier_model_dir(storage.output)))
+    filesystem.write_bytes(
+        layout.classifier_file(storage.output, layout.CLASSIFIER_LABELS_FILE),
+        json.dumps(label_names).encode(),
+    )
     # Serving export: everything `fruits predict` needs, MobileNetV2 weights included, no Spark.
     pca = PCAModel.load(storage.spark_path(layout.pca_model_dir(storage.output)))
     # The very model that computed the features, whatever --weights says now.
     serving_model = filesystem.read_bytes(serving_model_path)
     pca_centre, pca_scale, hist_centre, hist_scale, _, fitted = model.stages
-    predictor = classifier.Predictor(
+    predictor = Predictor(
         pc=pca.pc.toArray(),
         pca_mean=pca_centre.mean.toArray(),
         pca_scale=pca_scale.getScalingVec().toArray(),
@@ -151,17 +155,21 @@ def fruit_classifier(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         weights_sha256=weights_sha256,
     )
     predictor_path = predictor.save(storage.output)
-    filesystem.write_bytes(filesystem.join(out, featurizer.SERVING_MODEL), serving_model)
+    filesystem.write_bytes(
+        layout.classifier_file(storage.output, layout.SERVING_MODEL_FILE), serving_model
+    )
 
-    confusion = classifier.confusion_png(predicted, truth, label_names, worst)
-    filesystem.write_bytes(filesystem.join(out, "confusion_worst.png"), confusion)
+    confusion = plots.confusion_png(predicted, truth, label_names, worst)
+    filesystem.write_bytes(
+        layout.classifier_file(storage.output, layout.CONFUSION_PLOT_NAME), confusion
+    )
     best = grid[int(np.argmax(search.avgMetrics))]
     floor = settings.accuracy_floor
     return dg.MaterializeResult(
         metadata={
             "top1_accuracy": top1,
             "top5_accuracy": top5,
-            "macro_f1": classifier.macro_f1(predicted, truth, n_classes),
+            "macro_f1": training.macro_f1(predicted, truth, n_classes),
             "num_classes": n_classes,
             "train_images": train_rows,
             "test_images": len(truth),
@@ -177,31 +185,16 @@ def fruit_classifier(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
                 [(label_names[c], f"{recall[c]:.3f}") for c in order if not np.isnan(recall[c])],
                 ("class", "recall"),
             ),
-            "confusion_worst_classes": dg.MetadataValue.md(
-                f"![confusion](data:image/png;base64,{base64.b64encode(confusion).decode()})"
-            ),
+            "confusion_worst_classes": png_markdown(confusion, "confusion"),
             "predictor": dg.MetadataValue.path(predictor_path),
             "path": dg.MetadataValue.path(out),
         },
         check_results=[
             dg.AssetCheckResult(
-                check_name=ACCURACY_FLOOR_CHECK,
+                check_name=checks.ACCURACY_FLOOR,
                 passed=top1 >= floor,
                 severity=dg.AssetCheckSeverity.WARN,
                 metadata={"top1_accuracy": top1, "floor": floor},
             )
         ],
     )
-
-
-def _centre_and_shrink(train, column: str, output: str, shrinkage: float) -> list:  # noqa: ANN001
-    """A fitted centring and a per-dimension scale 1/sqrt(var + shrinkage * mean(var))."""
-    centre = StandardScaler(
-        inputCol=column, outputCol=f"{column}_centred", withMean=True, withStd=False
-    ).fit(train)
-    variance = centre.std.toArray() ** 2
-    scale = 1.0 / np.sqrt(variance + shrinkage * variance.mean() + 1e-12)
-    shrink = ElementwiseProduct(
-        scalingVec=Vectors.dense(scale), inputCol=f"{column}_centred", outputCol=output
-    )
-    return [centre, shrink]

@@ -1,21 +1,24 @@
 """features_csv: the PCA features as one CSV file for the business team, as the seed produced."""
 
-import uuid
+
+from typing import Any
 
 import dagster as dg
+from dagster_pyspark import LazyPySparkResource
 from pyspark.sql import functions as F
 
-from fruits_assets import checks, discovery, filesystem, layout
-from fruits_assets.assets.common import SPARK_RESOURCES
-from fruits_assets.assets.pca import label_check, pca_features_parquet
+from fruits_assets.assets import checks
+from fruits_assets.assets.pca import pca_features_parquet
+from fruits_assets.partitions import registered_classes
 from fruits_assets.resources.storage import FruitsStorage
+from fruits_assets.storage import filesystem, layout
+from fruits_assets.storage.datasets import Datasets
 
 
 @dg.asset(
     deps=[pca_features_parquet],
     group_name="export",
     kinds={"spark", "csv"},
-    required_resource_keys=SPARK_RESOURCES,
     check_specs=[
         checks.spec(checks.ROWS_MATCH_FEATURES, "features_csv", "One CSV row per PCA feature row."),
         checks.spec(checks.CSV_COLUMNS_K, "features_csv", "path, label and pca_feature_1..k."),
@@ -26,18 +29,21 @@ from fruits_assets.resources.storage import FruitsStorage
         ),
     ],
 )
-def features_csv(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+def features_csv(
+    context: dg.AssetExecutionContext,
+    storage: FruitsStorage,
+    pyspark: LazyPySparkResource,
+    step_launcher: dg.ResourceParam[Any],
+) -> dg.MaterializeResult:
     """One CSV file: path, label, pca_feature_1 … pca_feature_k, sorted by label and path."""
-    storage: FruitsStorage = context.resources.storage
-    spark = context.resources.pyspark.spark_session
-    parquet_dir = layout.asset_dir(storage.output, layout.PCA_FEATURES_PARQUET)
-    features = spark.read.parquet(storage.spark_path(parquet_dir))
+    spark = pyspark.spark_session
+    datasets = Datasets(spark, storage, context.run.run_id)
+    features = datasets.read(layout.PCA_FEATURES_PARQUET)
     k = features.select(F.max(F.size("pca_features"))).first()[0] or 0
     columns = [F.col("pca_features")[i].alias(f"pca_feature_{i + 1}") for i in range(k)]
     table = features.select("path", "label", *columns).orderBy("label", "path")
 
-    out_dir = layout.asset_dir(storage.output, layout.FEATURES_CSV)
-    staging = filesystem.join(out_dir, f"_staging_{uuid.uuid4().hex}")
+    staging = layout.staging_dir(storage.output, context.run.run_id, layout.FEATURES_CSV)
     table.coalesce(1).write.option("header", True).csv(storage.spark_path(staging))
     part = next(
         filesystem.to_uri(staging, info.path)
@@ -45,9 +51,6 @@ def features_csv(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         if info.base_name.startswith("part-") and info.base_name.endswith(".csv")
     )
     # Swap in the new file only once Spark has written it whole.
-    for info in filesystem.list_files(out_dir) if filesystem.exists(out_dir) else []:
-        if not info.path.startswith(filesystem.Location.of(staging).path):
-            filesystem.Location.of(out_dir).fs.delete_file(info.path)
     target = layout.csv_path(storage.output)
     filesystem.move(part, target)
     filesystem.delete_dir(staging)
@@ -57,7 +60,6 @@ def features_csv(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     per_class = {r["label"]: r["count"] for r in written.groupBy("label").count().collect()}
     rows, expected_rows = sum(per_class.values()), features.count()
     expected_header = ["path", "label", *(f"pca_feature_{i + 1}" for i in range(k))]
-    discovered = discovery.scan(storage.images).classes
     return dg.MaterializeResult(
         metadata={
             "num_rows": rows,
@@ -72,6 +74,6 @@ def features_csv(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
             checks.result(
                 checks.CSV_COLUMNS_K, header == expected_header, columns=len(header), k=k
             ),
-            label_check(discovered, set(per_class)),
+            checks.labels_match(registered_classes(context.instance), set(per_class)),
         ],
     )

@@ -1,19 +1,24 @@
 """mobilenet_features: MobileNetV2's 1280-d penultimate layer (and a colour histogram) per image."""
 
+
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import dagster as dg
-import pandas as pd
+from dagster_pyspark import LazyPySparkResource
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
-from fruits_assets import checks, color, featurizer, filesystem, layout, spark_io
-from fruits_assets.assets.classes import WEIGHTS_COLUMN
-from fruits_assets.assets.common import PARTITIONED, SPARK_RESOURCES, counts_table
+from fruits_assets.assets import checks
+from fruits_assets.assets.current_features import WEIGHTS_COLUMN
 from fruits_assets.assets.images import labeled_images
-from fruits_assets.resources.settings import FeaturizerSettings
+from fruits_assets.assets.publishing import Publication, publish_or_fail
+from fruits_assets.ml import color, featurizer
+from fruits_assets.partitions import ONE_RUN_FOR_ALL_CLASSES, fruit_class_partitions
+from fruits_assets.resources.ml_settings import FeaturizerSettings
 from fruits_assets.resources.storage import FruitsStorage
+from fruits_assets.storage import filesystem, layout
+from fruits_assets.storage.datasets import Datasets
 
 RANDOM_WEIGHTS_WARNING = (
     "RANDOM WEIGHTS: these features come from an untrained MobileNetV2, not ImageNet weights; "
@@ -21,7 +26,7 @@ RANDOM_WEIGHTS_WARNING = (
 )
 
 
-def resolve_weights(
+def weights_with_demo_fallback(
     context: dg.AssetExecutionContext, settings: FeaturizerSettings
 ) -> tuple[featurizer.WeightsInfo, str | None]:
     """The weights to use and, in demo mode when ImageNet is out of reach, a loud warning."""
@@ -35,43 +40,12 @@ def resolve_weights(
         return featurizer.resolve_weights("random"), warning
 
 
-# The MobileNetV2 vector, and the colour histogram the classifier also uses (cheap next to it).
-OUTPUT_TYPE = T.StructType(
-    [
-        T.StructField("features", T.ArrayType(T.FloatType())),
-        T.StructField("color_histogram", T.ArrayType(T.FloatType())),
-    ]
-)
-
-
-def featurize_udf(spark, model: bytes, sha256: str, settings: FeaturizerSettings):
-    """The iterator pandas UDF: the TFLite model broadcast once, one interpreter per Python
-    worker process for the whole stage."""
-    broadcast = spark.sparkContext.broadcast(model)
-    key, threads = f"{sha256}:{settings.batch_size}", settings.threads_per_task
-
-    @F.pandas_udf(OUTPUT_TYPE)
-    def featurize(contents: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
-        model = featurizer.worker_featurizer(key, lambda: broadcast.value, threads)
-        for batch in contents:
-            images = batch.tolist()
-            # The histogram rides along: the image bytes cross to Python once, not twice.
-            yield pd.DataFrame(
-                {
-                    "features": list(model(images)),
-                    "color_histogram": [color.histogram(image) for image in images],
-                }
-            )
-
-    return featurize
-
-
 @dg.asset(
-    **PARTITIONED,
+    partitions_def=fruit_class_partitions,
+    backfill_policy=ONE_RUN_FOR_ALL_CLASSES,
     deps=[labeled_images],
     group_name="features",
     kinds={"spark", "tensorflow", "parquet"},
-    required_resource_keys=SPARK_RESOURCES | {"featurizer_settings"},
     check_specs=[
         checks.spec(
             checks.FEATURES_ONE_PER_IMAGE,
@@ -86,28 +60,33 @@ def featurize_udf(spark, model: bytes, sha256: str, settings: FeaturizerSettings
         ),
     ],
 )
-def mobilenet_features(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+def mobilenet_features(
+    context: dg.AssetExecutionContext,
+    storage: FruitsStorage,
+    pyspark: LazyPySparkResource,
+    featurizer_settings: FeaturizerSettings,
+    step_launcher: dg.ResourceParam[Any],
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     """MobileNetV2 (ImageNet, include_top=True) penultimate-layer features, one row per image."""
-    storage: FruitsStorage = context.resources.storage
-    spark = context.resources.pyspark.spark_session
-    settings: FeaturizerSettings = context.resources.featurizer_settings
+    spark = pyspark.spark_session
+    settings = featurizer_settings
     labels = set(context.partition_keys)
-    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", settings.arrow_batch_rows)
-    info, warning = resolve_weights(context, settings)
+    info, warning = weights_with_demo_fallback(context, settings)
     model, sha256 = featurizer.tflite_model(info, settings.batch_size)
     # Kept beside the features: the classifier exports the model that really computed them.
     model_path = layout.featurizer_model_path(storage.output, sha256)
     if not filesystem.exists(model_path):
         filesystem.write_bytes(model_path, model)
 
-    images_dir = layout.accepted_images_dir(storage.output)
-    images = spark_io.read_labels(spark, images_dir, storage.spark_path(images_dir), labels)
-    featurize = featurize_udf(spark, model, sha256, settings)
+    datasets = Datasets(spark, storage, context.run.run_id)
+    featurize = featurizer.featurize_udf(
+        spark, model, sha256, settings.batch_size, settings.threads_per_task
+    )
     context.log.info(f"featurizing {len(labels)} classes with MobileNetV2 weights {info.source}")
-    out = layout.asset_dir(storage.output, layout.MOBILENET_FEATURES)
     started = time.perf_counter()
-    with spark_io.small_splits(spark, images_dir, labels):
-        spark_io.write_label_partitions(
+    with datasets.small_splits(layout.ACCEPTED_IMAGES, labels):
+        images = datasets.read(layout.ACCEPTED_IMAGES, labels)
+        staged = datasets.stage(
             images.select("path", "label", featurize("content").alias("out")).select(
                 "path",
                 "label",
@@ -115,34 +94,43 @@ def mobilenet_features(context: dg.AssetExecutionContext) -> dg.MaterializeResul
                 "out.color_histogram",
                 F.lit(sha256).alias(WEIGHTS_COLUMN),
             ),
-            out,
-            storage.spark_path(out),
-            labels,
+            layout.MOBILENET_FEATURES,
         )
     seconds = time.perf_counter() - started
 
-    written = spark_io.read_labels(spark, out, storage.spark_path(out), labels)
     bad_vector = (
         (F.size("features") != featurizer.FEATURE_DIM)
         | F.exists("features", lambda x: F.isnan(x) | (F.abs(x) == float("inf")))
         | (F.size("color_histogram") != color.HISTOGRAM_DIM)
     )
-    # One pass over the written rows for every count the checks and metadata need.
-    by_class = (
-        written.groupBy("label")
+    # One pass over the staged rows for every count the checks and metadata need.
+    by_class = {
+        r["label"]: r
+        for r in staged.df.groupBy("label")
         .agg(
             F.count("*").alias("rows"),
             F.sum(bad_vector.cast("int")).alias("bad"),
             F.countDistinct("path").alias("paths"),
         )
         .collect()
-    )
-    per_class = {r["label"]: r["rows"] for r in by_class}
-    n_images = images.count()
-    rows, bad = sum(per_class.values()), sum(r["bad"] or 0 for r in by_class)
-    paths = sum(r["paths"] for r in by_class)
+    }
+    images_per_class = {
+        r["label"]: r["count"] for r in images.groupBy("label").count().collect()
+    }
+    for label in labels:
+        row = by_class.get(label)
+        context.add_asset_metadata(
+            {
+                "num_rows": row["rows"] if row else 0,
+                "accepted_images": images_per_class.get(label, 0),
+            },
+            partition_key=label,
+        )
+    n_images = sum(images_per_class.values())
+    rows = sum(r["rows"] for r in by_class.values())
+    bad = sum(r["bad"] or 0 for r in by_class.values())
+    paths = sum(r["paths"] for r in by_class.values())
     metadata = {
-        "num_rows": rows,
         "feature_dim": featurizer.FEATURE_DIM,
         "color_histogram_dim": color.HISTOGRAM_DIM,
         "weights": info.spec,
@@ -150,16 +138,17 @@ def mobilenet_features(context: dg.AssetExecutionContext) -> dg.MaterializeResul
         "weights_sha256": sha256,
         "runtime": f"TFLite float32 on XNNPACK, batch {settings.batch_size}, "
         f"{settings.threads_per_task} thread(s) per task",
+        "classes_in_run": len(labels),
         "featurize_seconds": round(seconds, 2),
         "images_per_second": round(rows / seconds, 1) if seconds > 0 else 0.0,
-        "rows_per_class": counts_table(per_class),
-        "path": dg.MetadataValue.path(out),
     }
     if warning:
         metadata["WARNING"] = warning
-    return dg.MaterializeResult(
-        metadata=metadata,
-        check_results=[
+    yield from publish_or_fail(
+        datasets,
+        staged=[staged],
+        publications=[Publication(layout.MOBILENET_FEATURES, staged.df, frozenset(labels))],
+        checks=[
             checks.result(
                 checks.FEATURES_ONE_PER_IMAGE,
                 rows == n_images and paths == n_images,
@@ -169,4 +158,5 @@ def mobilenet_features(context: dg.AssetExecutionContext) -> dg.MaterializeResul
             ),
             checks.result(checks.FEATURES_DIMENSION, bad == 0, bad_vectors=bad),
         ],
+        metadata=metadata,
     )

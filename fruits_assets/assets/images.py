@@ -1,16 +1,24 @@
 """raw_images and labeled_images: find every file of a class, then decode and validate it."""
 
+
 from collections import Counter
+from collections.abc import Iterator
 from datetime import datetime, timezone
+from typing import Any
 
 import dagster as dg
-from pyspark import StorageLevel
+from dagster_pyspark import LazyPySparkResource
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from fruits_assets import checks, decoding, discovery, layout, spark_io
-from fruits_assets.assets.common import PARTITIONED, SPARK_RESOURCES, counts_table, rows_table
+from fruits_assets.assets import checks
+from fruits_assets.assets.metadata import rows_table
+from fruits_assets.assets.publishing import Publication, publish_or_fail
+from fruits_assets.ml import decoding
+from fruits_assets.partitions import ONE_RUN_FOR_ALL_CLASSES, fruit_class_partitions
 from fruits_assets.resources.storage import FruitsStorage
+from fruits_assets.storage import discovery, layout
+from fruits_assets.storage.datasets import Datasets
 
 RAW_SCHEMA = T.StructType(
     [
@@ -46,15 +54,18 @@ def _missing_classes_failure(missing: set[str], root: str) -> dg.Failure:
 
 
 @dg.asset(
-    **PARTITIONED,
+    partitions_def=fruit_class_partitions,
+    backfill_policy=ONE_RUN_FOR_ALL_CLASSES,
     group_name="images",
     kinds={"spark", "parquet"},
-    required_resource_keys=SPARK_RESOURCES,
 )
-def raw_images(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+def raw_images(
+    context: dg.AssetExecutionContext,
+    storage: FruitsStorage,
+    pyspark: LazyPySparkResource,
+    step_launcher: dg.ResourceParam[Any],
+) -> Iterator[dg.MaterializeResult]:
     """Every .jpg/.jpeg/.png file of the selected classes, with path, size and modification time."""
-    storage: FruitsStorage = context.resources.storage
-    spark = context.resources.pyspark.spark_session
     labels = set(context.partition_keys)
     scan = discovery.scan(storage.images)
     missing = labels - set(scan.classes)
@@ -66,37 +77,44 @@ def raw_images(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         (f.path, f.label, f.size, datetime.fromtimestamp(f.modification_time, tz=timezone.utc))
         for f in files
     ]
-    out = layout.asset_dir(storage.output, layout.RAW_IMAGES)
-    spark_io.write_label_partitions(
-        spark.createDataFrame(rows, RAW_SCHEMA), out, storage.spark_path(out), labels
-    )
-    # An ignored file belongs to its folder's class; ones outside any class are reported by all.
+    datasets = Datasets(pyspark.spark_session, storage, context.run.run_id)
+    # No check audits this listing, so it is published at once (one atomic commit).
+    listing = pyspark.spark_session.createDataFrame(rows, RAW_SCHEMA)
+    # An ignored file belongs to its folder's class; the others are the run's.
     classes = set(scan.classes)
-    ignored = [
-        (p, r)
-        for p, r in scan.ignored
-        if (folder := p.rsplit("/", 2)[-2]) in labels or folder not in classes
-    ]
-    return dg.MaterializeResult(
+    per_class = Counter(f.label for f in files)
+    outside = [(p, r) for p, r in scan.ignored if p.rsplit("/", 2)[-2] not in classes]
+    for label in labels:
+        ignored = [(p, r) for p, r in scan.ignored if p.rsplit("/", 2)[-2] == label]
+        context.add_asset_metadata(
+            {
+                "num_images": per_class[label],
+                "num_ignored_files": len(ignored),
+                "ignored_by_reason": dict(Counter(r for _, r in ignored)),
+                "ignored_files": rows_table(ignored, ("path", "reason")),
+            },
+            partition_key=label,
+        )
+    yield from publish_or_fail(
+        datasets,
+        staged=[],
+        publications=[Publication(layout.RAW_IMAGES, listing, frozenset(labels))],
+        checks=[],
         metadata={
-            "num_images": len(files),
-            "num_classes": len(labels),
-            "num_ignored_files": len(ignored),
-            "ignored_by_reason": dict(Counter(r for _, r in ignored)),
-            "ignored_files": rows_table(ignored, ("path", "reason")),
-            "images_per_class": counts_table(Counter(f.label for f in files)),
             "input_root": storage.images,
-            "path": dg.MetadataValue.path(out),
-        }
+            "classes_in_run": len(labels),
+            "ignored_outside_class_folders": len(outside),
+            "ignored_outside": rows_table(outside, ("path", "reason")),
+        },
     )
 
 
 @dg.asset(
-    **PARTITIONED,
+    partitions_def=fruit_class_partitions,
+    backfill_policy=ONE_RUN_FOR_ALL_CLASSES,
     deps=[raw_images],
     group_name="images",
     kinds={"spark", "parquet"},
-    required_resource_keys=SPARK_RESOURCES,
     check_specs=[
         checks.spec(
             checks.RAW_VS_LABELED_BALANCE,
@@ -105,77 +123,68 @@ def raw_images(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         )
     ],
 )
-def labeled_images(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+def labeled_images(
+    context: dg.AssetExecutionContext,
+    storage: FruitsStorage,
+    pyspark: LazyPySparkResource,
+    step_launcher: dg.ResourceParam[Any],
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     """Each image labeled by its class folder, decoded to RGB, or rejected with a reason."""
-    storage: FruitsStorage = context.resources.storage
-    spark = context.resources.pyspark.spark_session
+    spark = pyspark.spark_session
     labels = set(context.partition_keys)
-    raw_dir = layout.asset_dir(storage.output, layout.RAW_IMAGES)
-    raw = spark_io.read_labels(spark, raw_dir, storage.spark_path(raw_dir), labels)
-    n_raw = raw.count()
+    datasets = Datasets(spark, storage, context.run.run_id)
+    raw = datasets.read(layout.RAW_IMAGES, labels).select("path", "label")
+    raw_per_class = {r["label"]: r["count"] for r in raw.groupBy("label").count().collect()}
+    n_raw = sum(raw_per_class.values())
     context.log.info(f"decoding and validating {n_raw} images")
     # Spread the (tiny) path rows over every core before the expensive decode.
     parallelism = max(spark.sparkContext.defaultParallelism, n_raw // 2000 + 1)
-    decoded = (
-        raw.select("path", "label")
-        .repartition(parallelism)
-        .mapInPandas(decoding.decode_batches, DECODED_SCHEMA)
-        .persist(StorageLevel.MEMORY_AND_DISK)
+    decoded = raw.repartition(parallelism).mapInPandas(decoding.decode_batches, DECODED_SCHEMA)
+    # Accepted and rejected images are written aside together, audited, then published apart.
+    staged = datasets.stage(decoded, layout.LABELED_IMAGES)
+    summary = (
+        staged.df.groupBy(
+            "label", "converted", F.substring_index("reason", ":", 1).alias("kind")
+        )
+        .count()
+        .collect()
     )
-    try:
-        accepted_dir = layout.accepted_images_dir(storage.output)
-        rejected_dir = layout.rejected_images_dir(storage.output)
-        spark_io.write_label_partitions(
-            decoded.where(F.col("reason").isNull()).drop("reason"),
-            accepted_dir,
-            storage.spark_path(accepted_dir),
-            labels,
-        )
-        spark_io.write_label_partitions(
-            decoded.where(F.col("reason").isNotNull()).select("path", "label", "reason"),
-            rejected_dir,
-            storage.spark_path(rejected_dir),
-            labels,
-        )
-        summary = (
-            decoded.groupBy("label", "converted", F.substring_index("reason", ":", 1).alias("kind"))
-            .count()
-            .collect()
-        )
-        rejected = (
-            decoded.where(F.col("reason").isNotNull())
-            .select("path", "label", "reason")
-            .orderBy("label", "path")
-            .limit(200)
-            .collect()
-        )
-    finally:
-        decoded.unpersist()
-
-    accepted, reasons, n_converted = Counter(), Counter(), 0
+    accepted_per_class, rejected_per_class = Counter(), Counter()
+    converted_per_class, reasons = Counter(), {label: Counter() for label in labels}
     for row in summary:
         if row["kind"] is None:
-            accepted[row["label"]] += row["count"]
-            n_converted += row["count"] if row["converted"] else 0
+            accepted_per_class[row["label"]] += row["count"]
+            converted_per_class[row["label"]] += row["count"] if row["converted"] else 0
         else:
-            reasons[row["kind"]] += row["count"]
-    n_accepted, n_rejected = sum(accepted.values()), sum(reasons.values())
-    return dg.MaterializeResult(
-        metadata={
-            "num_raw_images": n_raw,
-            "num_accepted": n_accepted,
-            "num_rejected": n_rejected,
-            "num_converted_to_rgb": n_converted,
-            "rejected_by_reason": dict(reasons),
-            "rejected_images": rows_table(
-                [(r["path"], r["label"], r["reason"]) for r in rejected],
-                ("path", "label", "reason"),
-            ),
-            "accepted_per_class": counts_table(accepted),
-            "path": dg.MetadataValue.path(accepted_dir),
-            "rejected_path": dg.MetadataValue.path(rejected_dir),
-        },
-        check_results=[
+            rejected_per_class[row["label"]] += row["count"]
+            reasons[row["label"]][row["kind"]] += row["count"]
+    rejected = staged.df.where(F.col("reason").isNotNull()).select("path", "label", "reason")
+    rejections = rejected.orderBy("label", "path").collect() if rejected_per_class else []
+    for label in labels:
+        context.add_asset_metadata(
+            {
+                "num_raw_images": raw_per_class.get(label, 0),
+                "num_accepted": accepted_per_class[label],
+                "num_rejected": rejected_per_class[label],
+                "num_converted_to_rgb": converted_per_class[label],
+                "rejected_by_reason": dict(reasons[label]),
+                "rejected_images": rows_table(
+                    [(r["path"], r["reason"]) for r in rejections if r["label"] == label],
+                    ("path", "reason"),
+                ),
+            },
+            partition_key=label,
+        )
+    n_accepted, n_rejected = sum(accepted_per_class.values()), sum(rejected_per_class.values())
+    accepted = staged.df.where(F.col("reason").isNull()).drop("reason")
+    yield from publish_or_fail(
+        datasets,
+        staged=[staged],
+        publications=[
+            Publication(layout.ACCEPTED_IMAGES, accepted, frozenset(labels)),
+            Publication(layout.REJECTED_IMAGES, rejected, frozenset(labels)),
+        ],
+        checks=[
             checks.result(
                 checks.RAW_VS_LABELED_BALANCE,
                 n_accepted + n_rejected == n_raw,
@@ -184,4 +193,8 @@ def labeled_images(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
                 rejected=n_rejected,
             )
         ],
+        metadata={
+            "classes_in_run": len(labels),
+            "rejected_path": dg.MetadataValue.path(datasets.location(layout.REJECTED_IMAGES)),
+        },
     )

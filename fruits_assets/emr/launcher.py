@@ -24,18 +24,14 @@ from dagster._core.execution.plan.external_step import (
     PICKLED_STEP_RUN_REF_FILE_NAME,
     step_context_to_step_run_ref,
 )
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_START_TAG
 from dagster_aws.emr import EmrError
 from dagster_aws.emr.pyspark_step_launcher import CODE_ZIP_NAME, EmrPySparkStepLauncher
 
 from fruits_assets.emr import step_main
 from fruits_assets.emr.pricing import ClusterPrice
-from fruits_assets.partitions import FRUIT_CLASS_PARTITIONS_NAME
+from fruits_assets.partitions import FRUIT_CLASS_PARTITIONS_NAME, PARTITION_RANGE_START_TAG
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # fruits_assets/
-FORWARDED_PREFIX = "FRUITS_"
-# Paths on the launching machine: the cluster's nodes keep their own caches.
-NOT_FORWARDED = {"FRUITS_CACHE_DIR", "FRUITS_JARS_DIR"}
 SPARK_LOG_LINE = re.compile(r"^\d{2}/\d{2}/\d{2} \d{2}:\d{2}:\d{2} (TRACE|DEBUG|INFO|WARN) ")
 # Dagster marks step launchers as superseded by Pipes; the design card asks for this one.
 warnings.filterwarnings("ignore", message=".*StepLauncher.*", category=Warning)
@@ -52,6 +48,7 @@ class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
         staging_bucket: str,
         staging_prefix: str,
         spark_config: dict[str, Any],
+        forwarded_env: dict[str, str] | None = None,
         poll_seconds: float = 15.0,
         log_wait_seconds: float = 330.0,
         price: ClusterPrice | None = None,
@@ -68,6 +65,8 @@ class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
             local_job_package_path=str(PACKAGE_DIR.parent),
             deploy_local_job_package=True,
         )
+        # The run's settings (`FruitsSettings.to_env(forwarded_only=True)`), for the remote step.
+        self.forwarded_env = dict(forwarded_env or {})
         self.poll_seconds = poll_seconds
         self.log_wait_seconds = log_wait_seconds
         self.price = price
@@ -93,11 +92,7 @@ class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
         """The settings and partitions the remote (ephemeral) Dagster instance needs."""
         name = FRUIT_CLASS_PARTITIONS_NAME
         partitions = {name: list(step_context.instance.get_dynamic_partitions(name))}
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if k.startswith(FORWARDED_PREFIX) and k not in NOT_FORWARDED
-        }
+        env = dict(self.forwarded_env)
         env.setdefault("AWS_REGION", self.region_name)
         body = json.dumps({"env": env, "dynamic_partitions": partitions}).encode()
         boto3.client("s3", region_name=self.region_name).put_object(
@@ -117,7 +112,7 @@ class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
         self._post_step_context(step_context, run_id, step_key)
         step_def = self._get_emr_step_def(run_id, step_key, step_context.op.name)
         emr_step_id = self.emr_job_runner.add_job_flow_steps(log, self.cluster_id, [step_def])[0]
-        span = step_context.dagster_run.tags.get(ASSET_PARTITION_RANGE_START_TAG)
+        span = step_context.dagster_run.tags.get(PARTITION_RANGE_START_TAG)
         log.info(
             f"{step_key}: EMR step {emr_step_id} submitted to cluster {self.cluster_id}"
             + (f" (partitions from {span})" if span else "")

@@ -7,10 +7,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fruits_assets.settings import FruitsSettings
+
 # Settings every environment needs: per-class reruns overwrite only their own label= folders.
 COMMON_SPARK_CONFIG: dict[str, Any] = {
     "spark.sql.sources.partitionOverwriteMode": "dynamic",
     "spark.sql.execution.arrow.pyspark.enabled": "true",
+    # Rows per Arrow batch sent to the pandas UDFs: each batch is a few MB of image bytes.
+    "spark.sql.execution.arrow.maxRecordsPerBatch": "256",
     "spark.sql.session.timeZone": "UTC",
     "spark.sql.parquet.compression.codec": "snappy",
 }
@@ -29,26 +33,20 @@ S3A_CREDENTIALS = ",".join(
 )
 
 
-def jars_dir() -> Path:
-    return Path(
-        os.environ.get("FRUITS_JARS_DIR") or Path.home() / ".cache" / "fruits_assets" / "jars"
-    )
-
-
-def s3a_jars() -> list[str]:
+def s3a_jars(jars_dir: str | Path) -> list[str]:
     """hadoop-aws and its AWS SDK bundle, as fetched by scripts/fetch_s3a_jars.sh."""
-    found = sorted(str(p) for p in jars_dir().glob("*.jar") if p.name.startswith(S3A_JARS))
+    found = sorted(str(p) for p in Path(jars_dir).glob("*.jar") if p.name.startswith(S3A_JARS))
     if len(found) != len(S3A_JARS):
         raise FileNotFoundError(
-            f"Hadoop's S3A jars are not in {jars_dir()} (found {found}): run "
+            f"Hadoop's S3A jars are not in {jars_dir} (found {found}): run "
             "scripts/fetch_s3a_jars.sh (or scripts/setup.sh) to use s3:// with local Spark"
         )
     return found
 
 
-def s3a_spark_config(schemes: tuple[str, ...] = ("s3a",)) -> dict[str, Any]:
+def s3a_spark_config(jars_dir: str | Path, schemes: tuple[str, ...] = ("s3a",)) -> dict[str, Any]:
     """Hadoop S3A for the given URI schemes, endpoint and region from the AWS environment."""
-    jars = s3a_jars()
+    jars = s3a_jars(jars_dir)
     config: dict[str, Any] = {
         "spark.jars": ",".join(jars),
         "spark.driver.extraClassPath": os.pathsep.join(jars),
@@ -81,29 +79,27 @@ def emr_spark_config(python: str) -> dict[str, Any]:
     }
 
 
-def local_spark_config(
-    cores: int | None = None, driver_memory: str | None = None, s3: bool = False
-) -> dict[str, Any]:
-    """local[N] Spark (or FRUITS_SPARK_MASTER's) whose Python workers run this interpreter."""
+def local_spark_config(settings: FruitsSettings, s3: bool = False) -> dict[str, Any]:
+    """local[N] Spark (or the configured master) whose Python workers run this interpreter."""
     # Spark's Python workers must be this interpreter, with this package and its pins.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # local Spark listens on loopback only
-    cores = cores or int(os.environ.get("FRUITS_SPARK_CORES", "0")) or os.cpu_count() or 1
+    cores = settings.spark_cores or os.cpu_count() or 1
     config = {
         **COMMON_SPARK_CONFIG,
         # A standalone cluster's URL works too, when its workers share this machine's paths.
-        "spark.master": os.environ.get("FRUITS_SPARK_MASTER") or f"local[{cores}]",
+        "spark.master": settings.spark_master or f"local[{cores}]",
         "spark.app.name": "fruits_assets",
-        "spark.driver.memory": driver_memory or os.environ.get("FRUITS_DRIVER_MEMORY", "4g"),
+        "spark.driver.memory": settings.driver_memory,
         "spark.pyspark.python": sys.executable,
         "spark.pyspark.driver.python": sys.executable,
         "spark.sql.shuffle.partitions": str(max(4, 2 * cores)),
         "spark.ui.showConsoleProgress": "false",
-        "spark.ui.enabled": os.environ.get("FRUITS_SPARK_UI", "false"),
+        "spark.ui.enabled": str(settings.spark_ui).lower(),
         # The incubator Vector API lets Spark ML's BLAS use SIMD instead of plain Java loops.
         "spark.driver.extraJavaOptions": "-Dderby.system.home=/tmp/derby "
         "--add-modules=jdk.incubator.vector",
     }
     if s3:
-        config.update(s3a_spark_config())
+        config.update(s3a_spark_config(settings.jars_dir))
     return config

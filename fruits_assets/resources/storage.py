@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from fruits_assets import filesystem
+from fruits_assets.storage import filesystem
 
 
 class FruitsStorage(dg.ConfigurableResource):

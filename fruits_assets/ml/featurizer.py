@@ -1,17 +1,17 @@
-"""The MobileNetV2 featurizer: weights, preprocessing and the 1280-d penultimate layer."""
+"""The MobileNetV2 featurizer: weights, the cached TFLite conversion, preprocessing, the XNNPACK
+interpreter (one per Spark Python worker) and the pandas UDF that runs it."""
 
-from __future__ import annotations
 
 import hashlib
 import io
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from fruits_assets import filesystem
+from fruits_assets.storage import filesystem
 
 FEATURE_DIM = 1280
 IMAGE_SIZE = 224
@@ -23,11 +23,10 @@ IMAGENET_URL = "https://storage.googleapis.com/tensorflow/keras-applications/mob
 
 
 def cache_dir(kind: str) -> str:
-    """Where downloaded weights and converted models are kept (FRUITS_CACHE_DIR overrides)."""
-    root = os.environ.get("FRUITS_CACHE_DIR") or os.path.join(
-        os.path.expanduser("~"), ".cache", "fruits_assets"
-    )
-    return os.path.join(root, kind)
+    """Where downloaded weights and converted models are kept (the `cache_dir` setting)."""
+    from fruits_assets.settings import FruitsSettings
+
+    return os.path.join(FruitsSettings.from_env().cache_dir, kind)
 
 
 def _write_atomically(path: str, data: bytes) -> None:
@@ -170,9 +169,6 @@ def tflite_model(info: WeightsInfo, batch_size: int) -> tuple[bytes, str]:
     return data, info.sha256
 
 
-SERVING_MODEL = "mobilenet_v2_penultimate.tflite"
-
-
 def preprocess(content: bytes) -> np.ndarray:
     """Decode, resize to 224x224 (PIL's default filter, as the seed) and scale to [-1, 1]."""
     from PIL import Image
@@ -190,19 +186,10 @@ def _interpreter_class():
     return Interpreter
 
 
-class Featurizer:
-    """The TFLite MobileNetV2 penultimate model on XNNPACK, fed with preprocessed photos."""
+class BatchedFeaturizer:
+    """Photos in, 1280-d vectors out, through a model that takes fixed-size batches."""
 
-    def __init__(self, model: bytes, threads: int = 1):
-        self._interpreter = _interpreter_class()(model_content=model, num_threads=max(threads, 1))
-        self._interpreter.allocate_tensors()
-        (inp,) = self._interpreter.get_input_details()
-        (out,) = self._interpreter.get_output_details()
-        shapes = tuple(inp["shape"][1:]), int(out["shape"][-1])
-        if shapes != ((IMAGE_SIZE, IMAGE_SIZE, 3), FEATURE_DIM):
-            raise ValueError(f"not a MobileNetV2 penultimate model: {shapes}")
-        self.batch_size = int(inp["shape"][0])
-        self._input, self._output = inp["index"], out["index"]
+    batch_size: int
 
     def __call__(self, contents: Sequence[bytes]) -> np.ndarray:
         out = np.empty((len(contents), FEATURE_DIM), dtype=np.float32)
@@ -216,6 +203,24 @@ class Featurizer:
 
     def run_batch(self, pixels: np.ndarray) -> np.ndarray:
         """Features of exactly `batch_size` preprocessed images (a copy the caller may keep)."""
+        raise NotImplementedError
+
+
+class Featurizer(BatchedFeaturizer):
+    """The TFLite MobileNetV2 penultimate model on XNNPACK, fed with preprocessed photos."""
+
+    def __init__(self, model: bytes, threads: int = 1):
+        self._interpreter = _interpreter_class()(model_content=model, num_threads=max(threads, 1))
+        self._interpreter.allocate_tensors()
+        (inp,) = self._interpreter.get_input_details()
+        (out,) = self._interpreter.get_output_details()
+        shapes = tuple(inp["shape"][1:]), int(out["shape"][-1])
+        if shapes != ((IMAGE_SIZE, IMAGE_SIZE, 3), FEATURE_DIM):
+            raise ValueError(f"not a MobileNetV2 penultimate model: {shapes}")
+        self.batch_size = int(inp["shape"][0])
+        self._input, self._output = inp["index"], out["index"]
+
+    def run_batch(self, pixels: np.ndarray) -> np.ndarray:
         self._interpreter.set_tensor(self._input, pixels)
         self._interpreter.invoke()
         return self._interpreter.get_tensor(self._output)
@@ -230,3 +235,34 @@ def worker_featurizer(key: str, model, threads: int) -> Featurizer:
     if key not in _WORKER_FEATURIZERS:
         _WORKER_FEATURIZERS[key] = Featurizer(model(), threads)
     return _WORKER_FEATURIZERS[key]
+
+
+# The MobileNetV2 vector, and the colour histogram the classifier also uses (cheap next to it).
+UDF_OUTPUT_TYPE = "struct<features: array<float>, color_histogram: array<float>>"
+
+
+def featurize_udf(spark, model: bytes, sha256: str, batch_size: int, threads: int):  # noqa: ANN001
+    """The iterator pandas UDF: the TFLite model broadcast once, one interpreter per Python
+    worker process for the whole stage."""
+    import pandas as pd
+    from pyspark.sql import functions as F
+
+    from fruits_assets.ml import color
+
+    broadcast = spark.sparkContext.broadcast(model)
+    key = f"{sha256}:{batch_size}"
+
+    @F.pandas_udf(UDF_OUTPUT_TYPE)
+    def featurize(contents: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
+        model = worker_featurizer(key, lambda: broadcast.value, threads)
+        for batch in contents:
+            images = batch.tolist()
+            # The histogram rides along: the image bytes cross to Python once, not twice.
+            yield pd.DataFrame(
+                {
+                    "features": list(model(images)),
+                    "color_histogram": [color.histogram(image) for image in images],
+                }
+            )
+
+    return featurize

@@ -1,4 +1,4 @@
-"""Names of the asset checks, and a helper that builds their results."""
+"""The asset checks: their names, how they are declared and how their results are built."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ ROWS_MATCH_FEATURES = "row_count_equals_features"
 VECTOR_LENGTH_K = "vector_length_equals_k"
 CSV_COLUMNS_K = "column_count_equals_k_plus_2"
 LABELS_MATCH_CLASSES = "label_set_equals_discovered_classes"
+ACCURACY_FLOOR = "top1_accuracy_above_floor"
 
 
 def spec(name: str, asset: str, description: str) -> dg.AssetCheckSpec:
@@ -26,4 +27,16 @@ def result(name: str, passed: bool, **metadata) -> dg.AssetCheckResult:
         passed=bool(passed),
         severity=dg.AssetCheckSeverity.ERROR,
         metadata={k: v for k, v in metadata.items() if v is not None},
+    )
+
+
+def labels_match(classes: list[str], labels: set[str]) -> dg.AssetCheckResult:
+    """The label set of an output equals the classes of the input root."""
+    missing, extra = sorted(set(classes) - labels), sorted(labels - set(classes))
+    return result(
+        LABELS_MATCH_CLASSES,
+        not missing and not extra,
+        num_labels=len(labels),
+        missing_classes=missing,
+        unexpected_labels=extra,
     )

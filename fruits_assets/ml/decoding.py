@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from fruits_assets import filesystem
+from fruits_assets.storage import filesystem
 
 MAX_FILE_BYTES = 50 * 1024 * 1024
 MAX_PIXELS = 40_000_000  # ~ a 7,000 x 6,000 photo; past that a fruit photo is an accident or a bomb
@@ -96,13 +96,13 @@ def decode(content: bytes | None) -> Decoded:
         return Decoded(None, REJECT_NOT_IMAGE)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         return Decoded(None, f"{REJECT_TOO_MANY_PIXELS}: {exc}")
-    except Exception as exc:  # noqa: BLE001 - any decoder failure is a rejection, not a crash
+    except Exception as exc:  # any decoder failure is a rejection, not a crash
         return Decoded(None, f"{REJECT_CORRUPT}: {type(exc).__name__}: {exc}")
     try:
         # Phone photos carry their rotation in EXIF; apply it so features see the fruit upright.
         rotated = image.getexif().get(EXIF_ORIENTATION, 1) not in (0, 1)
         rgb = _to_rgb(ImageOps.exif_transpose(image) if rotated else image)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # likewise
         return Decoded(None, f"{REJECT_CORRUPT}: {type(exc).__name__}: {exc}", width, height, mode)
     if rgb is image and fmt in ("JPEG", "PNG"):
         # Already 8-bit RGB in a format every reader has: keep the original bytes untouched.
@@ -120,7 +120,7 @@ def decode_batches(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
             try:
                 content = filesystem.read_bytes(path)
                 decoded = decode(content)
-            except Exception as exc:  # noqa: BLE001 - vanished/unreadable files are rejections
+            except Exception as exc:  # vanished or unreadable files are rejections
                 decoded = Decoded(None, f"{REJECT_MISSING}: {exc}")
             out.append(
                 (

@@ -1,13 +1,18 @@
-"""The classes an unpartitioned asset covers: those of the configured input root, nothing stale."""
+"""The feature rows the all-classes assets use: those of the registered classes, nothing stale."""
+
+from __future__ import annotations
 
 from dataclasses import dataclass
 
 import dagster as dg
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from fruits_assets import discovery, layout, spark_io
-from fruits_assets.resources.storage import FruitsStorage
+from fruits_assets.partitions import registered_classes
+from fruits_assets.storage import layout
+from fruits_assets.storage.datasets import Datasets
+
+WEIGHTS_COLUMN = "weights_sha256"
 
 
 @dataclass(frozen=True)
@@ -15,26 +20,25 @@ class CurrentFeatures:
     """The feature rows of the input root's classes, and what was left out and why."""
 
     df: DataFrame
-    discovered: list[str]
+    classes: list[str]  # the fruit_class partitions: the class folders of the input root
     stale: list[str]  # stored classes not under the input root (another dataset's leftovers)
-    without_features: list[str]  # discovered classes with no feature rows (not yet materialized?)
+    without_features: list[str]  # registered classes with no feature rows (not yet materialized)
 
 
-def current_features(spark: SparkSession, storage: FruitsStorage) -> CurrentFeatures:
-    """Read mobilenet_features for exactly the classes now under the input root."""
-    discovered = discovery.scan(storage.images).classes
-    features_dir = layout.asset_dir(storage.output, layout.MOBILENET_FEATURES)
-    stored = spark_io.stored_labels(features_dir)
-    df = spark_io.read_labels(spark, features_dir, storage.spark_path(features_dir), discovered)
+def current_features(context: dg.AssetExecutionContext, datasets: Datasets) -> CurrentFeatures:
+    """Read mobilenet_features for exactly the registered classes.
+
+    The partitions are synced to the input root's class folders before every run (and shipped
+    to EMR steps), so they stand for a listing of the input root.
+    """
+    classes = registered_classes(context.instance)
+    stored = datasets.labels(layout.MOBILENET_FEATURES)
     return CurrentFeatures(
-        df=df,
-        discovered=discovered,
-        stale=sorted(stored - set(discovered)),
-        without_features=sorted(set(discovered) - stored),
+        df=datasets.read(layout.MOBILENET_FEATURES, classes),
+        classes=classes,
+        stale=sorted(stored - set(classes)),
+        without_features=sorted(set(classes) - stored),
     )
-
-
-WEIGHTS_COLUMN = "weights_sha256"
 
 
 def features_weights(features: DataFrame) -> str:

@@ -110,8 +110,9 @@ def write_bytes(uri: str, data: bytes) -> None:
 
 
 def move(src: str, dst: str) -> None:
-    loc = Location.of(src)
-    loc.fs.move(loc.path, Location.of(dst).path)
+    loc, target = Location.of(src), Location.of(dst)
+    target.fs.create_dir(target.path.rsplit("/", 1)[0], recursive=True)
+    loc.fs.move(loc.path, target.path)
 
 
 def spark_uri(uri: str, native_s3: bool = False) -> str:

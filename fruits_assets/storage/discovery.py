@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from fruits_assets import filesystem
+from fruits_assets.storage import filesystem
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 

@@ -1,8 +1,7 @@
-"""Chooses the number of PCA components and draws the scree plot."""
+"""Sizing the PCA: the most components the data allows, and the smallest k reaching the target."""
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 
 import numpy as np
@@ -24,26 +23,3 @@ def choose_k(explained_variance: Sequence[float], target: float) -> tuple[int, f
     reached = np.nonzero(cumulative >= target - 1e-9)[0]
     k = int(reached[0]) + 1 if reached.size else len(cumulative)
     return k, float(min(cumulative[k - 1], 1.0))
-
-
-def scree_png(explained_variance: Sequence[float], target: float, k: int) -> bytes:
-    """Cumulative explained variance against k, with the target and the chosen k marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cumulative = np.cumsum(np.asarray(explained_variance, dtype=np.float64))
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    ax.plot(np.arange(1, len(cumulative) + 1), cumulative, lw=1.5, label="cumulative variance")
-    ax.axhline(target, color="tab:red", ls="--", lw=1, label=f"target {target:.0%}")
-    ax.axvline(k, color="tab:green", ls=":", lw=1, label=f"k = {k}")
-    ax.set_xlabel("number of components k")
-    ax.set_ylabel("explained variance")
-    ax.set_ylim(0, 1.02)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()

@@ -1,4 +1,4 @@
-"""Tunable settings of the featurizer, PCA and classifier, as resources the CLI and UI set."""
+"""Tunable settings of the featurizer, PCA and classifier: resources the launch config can set."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ class FeaturizerSettings(dg.ConfigurableResource):
     # Images per call of the TFLite model: 1 to 4 measured alike on XNNPACK (≈180 img/s per
     # thread), 16 slower (≈147); 1 never pads. See BENCHMARKS.md.
     batch_size: int = 1
-    arrow_batch_rows: int = 256
     threads_per_task: int = 1  # one XNNPACK thread per Spark task slot: no oversubscription
 
 
@@ -27,7 +26,7 @@ class PcaSettings(dg.ConfigurableResource):
 class ClassifierSettings(dg.ConfigurableResource):
     """The classifier's search space (chosen by cross-validation on Training) and quality floor."""
 
-    # Multinomial logistic regression on standardized PCA features + colour histograms; the L2
+    # Multinomial logistic regression on rescaled PCA features + colour histograms; the L2
     # strength is chosen among these by cross-validation on Training (see BENCHMARKS.md).
     reg_params: list[float] = [1e-4, 1e-3]
     # Each input dimension is scaled by 1/sqrt(var + shrinkage * mean var): see fruit_classifier.

@@ -1,0 +1,191 @@
+"""Materializing the graph: partitions synced to the input root, runs per class range, outcome.
+
+`fruits run` and the tests both go through `materialize`; the UI, sensors and backfills launch
+runs of the same definitions through the Dagster instance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import dagster as dg
+
+from fruits_assets import partitions
+from fruits_assets.settings import FruitsSettings
+from fruits_assets.storage import discovery, layout
+
+PER_CLASS = (layout.RAW_IMAGES, layout.LABELED_IMAGES, layout.MOBILENET_FEATURES)
+ALL_CLASSES = (
+    layout.PCA_MODEL,
+    layout.PCA_FEATURES_PARQUET,
+    layout.FEATURES_CSV,
+    layout.FRUIT_CLASSIFIER,
+)
+
+
+class UsageError(ValueError):
+    """Arguments or settings that can't make a run (exit code 2, no run started)."""
+
+
+@dataclass
+class RunOutcome:
+    """What the runs of one materialization produced, for the summary and the exit code."""
+
+    ok: bool = True
+    # asset -> its metadata; a per-class asset's numbers are summed over the run's classes
+    metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    run_ids: list[str] = field(default_factory=list)
+    checks: dict[tuple[str, str], bool] = field(default_factory=dict)  # (asset, check) -> passed
+    partitions: dict[str, set[str]] = field(default_factory=dict)  # asset -> classes materialized
+
+    def absorb(self, result: dg.ExecuteInProcessResult | Any) -> None:
+        """Fold in one run's result (in-process or `execute_job`)."""
+        self.ok &= result.success
+        self.run_ids.append(result.run_id)
+        summed: dict[str, dict[str, Any]] = {}
+        for event in result.get_asset_materialization_events():
+            materialization = event.materialization
+            asset = materialization.asset_key.to_user_string()
+            values = {k: v.value for k, v in materialization.metadata.items()}
+            if materialization.partition is None:
+                self.metadata[asset] = values
+                continue
+            self.partitions.setdefault(asset, set()).add(materialization.partition)
+            # Per-class counts (`num_*`, see assets.metadata) add up; run-wide values are shared.
+            into = summed.setdefault(asset, {})
+            for key, value in values.items():
+                into[key] = into.get(key, 0) + value if key.startswith("num_") else value
+        self.metadata.update(summed)
+        for event in result.get_step_failure_events():
+            error = event.step_failure_data.error
+            while error is not None and error.cause is not None:  # the user code's own error
+                error = error.cause
+            message = error.message.strip() if error else "unknown error"
+            self.failures.append(f"step {event.step_key} failed: {message}")
+        for evaluation in result.get_asset_check_evaluations():
+            asset = evaluation.asset_key.to_user_string()
+            self.checks[(asset, evaluation.check_name)] = evaluation.passed
+            if not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR:
+                self.ok = False
+                details = {k: v.value for k, v in evaluation.metadata.items()}
+                self.failures.append(
+                    f"check {evaluation.check_name} on {asset} "
+                    f"FAILED: {details}"
+                )
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The classes to run and the class ranges (in partition order) the runs cover."""
+
+    classes: list[str]  # every class folder of the input root
+    selected: list[str]
+    ranges: list[tuple[str, str]]
+    added: list[str]
+    deleted: list[str]
+
+
+def plan(
+    settings: FruitsSettings, instance: dg.DagsterInstance, classes: Iterable[str] | None = None
+) -> Plan:
+    """List the input root once, sync the partitions to its class folders, group the selection."""
+    try:
+        scan = discovery.scan(settings.images)
+    except (FileNotFoundError, ValueError, OSError) as exc:
+        raise UsageError(str(exc)) from exc
+    if not scan.classes:
+        raise UsageError(f"no class folder with .jpg/.jpeg/.png images under {settings.images}")
+    selected = sorted(set(classes or scan.classes))
+    unknown = sorted(set(selected) - set(scan.classes))
+    if unknown:
+        raise UsageError(
+            f"classes {unknown} are not folders under {settings.images}; "
+            f"known: {', '.join(scan.classes)}"
+        )
+    added, deleted = partitions.sync(instance, scan.classes)
+    ranges = partitions.contiguous_ranges(partitions.registered_classes(instance), set(selected))
+    return Plan(scan.classes, selected, ranges, added, deleted)
+
+
+def materialize(
+    settings: FruitsSettings,
+    instance: dg.DagsterInstance,
+    classes: Iterable[str] | None = None,
+    downstream_only: bool = False,
+    with_classifier: bool = True,
+    resource_overrides: dict[str, Any] | None = None,
+    run_plan: Plan | None = None,
+) -> RunOutcome:
+    """Materialize the selected classes' per-class assets, then every all-classes asset.
+
+    One run when the classes are neighbours in the partition order; otherwise one run per range
+    of neighbours, then one run of the all-classes assets.
+    """
+    from fruits_assets.definitions import build_definitions
+
+    run_plan = run_plan or plan(settings, instance, classes)
+    try:
+        defs = build_definitions(settings, **(resource_overrides or {}))
+    except ValueError as exc:  # e.g. FRUITS_ENV=emr without a cluster id
+        raise UsageError(str(exc)) from exc
+    per_class = [dg.AssetKey(name) for name in PER_CLASS]
+    downstream = [
+        dg.AssetKey(name)
+        for name in ALL_CLASSES
+        if with_classifier or name != layout.FRUIT_CLASSIFIER
+    ]
+    outcome = RunOutcome()
+
+    def execute(selection: list[dg.AssetKey], keys: tuple[str, str] | None) -> None:
+        tags = partitions.range_tags(*keys) if keys else {}
+        _execute(settings, defs, instance, selection, tags, outcome)
+
+    if downstream_only:  # refit PCA, exports and classifier from the stored features
+        execute(downstream, None)
+    elif len(run_plan.ranges) == 1:
+        execute(per_class + downstream, run_plan.ranges[0])
+    else:
+        for keys in run_plan.ranges:
+            execute(per_class, keys)
+            if not outcome.ok:
+                break
+        if outcome.ok:
+            execute(downstream, None)
+    return outcome
+
+
+RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+
+
+def _execute(
+    settings: FruitsSettings,
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    selection: list[dg.AssetKey],
+    tags: dict[str, str],
+    outcome: RunOutcome,
+) -> None:
+    if settings.env == "emr":
+        from fruits_assets.emr.job import reconstructable_job
+
+        # The step launcher ships a job it can re-create remotely: a reconstructable one.
+        with dg.execute_job(
+            reconstructable_job(),
+            instance,
+            run_config=RUN_CONFIG,
+            tags=tags,
+            asset_selection=selection,
+        ) as result:
+            outcome.absorb(result)
+        return
+    result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+        instance=instance,
+        asset_selection=selection,
+        tags=tags,
+        raise_on_error=False,
+        run_config=RUN_CONFIG,
+    )
+    outcome.absorb(result)

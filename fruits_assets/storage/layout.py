@@ -1,0 +1,94 @@
+"""The storage layout: where every output lives under the output root (the one place for paths)."""
+
+from __future__ import annotations
+
+from fruits_assets.storage.filesystem import join
+
+LABEL_COLUMN = "label"
+
+# Asset names, which are also their folders under the output root.
+RAW_IMAGES = "raw_images"
+LABELED_IMAGES = "labeled_images"
+MOBILENET_FEATURES = "mobilenet_features"
+PCA_MODEL = "pca_model"
+PCA_FEATURES_PARQUET = "pca_features_parquet"
+FEATURES_CSV = "features_csv"
+FRUIT_CLASSIFIER = "fruit_classifier"
+
+# Datasets (tables of rows) by their path under the output root.
+ACCEPTED_IMAGES = f"{LABELED_IMAGES}/images"
+REJECTED_IMAGES = f"{LABELED_IMAGES}/rejected"
+LABEL_PARTITIONED = (RAW_IMAGES, ACCEPTED_IMAGES, REJECTED_IMAGES, MOBILENET_FEATURES)
+
+CSV_FILE_NAME = "features.csv"
+SCREE_PLOT_NAME = "scree.png"
+PREDICTOR_FILE = "predictor.npz"
+SERVING_MODEL_FILE = "mobilenet_v2_penultimate.tflite"
+CLASSIFIER_LABELS_FILE = "labels.json"
+CONFUSION_PLOT_NAME = "confusion_worst.png"
+
+# Characters Spark escapes in hive partition folder names (ExternalCatalogUtils.escapePathName).
+_ESCAPED = set("\"#%'*/:=?\\\x7f{[]^") | {chr(c) for c in range(0x20)}
+
+
+def staging_dir(output_root: str, run_id: str, name: str) -> str:
+    """Where a run writes data aside before its checks pass (the `_` hides it from readers)."""
+    return join(output_root, "_staging", run_id, name)
+
+
+def asset_dir(output_root: str, asset: str) -> str:
+    return join(output_root, asset)
+
+
+def dataset_dir(output_root: str, dataset: str) -> str:
+    """A table's folder: an asset name, or `labeled_images/images` and `labeled_images/rejected`."""
+    return join(output_root, dataset)
+
+
+def accepted_images_dir(output_root: str) -> str:
+    return dataset_dir(output_root, ACCEPTED_IMAGES)
+
+
+def rejected_images_dir(output_root: str) -> str:
+    return dataset_dir(output_root, REJECTED_IMAGES)
+
+
+def featurizer_model_path(output_root: str, weights_sha256: str) -> str:
+    """The TFLite model that computed the stored features (the `_` keeps it out of the dataset)."""
+    return join(output_root, MOBILENET_FEATURES, "_featurizer", f"{weights_sha256}.tflite")
+
+
+def pca_model_dir(output_root: str) -> str:
+    return asset_dir(output_root, PCA_MODEL)
+
+
+def scree_plot_path(output_root: str) -> str:
+    return join(pca_model_dir(output_root), SCREE_PLOT_NAME)
+
+
+def csv_path(output_root: str) -> str:
+    return join(output_root, FEATURES_CSV, CSV_FILE_NAME)
+
+
+def classifier_dir(output_root: str) -> str:
+    return asset_dir(output_root, FRUIT_CLASSIFIER)
+
+
+def classifier_model_dir(output_root: str) -> str:
+    """The Spark ML PipelineModel (scalers, assembler, regression)."""
+    return join(classifier_dir(output_root), "model")
+
+
+def classifier_file(output_root: str, name: str) -> str:
+    """A file of the classifier's export: PREDICTOR_FILE, SERVING_MODEL_FILE, labels, plots."""
+    return join(classifier_dir(output_root), name)
+
+
+def partition_dir_name(label: str) -> str:
+    """The folder Spark writes for `label=<value>`, escaped exactly as Spark escapes it."""
+    escaped = "".join(f"%{ord(c):02X}" if c in _ESCAPED else c for c in label)
+    return f"{LABEL_COLUMN}={escaped}"
+
+
+def partition_dir(dataset_path: str, label: str) -> str:
+    return join(dataset_path, partition_dir_name(label))

@@ -1,0 +1,87 @@
+"""Test helpers: the `fruits` command as a subprocess, small input roots, graph runs, readers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pyarrow.dataset as ds
+
+from fruits_assets import runner
+from fruits_assets.resources.ml_settings import ClassifierSettings
+from fruits_assets.settings import FruitsSettings
+
+FRUITS = str(Path(sys.executable).with_name("fruits"))
+
+
+def fruits(
+    *args: str, home: Path, timeout: int = 900, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """Run the `fruits` command as a user does: a fresh process, its own instance and HOME."""
+    full_env = {**os.environ, "DAGSTER_HOME": str(home), "HOME": str(home.parent), **(env or {})}
+    return subprocess.run(
+        [FRUITS, *args], env=full_env, capture_output=True, text=True, timeout=timeout,
+        check=False,
+    )  # fmt: skip
+
+
+def copy_classes(source: Path, target: Path, classes: list[str]) -> Path:
+    """A small input root with the given class folders of a Fruits-360 split."""
+    for name in classes:
+        shutil.copytree(source / name, target / name)
+    return target
+
+
+def settings(images, output, weights, variance: float = 0.99) -> FruitsSettings:
+    return FruitsSettings.from_env(
+        images=str(images), output=str(output), weights=str(weights), variance=variance
+    )
+
+
+# A small search space keeps the classifier's cross-validation quick in tests.
+FAST_CLASSIFIER = {
+    "classifier_settings": ClassifierSettings(reg_params=[1e-4], max_iter=100, cv_folds=2)
+}
+
+
+def materialize_graph(
+    instance: dg.DagsterInstance,
+    images,
+    output,
+    weights,
+    classes: Iterable[str] | None = None,
+    variance: float = 0.99,
+) -> runner.RunOutcome:
+    """What `fruits run` does, in this process: sync partitions, run the classes, downstream."""
+    return runner.materialize(
+        settings(images, output, weights, variance),
+        instance,
+        classes=classes,
+        resource_overrides=FAST_CLASSIFIER,
+    )
+
+
+def read_dataset(path) -> pd.DataFrame:
+    """A label-partitioned dataset as pandas, labels as plain strings."""
+    table = ds.dataset(str(path), format="parquet", partitioning="hive").to_table().to_pandas()
+    return table.assign(label=table.label.astype(str))
+
+
+def keras_features(weights_path, photos: list[bytes]) -> np.ndarray:
+    """The reference: Keras's MobileNetV2 (include_top=True) cut at layers[-2], via predict."""
+    import keras
+
+    from fruits_assets.ml import featurizer
+
+    full = keras.applications.MobileNetV2(include_top=True, weights=None)
+    full.load_weights(str(weights_path))
+    model = keras.Model(full.input, full.layers[-2].output)
+    batch = np.stack([featurizer.preprocess(photo) for photo in photos])
+    return model.predict(batch, verbose=0)
