@@ -14,11 +14,18 @@ from fruits_assets.storage import layout
 
 DEFAULT_DAGSTER_HOME = os.path.join(os.path.expanduser("~"), ".fruits_assets", "dagster_home")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+ALL_ASSET_NAMES = [
+    layout.RAW_IMAGES, layout.LABELED_IMAGES, layout.MOBILENET_FEATURES, layout.PCA_MODEL,
+    layout.PCA_FEATURES_PARQUET, layout.FEATURES_CSV, layout.FRUIT_CLASSIFIER,
+]  # fmt: skip
 
 
 def _instance():  # noqa: ANN202 - a DagsterInstance, imported lazily
-    """The Dagster instance of `$DAGSTER_HOME` (created with telemetry off on first use)."""
+    """The Dagster instance of `$DAGSTER_HOME` (created with telemetry off on first use); runs
+    that a killed process left STARTED are marked FAILED first."""
     import dagster as dg
+
+    from fruits_assets import runs
 
     os.environ.setdefault("DAGSTER_HOME", DEFAULT_DAGSTER_HOME)
     home = os.environ["DAGSTER_HOME"]
@@ -26,7 +33,10 @@ def _instance():  # noqa: ANN202 - a DagsterInstance, imported lazily
     if not os.path.exists(os.path.join(home, "dagster.yaml")):
         with open(os.path.join(home, "dagster.yaml"), "w") as handle:
             handle.write("telemetry:\n  enabled: false\n")
-    return dg.DagsterInstance.get()
+    instance = dg.DagsterInstance.get()
+    for run_id in runs.fail_dead_runs(instance):
+        print(f"run {run_id} was left unfinished by a process that is gone: marked FAILED")
+    return instance
 
 
 def _settings(args: argparse.Namespace) -> FruitsSettings:
@@ -81,6 +91,9 @@ def run(args: argparse.Namespace) -> int:
     except runner.UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except runner.OutputBusy as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     _print_summary(outcome, settings.output)
     return EXIT_OK if outcome.ok else EXIT_FAILED
 
@@ -144,6 +157,46 @@ def sync(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     added, deleted = partitions.sync(_instance(), classes)
     print(f"{len(classes)} classes; added {added or 'none'}; removed {deleted or 'none'}")
+    return EXIT_OK
+
+
+def restore(args: argparse.Namespace) -> int:
+    """List an asset's published versions, or publish an earlier one again."""
+    from dagster_pyspark import LazyPySparkResource
+
+    from fruits_assets import partitions, versions
+    from fruits_assets.resources.environments import shared_resources
+    from fruits_assets.resources.spark import local_spark_config
+    from fruits_assets.storage import filesystem, lock
+    from fruits_assets.storage.datasets import Datasets
+
+    settings = _settings(args)
+    instance = _instance()
+    s3 = filesystem.is_s3(settings.output)
+    spark = LazyPySparkResource(spark_config=local_spark_config(settings, s3=s3)).spark_session
+    datasets = Datasets(spark, shared_resources(settings)["storage"], run_id="restore")
+    if args.list or args.version is None:
+        rows = versions.history(datasets, args.asset)
+        if not rows:
+            print(f"{args.asset}: nothing published under {settings.output} yet")
+        for row in rows:
+            print("  ".join(f"{key}={value}" for key, value in row.items()))
+        return EXIT_OK
+    try:
+        with lock.hold(settings.output, lock.holder(command="fruits restore")):
+            new = versions.restore(datasets, args.asset, args.version)
+    except (ValueError, FileNotFoundError, lock.OutputBusy) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    per_class = args.asset in (layout.RAW_IMAGES, layout.LABELED_IMAGES, layout.MOBILENET_FEATURES)
+    versions.record(
+        instance,
+        args.asset,
+        args.version,
+        new,
+        partitions.registered_classes(instance) if per_class else None,
+    )
+    print(f"{args.asset}: version {args.version} published again as {new}")
     return EXIT_OK
 
 
@@ -285,6 +338,15 @@ def _parser() -> argparse.ArgumentParser:
     cluster_parser.add_argument("--region", help="AWS region (default: the spec's, eu-west-3)")
     cluster_parser.add_argument("--wait", action="store_true", help="wait until ready / ended")
     cluster_parser.set_defaults(func=cluster)
+
+    restore_parser = commands.add_parser(
+        "restore", help="list an asset's published versions, or publish an earlier one again"
+    )
+    restore_parser.add_argument("asset", choices=ALL_ASSET_NAMES)
+    roots(restore_parser)
+    restore_parser.add_argument("--version", type=int, help="the version to publish again")
+    restore_parser.add_argument("--list", action="store_true", help="list the versions")
+    restore_parser.set_defaults(func=restore)
 
     ui_parser = commands.add_parser("ui", help="open the Dagster UI on this project")
     pipeline(ui_parser)

@@ -12,9 +12,9 @@ from typing import Any
 
 import dagster as dg
 
-from fruits_assets import partitions
+from fruits_assets import partitions, preflight, runs
 from fruits_assets.settings import FruitsSettings
-from fruits_assets.storage import discovery, layout
+from fruits_assets.storage import datasets, discovery, layout, lock
 
 PER_CLASS = (layout.RAW_IMAGES, layout.LABELED_IMAGES, layout.MOBILENET_FEATURES)
 ALL_CLASSES = (
@@ -27,6 +27,9 @@ ALL_CLASSES = (
 
 class UsageError(ValueError):
     """Arguments or settings that can't make a run (exit code 2, no run started)."""
+
+
+OutputBusy = lock.OutputBusy  # another live run writes the output root (no run started)
 
 
 @dataclass
@@ -60,11 +63,7 @@ class RunOutcome:
                 into[key] = into.get(key, 0) + value if key.startswith("num_") else value
         self.metadata.update(summed)
         for event in result.get_step_failure_events():
-            error = event.step_failure_data.error
-            while error is not None and error.cause is not None:  # the user code's own error
-                error = error.cause
-            message = error.message.strip() if error else "unknown error"
-            self.failures.append(f"step {event.step_key} failed: {message}")
+            self.failures.append(f"step {event.step_key} failed: {_cause(event)}")
         for evaluation in result.get_asset_check_evaluations():
             asset = evaluation.asset_key.to_user_string()
             self.checks[(asset, evaluation.check_name)] = evaluation.passed
@@ -77,6 +76,18 @@ class RunOutcome:
                 )
 
 
+def _cause(failure_event: Any) -> str:
+    """The user code's own error under Dagster's wrappers; a Failure's description as it is."""
+    error = failure_event.step_failure_data.error
+    while error is not None and error.cls_name.startswith("Dagster") and error.cause is not None:
+        error = error.cause
+    if error is None:
+        return "unknown error"
+    message = error.message.strip()
+    head, _, rest = message.partition(": ")
+    return rest if error.cls_name == "Failure" and head.endswith("Failure") else message
+
+
 @dataclass(frozen=True)
 class Plan:
     """The classes to run and the class ranges (in partition order) the runs cover."""
@@ -86,6 +97,8 @@ class Plan:
     ranges: list[tuple[str, str]]
     added: list[str]
     deleted: list[str]
+    image_bytes: int = 0  # of the selected classes' images
+    image_count: int = 0
 
 
 def plan(
@@ -107,7 +120,11 @@ def plan(
         )
     added, deleted = partitions.sync(instance, scan.classes)
     ranges = partitions.contiguous_ranges(partitions.registered_classes(instance), set(selected))
-    return Plan(scan.classes, selected, ranges, added, deleted)
+    images = scan.images_of(set(selected))
+    return Plan(
+        scan.classes, selected, ranges, added, deleted,
+        image_bytes=sum(i.size for i in images), image_count=len(images),
+    )  # fmt: skip
 
 
 def materialize(
@@ -122,11 +139,38 @@ def materialize(
     """Materialize the selected classes' per-class assets, then every all-classes asset.
 
     One run when the classes are neighbours in the partition order; otherwise one run per range
-    of neighbours, then one run of the all-classes assets.
+    of neighbours, then one run of the all-classes assets. The output root's lock is held for
+    all of them (another writer: OutputBusy at once), and the weights, the output root and its
+    free space are checked before any of them starts.
     """
+    with lock.hold(settings.output, lock.holder(command="fruits run")):
+        datasets.clean_staging(settings.output)
+        return _materialize(
+            settings, instance, classes, downstream_only, with_classifier, resource_overrides,
+            run_plan,
+        )  # fmt: skip
+
+
+def _materialize(
+    settings: FruitsSettings,
+    instance: dg.DagsterInstance,
+    classes: Iterable[str] | None,
+    downstream_only: bool,
+    with_classifier: bool,
+    resource_overrides: dict[str, Any] | None,
+    run_plan: Plan | None,
+) -> RunOutcome:
     from fruits_assets.definitions import build_definitions
 
     run_plan = run_plan or plan(settings, instance, classes)
+    try:
+        count = 0 if downstream_only else run_plan.image_count
+        needed = preflight.space_needed(0 if downstream_only else run_plan.image_bytes, count)
+        preflight.check_output_root(settings.output, needed)
+        if not downstream_only and settings.env == "local" and not settings.allow_random_fallback:
+            preflight.check_weights(settings.weights, batch_size=1)
+    except preflight.PreflightError as exc:
+        raise UsageError(str(exc)) from exc
     try:
         defs = build_definitions(settings, **(resource_overrides or {}))
     except ValueError as exc:  # e.g. FRUITS_ENV=emr without a cluster id
@@ -140,7 +184,8 @@ def materialize(
     outcome = RunOutcome()
 
     def execute(selection: list[dg.AssetKey], keys: tuple[str, str] | None) -> None:
-        tags = partitions.range_tags(*keys) if keys else {}
+        # Where the run executes: a run left STARTED by a killed process is found by these.
+        tags = {**runs.this_process_tags(), **(partitions.range_tags(*keys) if keys else {})}
         _execute(settings, defs, instance, selection, tags, outcome)
 
     if downstream_only:  # refit PCA, exports and classifier from the stored features

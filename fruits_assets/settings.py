@@ -47,6 +47,9 @@ class FruitsSettings(BaseModel):
     variance: float = Field(0.99, gt=0, le=1, description="PCA target explained variance")
     accuracy_floor: float = Field(0.9, ge=0, le=1, description="classifier top-1 floor (WARN)")
     classifier_max_iter: int = Field(200, ge=1, description="logistic regression iterations")
+    lock_wait_seconds: float = Field(
+        1800.0, ge=0, description="how long a run launched by the UI waits for the output root"
+    )
     # Local Spark and caches: machine-local.
     spark_cores: int = Field(0, ge=0, **_local("local Spark cores (0: all)"))
     driver_memory: str = Field("4g", **_local("local Spark driver heap"))
@@ -54,6 +57,7 @@ class FruitsSettings(BaseModel):
     spark_master: str = Field("", **_local("a spark:// master instead of local[N]"))
     cache_dir: str = Field(str(CACHE_ROOT), **_local("downloaded weights, converted models"))
     jars_dir: str = Field(str(CACHE_ROOT / "jars"), **_local("S3A and Delta jars"))
+    remote_step: bool = Field(False, **_local("set by the EMR step main: the step of a run"))
     # EMR (FRUITS_ENV=emr).
     emr_cluster_id: str = Field("", description="the cluster, j-…")
     emr_staging_bucket: str = Field("", description="private bucket for steps and logs")

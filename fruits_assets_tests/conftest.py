@@ -17,6 +17,8 @@ WEIGHTS_SHA256 = "472433e2c02cc616671246b8899da36b853b899d8f1ce52dc258fa5f556a55
 os.environ.setdefault("FRUITS_SPARK_CORES", "2")
 os.environ.setdefault("FRUITS_DRIVER_MEMORY", "2g")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Jars and converted models stay where the setup put them when a test gives `fruits` a new HOME.
+os.environ.setdefault("FRUITS_JARS_DIR", str(Path.home() / ".cache" / "fruits_assets" / "jars"))
 
 # The real-data run: 10 classes in the dataset's own layout, 45 Training and 15 Test images each.
 REAL_CLASSES = [

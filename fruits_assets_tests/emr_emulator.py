@@ -29,7 +29,7 @@ from moto.core import DEFAULT_ACCOUNT_ID
 from moto.emr.models import emr_backends
 from moto.server import ThreadedMotoServer
 
-from fruits_assets.resources.spark import s3a_spark_config
+from fruits_assets.resources.spark import delta_jars, jars_config, s3a_jars, s3a_spark_config
 from fruits_assets.settings import FruitsSettings
 
 EMR_SPARK_SUBMIT = "/usr/lib/spark/bin/spark-submit"
@@ -63,8 +63,9 @@ def local_command(args: list[str]) -> list[str]:
                 value = sys.executable
             command += ["--conf", f"{key}={value}"]
         elif arg == "--py-files":  # our additions go just before the code and the main file
-            jars = FruitsSettings.from_env().jars_dir
-            for key, value in s3a_spark_config(jars, schemes=("s3", "s3a")).items():
+            jars_dir = FruitsSettings.from_env().jars_dir
+            jars = jars_config(delta_jars(jars_dir) + s3a_jars(jars_dir))
+            for key, value in {**jars, **s3a_spark_config(schemes=("s3", "s3a"))}.items():
                 command += ["--conf", f"{key}={value}"]
             command += ["--conf", "spark.driver.memory=2g", arg, next(rest)]
         else:

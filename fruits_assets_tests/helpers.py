@@ -12,7 +12,6 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 import pandas as pd
-import pyarrow.dataset as ds
 
 from fruits_assets import runner
 from fruits_assets.resources.ml_settings import ClassifierSettings
@@ -68,10 +67,12 @@ def materialize_graph(
     )
 
 
-def read_dataset(path) -> pd.DataFrame:
-    """A label-partitioned dataset as pandas, labels as plain strings."""
-    table = ds.dataset(str(path), format="parquet", partitioning="hive").to_table().to_pandas()
-    return table.assign(label=table.label.astype(str))
+def read_dataset(path, version: int | None = None) -> pd.DataFrame:
+    """A published table as pandas, read outside Spark as users do (the `deltalake` package)."""
+    from deltalake import DeltaTable
+
+    table = DeltaTable(str(path), version=version).to_pandas()
+    return table.assign(label=table.label.astype(str)) if "label" in table else table
 
 
 def keras_features(weights_path, photos: list[bytes]) -> np.ndarray:

@@ -78,7 +78,7 @@ def test_emr_environment_needs_s3_roots_and_a_cluster(monkeypatch):
 def test_s3a_settings_follow_the_aws_environment(monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
     monkeypatch.setenv("AWS_REGION", "eu-west-3")
-    config = s3a_spark_config(FruitsSettings.from_env().jars_dir, schemes=("s3", "s3a"))
+    config = s3a_spark_config(schemes=("s3", "s3a"))
     assert config["spark.hadoop.fs.s3.impl"] == "org.apache.hadoop.fs.s3a.S3AFileSystem"
     assert config["spark.hadoop.fs.s3a.endpoint"] == "http://127.0.0.1:9000"
     assert config["spark.hadoop.fs.s3a.path.style.access"] == "true"

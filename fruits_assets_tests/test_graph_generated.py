@@ -25,7 +25,7 @@ def mixed_run(tmp_path_factory):
 def test_graph_succeeds_and_every_check_passes(mixed_run):
     _, _, _, outcome = mixed_run
     assert outcome.ok, outcome.failures
-    assert len(outcome.checks) == 12
+    assert len(outcome.checks) == 13
     assert all(outcome.checks.values()), outcome.checks
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dagster as dg
 import pandas as pd
-import pyarrow.dataset as ds
 
 from fruits_assets.definitions import build_definitions
 from fruits_assets.ml import demo_data
@@ -12,7 +11,7 @@ from fruits_assets.partitions import FRUIT_CLASS_PARTITIONS_NAME
 from fruits_assets.resources.storage import FruitsStorage
 from fruits_assets.sensors import fruit_class_sensor
 from fruits_assets.storage import layout
-from fruits_assets_tests.helpers import materialize_graph, settings
+from fruits_assets_tests.helpers import materialize_graph, read_dataset, settings
 
 
 def test_definitions_hold_the_assets_and_the_sensor():
@@ -29,11 +28,11 @@ def test_sensor_registers_new_classes_and_drops_stale_ones(tmp_path):
     demo_data.generate(tmp_path, images_per_class=1)
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(FRUIT_CLASS_PARTITIONS_NAME, ["Apple Demo", "Ghost"])
-    context = dg.build_sensor_context(
+    with dg.build_sensor_context(
         instance=instance,
         resources={"storage": FruitsStorage(images_root=str(tmp_path), output_root="unused")},
-    )
-    result = fruit_class_sensor(context)
+    ) as context:
+        result = fruit_class_sensor(context)
     added, deleted = result.dynamic_partitions_requests
     assert sorted(added.partition_keys) == ["Banana Demo", "Lime Demo", "Plum Demo"]
     assert deleted.partition_keys == ["Ghost"]
@@ -75,10 +74,8 @@ def test_another_input_root_never_mixes_into_outputs(tmp_path):
     assert sorted(instance.get_dynamic_partitions(FRUIT_CLASS_PARTITIONS_NAME)) == [
         "Apple Demo B", "Banana Demo B",
     ]  # fmt: skip
-    table = ds.dataset(
-        str(layout.asset_dir(str(output), layout.PCA_FEATURES_PARQUET)), partitioning="hive"
-    ).to_table()
-    assert set(table.column("label").to_pylist()) == {"Apple Demo B", "Banana Demo B"}
+    table = read_dataset(layout.asset_dir(str(output), layout.PCA_FEATURES_PARQUET))
+    assert set(table.label) == {"Apple Demo B", "Banana Demo B"}
     assert set(pd.read_csv(layout.csv_path(str(output))).label) == {"Apple Demo B", "Banana Demo B"}
     stale = outcome.metadata["pca_model"]["stale_classes_ignored"]
     assert sorted(stale) == ["Apple Demo", "Banana Demo", "Lime Demo", "Plum Demo"]

@@ -14,6 +14,7 @@ VECTOR_LENGTH_K = "vector_length_equals_k"
 CSV_COLUMNS_K = "column_count_equals_k_plus_2"
 LABELS_MATCH_CLASSES = "label_set_equals_discovered_classes"
 ACCURACY_FLOOR = "top1_accuracy_above_floor"
+SERVING_MATCHES_SPARK = "serving_export_matches_spark"
 
 
 def spec(name: str, asset: str, description: str) -> dg.AssetCheckSpec:

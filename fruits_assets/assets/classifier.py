@@ -1,8 +1,8 @@
 """fruit_classifier: softmax regression on PCA features + colour histograms, scored honestly."""
 
 
-import json
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import dagster as dg
@@ -11,7 +11,7 @@ from dagster_pyspark import LazyPySparkResource
 from pyspark.ml import PipelineModel
 from pyspark.ml.classification import LogisticRegression
 from pyspark.ml.evaluation import MulticlassClassificationEvaluator
-from pyspark.ml.feature import PCAModel, StringIndexer, VectorAssembler
+from pyspark.ml.feature import StringIndexer, VectorAssembler
 from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.ml.tuning import CrossValidator, ParamGridBuilder
 from pyspark.sql import functions as F
@@ -19,15 +19,17 @@ from pyspark.sql import functions as F
 from fruits_assets.assets import checks
 from fruits_assets.assets.current_features import current_features, features_weights
 from fruits_assets.assets.metadata import png_markdown, rows_table
-from fruits_assets.assets.pca import pca_features_parquet
+from fruits_assets.assets.pca import PcaModel, pca_features_parquet
+from fruits_assets.assets.publishing import FilePublication, publish_or_fail
 from fruits_assets.ml import plots, splits, training
 from fruits_assets.ml.serving import Predictor
 from fruits_assets.resources.ml_settings import ClassifierSettings
 from fruits_assets.resources.storage import FruitsStorage
 from fruits_assets.storage import filesystem, layout
-from fruits_assets.storage.datasets import Datasets
+from fruits_assets.storage.datasets import Datasets, Staged
 
 WORST_CLASSES_SHOWN = 12
+SERVING_AUDIT_ROWS = 200
 
 
 @dg.asset(
@@ -35,11 +37,16 @@ WORST_CLASSES_SHOWN = 12
     group_name="classifier",
     kinds={"spark", "sparkml"},
     check_specs=[
+        checks.spec(
+            checks.SERVING_MATCHES_SPARK,
+            "fruit_classifier",
+            "The serving export gives Spark's own probabilities on held-out images.",
+        ),
         dg.AssetCheckSpec(
             checks.ACCURACY_FLOOR,
             asset="fruit_classifier",
             description="Top-1 accuracy on the held-out split reaches the configured floor.",
-        )
+        ),
     ],
 )
 def fruit_classifier(
@@ -48,8 +55,13 @@ def fruit_classifier(
     pyspark: LazyPySparkResource,
     classifier_settings: ClassifierSettings,
     step_launcher: dg.ResourceParam[Any],
-) -> dg.MaterializeResult:
-    """Spark ML softmax regression fit on Training, L2 chosen by CV there, scored on Test."""
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+    """Spark ML softmax regression fit on Training, L2 chosen by CV there, scored on Test.
+
+    Cross-validation runs when the classes or the searched L2 strengths differ from those of
+    the published classifier (or `cross_validate="always"`); a rerun after new photos of known
+    classes refits with the L2 strength chosen last time.
+    """
     spark = pyspark.spark_session
     settings = classifier_settings
     datasets = Datasets(spark, storage, context.run.run_id)
@@ -66,7 +78,7 @@ def fruit_classifier(
             description=f"{serving_model_path} is missing: rematerialize mobilenet_features "
             "(`fruits run` without --downstream-only)"
         )
-    histograms = features.select("path", "color_histogram")
+    histograms = features.select("path", "color_histogram", "features")
     pca_rows = datasets.read(layout.PCA_FEATURES_PARQUET)
     data, split_source = splits.with_split(pca_rows.join(histograms, "path"))
     indexer = StringIndexer(inputCol="label", outputCol="y", stringOrderType="alphabetAsc")
@@ -77,7 +89,7 @@ def fruit_classifier(
         .withColumn("h", array_to_vector("color_histogram"))
     )
     label_names = sorted(r["label"] for r in data.select("label").distinct().collect())
-    train = data.where(F.col("split") == splits.TRAIN).cache()
+    train = data.where(F.col("split") == splits.TRAIN).select("y", "x", "h").cache()
     test = data.where(F.col("split") == splits.TEST)
 
     started = time.perf_counter()
@@ -99,25 +111,47 @@ def fruit_classifier(
         maxIter=settings.max_iter,
         tol=1e-7,
     )
-    grid = ParamGridBuilder().addGrid(regression.regParam, settings.reg_params).build()
-    context.log.info(
-        f"cross-validating {len(grid)} L2 strengths ({settings.cv_folds} folds) on Training"
+    previous = _published(storage.output)
+    reuse = (
+        settings.cross_validate == "auto"
+        and previous is not None
+        and previous.labels == label_names
+        and previous.reg_param in settings.reg_params
+        and len(settings.reg_params) > 0
     )
-    search = CrossValidator(
-        estimator=regression,
-        estimatorParamMaps=grid,
-        evaluator=MulticlassClassificationEvaluator(labelCol="y", metricName="accuracy"),
-        numFolds=settings.cv_folds,
-        seed=0,
-    ).fit(prepared)
+    cv_accuracy: dict[str, float] = {}
+    if reuse or len(settings.reg_params) == 1:
+        reg_param = previous.reg_param if reuse else settings.reg_params[0]
+        context.log.info(f"fitting with regParam={reg_param} (same classes: no cross-validation)")
+        fitted = regression.copy({regression.regParam: reg_param}).fit(prepared)
+    else:
+        grid = ParamGridBuilder().addGrid(regression.regParam, settings.reg_params).build()
+        context.log.info(
+            f"cross-validating {len(grid)} L2 strengths ({settings.cv_folds} folds) on Training"
+        )
+        search = CrossValidator(
+            estimator=regression,
+            estimatorParamMaps=grid,
+            evaluator=MulticlassClassificationEvaluator(labelCol="y", metricName="accuracy"),
+            numFolds=settings.cv_folds,
+            seed=0,
+        ).fit(prepared)
+        fitted = search.bestModel
+        reg_param = grid[int(np.argmax(search.avgMetrics))][regression.regParam]
+        cv_accuracy = {
+            f"regParam={m[regression.regParam]}": float(a)
+            for m, a in zip(grid, search.avgMetrics, strict=True)
+        }
     prepared.unpersist()
-    model = PipelineModel(stages=[*preparation, search.bestModel])
+    model = PipelineModel(stages=[*preparation, fitted])
     train_seconds = time.perf_counter() - started
     train_rows = train.count()
     train.unpersist()
     n_classes = len(label_names)
 
-    scored = model.transform(test).select("y", vector_to_array("probability").alias("p"))
+    scored = model.transform(test).select(
+        "y", "features", "color_histogram", vector_to_array("probability").alias("p")
+    )
     rows = scored.collect()  # one probability vector per test image: small, and metrics need all
     if not rows:
         raise dg.Failure(
@@ -132,40 +166,54 @@ def fruit_classifier(
     order = [int(c) for c in np.argsort(np.nan_to_num(recall, nan=2.0))]
     worst = [c for c in order if recall[c] < 1.0][:WORST_CLASSES_SHOWN] or order[:1]
 
-    out = layout.classifier_dir(storage.output)
-    model.write().overwrite().save(storage.spark_path(layout.classifier_model_dir(storage.output)))
-    filesystem.write_bytes(
-        layout.classifier_file(storage.output, layout.CLASSIFIER_LABELS_FILE),
-        json.dumps(label_names).encode(),
-    )
-    # Serving export: everything `fruits predict` needs, MobileNetV2 weights included, no Spark.
-    pca = PCAModel.load(storage.spark_path(layout.pca_model_dir(storage.output)))
-    # The very model that computed the features, whatever --weights says now.
-    serving_model = filesystem.read_bytes(serving_model_path)
-    pca_centre, pca_scale, hist_centre, hist_scale, _, fitted = model.stages
+    # The serving export: everything `fruits predict` needs in one file, the featurizer that
+    # computed the training features included (whatever --weights says now).
+    pca = PcaModel.load(datasets)
+    pca_centre, pca_scale, hist_centre, hist_scale, _, regression_model = model.stages
     predictor = Predictor(
-        pc=pca.pc.toArray(),
+        pc=pca.components.T,
         pca_mean=pca_centre.mean.toArray(),
         pca_scale=pca_scale.getScalingVec().toArray(),
         hist_mean=hist_centre.mean.toArray(),
         hist_scale=hist_scale.getScalingVec().toArray(),
-        coefficients=fitted.coefficientMatrix.toArray(),
-        intercepts=fitted.interceptVector.toArray(),
+        coefficients=regression_model.coefficientMatrix.toArray(),
+        intercepts=regression_model.interceptVector.toArray(),
         labels=label_names,
         weights_sha256=weights_sha256,
+        featurizer_model=filesystem.read_bytes(serving_model_path),
+        reg_param=float(reg_param),
     )
-    predictor_path = predictor.save(storage.output)
-    filesystem.write_bytes(
-        layout.classifier_file(storage.output, layout.SERVING_MODEL_FILE), serving_model
+    staging = layout.staging_dir(storage.output, context.run.run_id, layout.FRUIT_CLASSIFIER)
+    staged_file = filesystem.join(staging, layout.PREDICTOR_FILE)
+    predictor_path = layout.classifier_file(storage.output, layout.PREDICTOR_FILE)
+    filesystem.write_bytes(staged_file, predictor.to_bytes())
+    # The audit loads the written export and compares it with Spark's own probabilities.
+    sample = rows[:SERVING_AUDIT_ROWS]
+    served = Predictor.from_bytes(filesystem.read_bytes(staged_file)).probabilities(
+        np.array([r["features"] for r in sample]), np.array([r["color_histogram"] for r in sample])
     )
+    gap = float(np.abs(served - probabilities[: len(sample)]).max())
 
     confusion = plots.confusion_png(predicted, truth, label_names, worst)
-    filesystem.write_bytes(
-        layout.classifier_file(storage.output, layout.CONFUSION_PLOT_NAME), confusion
-    )
-    best = grid[int(np.argmax(search.avgMetrics))]
     floor = settings.accuracy_floor
-    return dg.MaterializeResult(
+    yield from publish_or_fail(
+        datasets,
+        staged=[Staged(layout.FRUIT_CLASSIFIER, staging, scored)],
+        publications=[FilePublication(staged_file, predictor_path)],
+        checks=[
+            checks.result(
+                checks.SERVING_MATCHES_SPARK,
+                gap < 1e-4,
+                max_probability_gap=gap,
+                compared_images=len(sample),
+            ),
+            dg.AssetCheckResult(
+                check_name=checks.ACCURACY_FLOOR,
+                passed=top1 >= floor,
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={"top1_accuracy": top1, "floor": floor},
+            ),
+        ],
         metadata={
             "top1_accuracy": top1,
             "top5_accuracy": top5,
@@ -175,26 +223,22 @@ def fruit_classifier(
             "test_images": len(truth),
             "split": split_source,
             "model": "multinomial logistic regression on rescaled PCA features + colour histograms",
-            "chosen_reg_param": best[regression.regParam],
-            "cv_accuracy": {
-                f"regParam={m[regression.regParam]}": float(a)
-                for m, a in zip(grid, search.avgMetrics, strict=True)
-            },
+            "chosen_reg_param": float(reg_param),
+            "cross_validated": bool(cv_accuracy),
+            **({"cv_accuracy": cv_accuracy} if cv_accuracy else {}),
             "train_seconds": round(train_seconds, 1),
             "recall_per_class_worst_first": rows_table(
                 [(label_names[c], f"{recall[c]:.3f}") for c in order if not np.isnan(recall[c])],
                 ("class", "recall"),
             ),
             "confusion_worst_classes": png_markdown(confusion, "confusion"),
-            "predictor": dg.MetadataValue.path(predictor_path),
-            "path": dg.MetadataValue.path(out),
         },
-        check_results=[
-            dg.AssetCheckResult(
-                check_name=checks.ACCURACY_FLOOR,
-                passed=top1 >= floor,
-                severity=dg.AssetCheckSeverity.WARN,
-                metadata={"top1_accuracy": top1, "floor": floor},
-            )
-        ],
     )
+
+
+def _published(output_root: str) -> Predictor | None:
+    """The classifier published last, if it can be read."""
+    try:
+        return Predictor.load(output_root)
+    except (FileNotFoundError, OSError, ValueError):
+        return None

@@ -1,18 +1,41 @@
 """features_csv: the PCA features as one CSV file for the business team, as the seed produced."""
 
-
 from typing import Any
 
 import dagster as dg
+import pyarrow as pa
+import pyarrow.csv as pa_csv
 from dagster_pyspark import LazyPySparkResource
 from pyspark.sql import functions as F
 
 from fruits_assets.assets import checks
 from fruits_assets.assets.pca import pca_features_parquet
+from fruits_assets.assets.publishing import FilePublication, publish_or_fail
 from fruits_assets.partitions import registered_classes
 from fruits_assets.resources.storage import FruitsStorage
 from fruits_assets.storage import filesystem, layout
-from fruits_assets.storage.datasets import Datasets
+from fruits_assets.storage.datasets import Datasets, Staged
+
+TEXT = pa.string()  # a label such as "2024" stays text
+
+
+def read_csv_facts(uri: str) -> tuple[list[str], int, set[str]]:
+    """Header, row count and label set of a CSV, parsed as RFC 4180 (quoted newlines allowed),
+    streamed in blocks: what any reader of the published file will see."""
+    loc = filesystem.Location.of(uri)
+    rows, labels, header = 0, set(), []
+    with loc.fs.open_input_stream(loc.path) as stream:
+        reader = pa_csv.open_csv(
+            stream,
+            parse_options=pa_csv.ParseOptions(newlines_in_values=True),
+            convert_options=pa_csv.ConvertOptions(column_types={"path": TEXT, "label": TEXT}),
+        )
+        header = reader.schema.names
+        for batch in reader:
+            rows += batch.num_rows
+            if "label" in header:
+                labels.update(batch.column(header.index("label")).to_pylist())
+    return header, rows, labels
 
 
 @dg.asset(
@@ -34,46 +57,44 @@ def features_csv(
     storage: FruitsStorage,
     pyspark: LazyPySparkResource,
     step_launcher: dg.ResourceParam[Any],
-) -> dg.MaterializeResult:
-    """One CSV file: path, label, pca_feature_1 … pca_feature_k, sorted by label and path."""
+):
+    """One CSV file: path, label, pca_feature_1 … pca_feature_k, sorted by label and path.
+
+    RFC 4180: fields with a comma, a quote or a line break are quoted and quotes doubled, so
+    Python's csv, pandas and Spark (multiLine) all read one row per feature row.
+    """
     spark = pyspark.spark_session
     datasets = Datasets(spark, storage, context.run.run_id)
     features = datasets.read(layout.PCA_FEATURES_PARQUET)
-    k = features.select(F.max(F.size("pca_features"))).first()[0] or 0
+    facts = features.agg(F.max(F.size("pca_features")).alias("k"), F.count("*").alias("n")).first()
+    k, expected_rows = facts["k"] or 0, facts["n"]
     columns = [F.col("pca_features")[i].alias(f"pca_feature_{i + 1}") for i in range(k)]
     table = features.select("path", "label", *columns).orderBy("label", "path")
 
     staging = layout.staging_dir(storage.output, context.run.run_id, layout.FEATURES_CSV)
-    table.coalesce(1).write.option("header", True).csv(storage.spark_path(staging))
+    table.coalesce(1).write.option("header", True).option("quote", '"').option(
+        "escape", '"'
+    ).csv(storage.spark_path(staging))
     part = next(
         filesystem.to_uri(staging, info.path)
         for info in filesystem.list_files(staging)
         if info.base_name.startswith("part-") and info.base_name.endswith(".csv")
     )
-    # Swap in the new file only once Spark has written it whole.
-    target = layout.csv_path(storage.output)
-    filesystem.move(part, target)
-    filesystem.delete_dir(staging)
-
-    written = spark.read.option("header", True).csv(storage.spark_path(target))
-    header = written.columns
-    per_class = {r["label"]: r["count"] for r in written.groupBy("label").count().collect()}
-    rows, expected_rows = sum(per_class.values()), features.count()
+    header, rows, labels = read_csv_facts(part)
     expected_header = ["path", "label", *(f"pca_feature_{i + 1}" for i in range(k))]
-    return dg.MaterializeResult(
-        metadata={
-            "num_rows": rows,
-            "num_columns": len(header),
-            "k": k,
-            "path": dg.MetadataValue.path(target),
-        },
-        check_results=[
+    target = layout.csv_path(storage.output)
+    yield from publish_or_fail(
+        datasets,
+        staged=[Staged(layout.FEATURES_CSV, staging, table)],
+        publications=[FilePublication(part, target)],
+        checks=[
             checks.result(
                 checks.ROWS_MATCH_FEATURES, rows == expected_rows, rows=rows, expected=expected_rows
             ),
             checks.result(
                 checks.CSV_COLUMNS_K, header == expected_header, columns=len(header), k=k
             ),
-            checks.labels_match(registered_classes(context.instance), set(per_class)),
+            checks.labels_match(registered_classes(context.instance), labels),
         ],
+        metadata={"num_rows": rows, "num_columns": len(header), "k": k},
     )

@@ -1,14 +1,16 @@
 """pca_model and pca_features_parquet: a PCA sized for the target variance, and its projections."""
 
-
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
+import numpy as np
 from dagster_pyspark import LazyPySparkResource
-from pyspark.ml.feature import PCA, PCAModel
-from pyspark.ml.functions import array_to_vector, vector_to_array
+from pyspark.ml.feature import PCA
+from pyspark.ml.functions import array_to_vector
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from fruits_assets.assets import checks
 from fruits_assets.assets.current_features import current_features, features_weights
@@ -18,11 +20,43 @@ from fruits_assets.assets.publishing import Publication, publish_or_fail
 from fruits_assets.ml import featurizer, pca, plots, splits
 from fruits_assets.resources.ml_settings import PcaSettings
 from fruits_assets.resources.storage import FruitsStorage
-from fruits_assets.storage import filesystem, layout
+from fruits_assets.storage import layout
 from fruits_assets.storage.datasets import Datasets
 
 VECTOR_COLUMN = "features_vector"
 PCA_COLUMN = "pca_vector"
+
+# One row per published model: the fitted Spark ML PCA's components and how k was chosen.
+PCA_MODEL_SCHEMA = T.StructType(
+    [
+        T.StructField("k", T.IntegerType(), False),
+        T.StructField("k_max", T.IntegerType(), False),
+        T.StructField("target_variance", T.DoubleType(), False),
+        T.StructField("explained_variance", T.DoubleType(), False),
+        T.StructField("explained_variance_ratio", T.ArrayType(T.DoubleType()), False),
+        T.StructField("components", T.ArrayType(T.ArrayType(T.DoubleType())), False),
+        T.StructField("num_rows", T.LongType(), False),
+        T.StructField("fit_on", T.StringType(), False),
+        T.StructField("weights_sha256", T.StringType(), False),
+        T.StructField("scree_png", T.BinaryType(), False),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class PcaModel:
+    """The published PCA: `components` is (k, 1280), Spark ML's `pc` transposed."""
+
+    k: int
+    components: np.ndarray
+    weights_sha256: str
+
+    @classmethod
+    def load(cls, datasets: Datasets) -> "PcaModel":
+        row = datasets.read(layout.PCA_MODEL).select("k", "components", "weights_sha256").first()
+        if row is None:
+            raise dg.Failure(description="pca_model holds no model: materialize pca_model")
+        return cls(row["k"], np.array(row["components"], dtype=np.float64), row["weights_sha256"])
 
 
 @dg.asset(
@@ -42,34 +76,66 @@ def pca_model(
     pyspark: LazyPySparkResource,
     pca_settings: PcaSettings,
     step_launcher: dg.ResourceParam[Any],
-) -> dg.MaterializeResult:
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     """Spark ML PCA on every class's features, with the smallest k reaching the target variance."""
-    datasets = Datasets(pyspark.spark_session, storage, context.run.run_id)
+    spark = pyspark.spark_session
+    datasets = Datasets(spark, storage, context.run.run_id)
     current = current_features(context, datasets)
     weights_sha256 = features_weights(current.df)
     fit_rows, fit_on = splits.training_rows(current.df)
     vectors = fit_rows.select(array_to_vector("features").alias(VECTOR_COLUMN)).cache()
     n_rows = vectors.count()
     k_max = pca.max_components(n_rows, featurizer.FEATURE_DIM)
-    full = PCA(k=k_max, inputCol=VECTOR_COLUMN, outputCol=PCA_COLUMN).fit(vectors)
-    explained = full.explainedVariance.toArray()
+    # One fit at k_max: the first k of its components are the k-component PCA.
+    fitted = PCA(k=k_max, inputCol=VECTOR_COLUMN, outputCol=PCA_COLUMN).fit(vectors)
+    vectors.unpersist()
+    explained = fitted.explainedVariance.toArray()
     target = pca_settings.target_variance
     k, achieved = pca.choose_k(explained, target)
-    model = (
-        full if k == k_max else PCA(k=k, inputCol=VECTOR_COLUMN, outputCol=PCA_COLUMN).fit(vectors)
-    )
-    vectors.unpersist()
-
-    out = layout.pca_model_dir(storage.output)
-    model.write().overwrite().save(storage.spark_path(out))
+    components = fitted.pc.toArray().T[:k]  # (k, 1280)
     scree = plots.scree_png(explained, target, k)
-    filesystem.write_bytes(layout.scree_plot_path(storage.output), scree)
     context.log.info(f"PCA: k={k} of at most {k_max} reaches {achieved:.4f} (target {target})")
+    row = (
+        k, k_max, float(target), float(achieved), explained.tolist(), components.tolist(),
+        n_rows, fit_on, weights_sha256, scree,
+    )  # fmt: skip
+    staged = datasets.stage(
+        spark.createDataFrame([row], PCA_MODEL_SCHEMA), layout.PCA_MODEL, partitioned=False
+    )
+    # The audit reads back what was written: k, the components' shape, the variance reached.
+    audit = staged.df.select(
+        "k",
+        "explained_variance",
+        F.size("components").alias("rows"),
+        F.aggregate(
+            "components",
+            F.lit(True),
+            lambda ok, c: ok & (F.size(c) == featurizer.FEATURE_DIM),
+        ).alias("widths_ok"),
+    ).first()
     cumulative = explained.cumsum()
     milestones = {
         f"variance_at_k_{m}": float(cumulative[m - 1]) for m in (10, 50, 100, 200) if m <= k_max
     }
-    return dg.MaterializeResult(
+    yield from publish_or_fail(
+        datasets,
+        staged=[staged],
+        publications=[Publication(layout.PCA_MODEL, staged.df, partitioned=False)],
+        checks=[
+            checks.result(
+                checks.PCA_K_BOUNDS,
+                1 <= audit["k"] <= k_max and audit["rows"] == audit["k"] and audit["widths_ok"],
+                k=audit["k"],
+                k_max=k_max,
+                component_rows=audit["rows"],
+            ),
+            checks.result(
+                checks.PCA_VARIANCE_REACHED,
+                audit["explained_variance"] >= target - 1e-9,
+                achieved=audit["explained_variance"],
+                target=target,
+            ),
+        ],
         metadata={
             "k": k,
             "k_max": k_max,
@@ -83,17 +149,7 @@ def pca_model(
             "stale_classes_ignored": current.stale,
             **milestones,
             "scree_plot": png_markdown(scree, "scree"),
-            "path": dg.MetadataValue.path(out),
         },
-        check_results=[
-            checks.result(checks.PCA_K_BOUNDS, 1 <= k <= k_max, k=k, k_max=k_max),
-            checks.result(
-                checks.PCA_VARIANCE_REACHED,
-                achieved >= target - 1e-9,
-                achieved=achieved,
-                target=target,
-            ),
-        ],
     )
 
 
@@ -121,11 +177,10 @@ def pca_features_parquet(
     spark = pyspark.spark_session
     datasets = Datasets(spark, storage, context.run.run_id)
     current = current_features(context, datasets)
-    model = PCAModel.load(storage.spark_path(layout.pca_model_dir(storage.output)))
-    k = model.getK()
-    projected = model.transform(
-        current.df.select("path", "label", array_to_vector("features").alias(VECTOR_COLUMN))
-    ).select("path", "label", vector_to_array(PCA_COLUMN, "float32").alias("pca_features"))
+    model = PcaModel.load(datasets)
+    k = model.k
+    project = pca.project_udf(spark, model.components)
+    projected = current.df.select("path", "label", project("features").alias("pca_features"))
     staged = datasets.stage(projected, layout.PCA_FEATURES_PARQUET)
     counts = staged.df.groupBy("label").agg(
         F.count("*").alias("rows"), F.sum((F.size("pca_features") != k).cast("int")).alias("bad")
@@ -151,6 +206,5 @@ def pca_features_parquet(
             "k": k,
             "num_classes": len(per_class),
             "rows_per_class": counts_table(per_class, "rows"),
-            "path": dg.MetadataValue.path(datasets.location(layout.PCA_FEATURES_PARQUET)),
         },
     )

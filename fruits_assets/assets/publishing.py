@@ -1,7 +1,5 @@
 """Write, audit, publish: an asset's staged data is published only when its ERROR checks pass."""
 
-from __future__ import annotations
-
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -9,31 +7,96 @@ from typing import Any
 import dagster as dg
 from pyspark.sql import DataFrame
 
+from fruits_assets.storage import files, filesystem
 from fruits_assets.storage.datasets import Datasets, Staged
 
 
 @dataclass(frozen=True)
 class Publication:
-    """Rows to publish into a dataset: for some classes only (`labels`), or the whole of it."""
+    """Rows to publish into a table: for some classes only (`labels`), or the whole of it."""
 
     dataset: str
     df: DataFrame
     labels: frozenset[str] | None = None
+    partitioned: bool = True
+
+
+@dataclass(frozen=True)
+class FilePublication:
+    """A staged file to publish at a fixed path (`target`), as its next kept version."""
+
+    source: str
+    target: str
+
+
+def _publish_file(item: FilePublication) -> int:
+    version, path = files.next_version_path(item.target)
+    filesystem.move(item.source, path)
+    files.publish(item.target, version)
+    return version
+
+
+def failed_error_checks(checks: list[dg.AssetCheckResult]) -> list[str]:
+    return [
+        c.check_name or ""
+        for c in checks
+        if not c.passed and c.severity == dg.AssetCheckSeverity.ERROR
+    ]
 
 
 def publish_or_fail(
     datasets: Datasets,
     staged: list[Staged],
-    publications: list[Publication],
+    publications: list[Publication | FilePublication],
     checks: list[dg.AssetCheckResult],
     metadata: Mapping[str, Any],
-) -> Iterator[dg.MaterializeResult]:
-    """Publish the audited data and report it."""
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+    """Publish the audited data (one commit per table) and report the versions; when an ERROR
+    check failed, publish nothing, keep the staged data aside and fail with where it is."""
+    failed = failed_error_checks(checks)
+    if failed:
+        kept = [datasets.keep_failed(item, failed) for item in staged]
+        where = {"failed_data": dg.MetadataValue.path(kept[0])} if kept else {}
+        for check in checks:
+            yield dg.AssetCheckResult(
+                check_name=check.check_name,
+                passed=check.passed,
+                severity=check.severity,
+                metadata={**check.metadata, **(where if not check.passed else {})},
+            )
+        raise dg.Failure(
+            description=f"check {', '.join(failed)} failed, so nothing was published: the "
+            "previous version stays in place"
+            + (f"; the new data is kept for inspection at {', '.join(kept)}" if kept else ""),
+            metadata=where,
+        )
+    versions = {}
     for publication in publications:
-        if publication.labels is None:
-            datasets.publish_whole(publication.df, publication.dataset)
+        if isinstance(publication, FilePublication):
+            versions[publication.target] = _publish_file(publication)
+        elif publication.labels is None:
+            versions[publication.dataset] = datasets.publish_whole(
+                publication.df, publication.dataset, publication.partitioned
+            )
         else:
-            datasets.publish_partitions(publication.df, publication.dataset, publication.labels)
+            versions[publication.dataset] = datasets.publish_partitions(
+                publication.df, publication.dataset, publication.labels
+            )
     for item in staged:
         datasets.discard(item)
-    yield dg.MaterializeResult(metadata=dict(metadata), check_results=checks)
+    first = publications[0]
+    main = first.target if isinstance(first, FilePublication) else datasets.location(first.dataset)
+    main_version = versions[first.target if isinstance(first, FilePublication) else first.dataset]
+    yield dg.MaterializeResult(
+        metadata={
+            **metadata,
+            "published_version": main_version,
+            **(
+                {"published_versions": {name: v for name, v in versions.items()}}
+                if len(versions) > 1
+                else {}
+            ),
+            "path": dg.MetadataValue.path(main),
+        },
+        check_results=checks,
+    )

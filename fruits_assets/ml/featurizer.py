@@ -74,8 +74,9 @@ def resolve_weights(spec: str) -> WeightsInfo:
         except Exception as exc:
             raise RuntimeError(
                 "Could not download the ImageNet weights for MobileNetV2 "
-                f"({IMAGENET_URL + IMAGENET_FILE}): {exc}. Offline, pass --weights PATH to a "
-                "local .h5 file (include_top=True)."
+                f"({IMAGENET_URL + IMAGENET_FILE}): {exc}. Offline, set the `weights` setting to "
+                "a local .h5 file of MobileNetV2 1.0/224 with its top: `--weights PATH` (fruits "
+                "run, fruits ui), FRUITS_WEIGHTS=PATH, or `weights = \"PATH\"` in fruits.toml."
             ) from exc
         finally:
             socket.setdefaulttimeout(previous)

@@ -1,6 +1,4 @@
-"""Sizing the PCA: the most components the data allows, and the smallest k reaching the target."""
-
-from __future__ import annotations
+"""The PCA: how many components the data allows, the smallest k reaching the target, projections."""
 
 from collections.abc import Sequence
 
@@ -23,3 +21,19 @@ def choose_k(explained_variance: Sequence[float], target: float) -> tuple[int, f
     reached = np.nonzero(cumulative >= target - 1e-9)[0]
     k = int(reached[0]) + 1 if reached.size else len(cumulative)
     return k, float(min(cumulative[k - 1], 1.0))
+
+
+def project_udf(spark, components: np.ndarray):  # noqa: ANN001, ANN201 - Spark objects
+    """A pandas UDF: 1280-d features -> their k PCA coordinates, as Spark ML's PCAModel computes
+    them (components applied without centring), on the Python workers with numpy."""
+    import pandas as pd
+    from pyspark.sql import functions as F
+
+    matrix = spark.sparkContext.broadcast(np.ascontiguousarray(components.T, dtype=np.float64))
+
+    @F.pandas_udf("array<float>")
+    def project(features: pd.Series) -> pd.Series:
+        x = np.stack(features.to_numpy()).astype(np.float64)
+        return pd.Series(list((x @ matrix.value).astype(np.float32)))
+
+    return project

@@ -1,7 +1,5 @@
 """Serving the fruit classifier without Spark or TensorFlow: the export `fruits predict` loads."""
 
-from __future__ import annotations
-
 import io
 import json
 from dataclasses import dataclass
@@ -13,7 +11,11 @@ from fruits_assets.storage import filesystem, layout
 
 @dataclass(frozen=True)
 class Predictor:
-    """MobileNetV2 features -> PCA, colour histogram -> centre and scale -> softmax regression."""
+    """MobileNetV2 features -> PCA, colour histogram -> centre and scale -> softmax regression.
+
+    Saved as one file (`predictor.npz`), with the TFLite featurizer that computed the training
+    features inside it, so publishing the file publishes one consistent classifier.
+    """
 
     pc: np.ndarray  # (1280, k) principal components, applied as Spark's PCAModel applies them
     pca_mean: np.ndarray  # (k,) training mean of the PCA features
@@ -24,6 +26,8 @@ class Predictor:
     intercepts: np.ndarray  # (classes,)
     labels: list[str]
     weights_sha256: str
+    featurizer_model: bytes  # the TFLite MobileNetV2 penultimate model
+    reg_param: float  # the L2 strength the regression was fitted with
 
     def probabilities(self, features: np.ndarray, histograms: np.ndarray) -> np.ndarray:
         """Class probabilities for MobileNetV2 features (n, 1280) and histograms (n, 512)."""
@@ -34,7 +38,7 @@ class Predictor:
         exp = np.exp(z)
         return exp / exp.sum(axis=1, keepdims=True)
 
-    def save(self, output_root: str) -> str:
+    def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
         arrays = {k: v for k, v in self.__dict__.items() if isinstance(v, np.ndarray)}
         np.savez(
@@ -42,29 +46,38 @@ class Predictor:
             **arrays,
             labels=np.array(json.dumps(self.labels)),
             weights_sha256=np.array(self.weights_sha256),
+            featurizer_model=np.frombuffer(self.featurizer_model, dtype=np.uint8),
+            reg_param=np.array(self.reg_param),
         )
-        path = layout.classifier_file(output_root, layout.PREDICTOR_FILE)
-        filesystem.write_bytes(path, buffer.getvalue())
-        return path
+        return buffer.getvalue()
 
     @classmethod
-    def load(cls, output_root: str) -> Predictor:
+    def from_bytes(cls, data: bytes, name: str = "predictor") -> "Predictor":
+        stored = np.load(io.BytesIO(data))
+        if "featurizer_model" not in stored.files:
+            raise ValueError(
+                f"{name} comes from an older fruits_assets: rematerialize fruit_classifier "
+                "(fruits run --downstream-only)"
+            )
+        scalars = ("labels", "weights_sha256", "featurizer_model", "reg_param")
+        arrays = {key: stored[key] for key in stored.files if key not in scalars}
+        return cls(
+            **arrays,
+            labels=json.loads(str(stored["labels"])),
+            weights_sha256=str(stored["weights_sha256"]),
+            featurizer_model=stored["featurizer_model"].tobytes(),
+            reg_param=float(stored["reg_param"]),
+        )
+
+    @classmethod
+    def load(cls, output_root: str) -> "Predictor":
         path = layout.classifier_file(output_root, layout.PREDICTOR_FILE)
         if not filesystem.exists(path):
             raise FileNotFoundError(
                 f"No trained classifier under {output_root} ({path} is missing): "
                 "run `fruits run` on a dataset first"
             )
-        data = np.load(io.BytesIO(filesystem.read_bytes(path)))
-        if "coefficients" not in data.files:
-            raise ValueError(f"{path} comes from an older fruits_assets: rerun `fruits run`")
-        texts = ("labels", "weights_sha256")
-        arrays = {name: data[name] for name in data.files if name not in texts}
-        return cls(
-            **arrays,
-            labels=json.loads(str(data["labels"])),
-            weights_sha256=str(data["weights_sha256"]),
-        )
+        return cls.from_bytes(filesystem.read_bytes(path), path)
 
 
 @dataclass(frozen=True)
@@ -88,15 +101,8 @@ class FruitPredictor:
     def __init__(self, output_root: str) -> None:
         from fruits_assets.ml import featurizer
 
-        root = filesystem.normalize_uri(output_root)
-        self.predictor = Predictor.load(root)
-        model_uri = layout.classifier_file(root, layout.SERVING_MODEL_FILE)
-        if not filesystem.exists(model_uri):
-            raise FileNotFoundError(
-                f"{model_uri} not found: this output root was trained by an older version; "
-                "rematerialize fruit_classifier (fruits run --downstream-only)"
-            )
-        self.featurizer = featurizer.Featurizer(filesystem.read_bytes(model_uri))
+        self.predictor = Predictor.load(filesystem.normalize_uri(output_root))
+        self.featurizer = featurizer.Featurizer(self.predictor.featurizer_model)
 
     def answer(self, paths: list[str], top: int = 3) -> list[Answer]:
         """Top classes per photo; an unreadable photo gets its error, the others their answer."""

@@ -18,12 +18,19 @@ from fruits_assets.settings import FruitsSettings
 from fruits_assets.storage import filesystem
 
 
-def shared_resources(settings: FruitsSettings) -> dict[str, Any]:
+def shared_resources(settings: FruitsSettings, check_weights: bool = True) -> dict[str, Any]:
     """The resources every environment binds from the settings (the launch config may override)."""
     return {
-        "storage": FruitsStorage(images_root=settings.images, output_root=settings.output),
+        "storage": FruitsStorage(
+            images_root=settings.images,
+            output_root=settings.output,
+            hold_lock=not settings.remote_step,
+            lock_wait_seconds=settings.lock_wait_seconds,
+        ),
         "featurizer_settings": FeaturizerSettings(
-            weights=settings.weights, allow_random_fallback=settings.allow_random_fallback
+            weights=settings.weights,
+            allow_random_fallback=settings.allow_random_fallback,
+            check_on_start=check_weights,
         ),
         "classifier_settings": ClassifierSettings(
             accuracy_floor=settings.accuracy_floor, max_iter=settings.classifier_max_iter
@@ -81,7 +88,8 @@ def emr_resources(settings: FruitsSettings) -> dict[str, Any]:
         log_wait_seconds=settings.emr_log_wait_seconds,
         price=cluster_price(spec.region, spec.instances),
     )
-    shared = shared_resources(settings)
+    # The weights are checked where the featurizer runs: in the EMR step.
+    shared = shared_resources(settings, check_weights=settings.remote_step)
     return {
         **shared,
         "storage": shared["storage"].model_copy(update={"native_s3": True}),

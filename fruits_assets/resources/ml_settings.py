@@ -15,6 +15,21 @@ class FeaturizerSettings(dg.ConfigurableResource):
     # thread), 16 slower (≈147); 1 never pads. See BENCHMARKS.md.
     batch_size: int = 1
     threads_per_task: int = 1  # one XNNPACK thread per Spark task slot: no oversubscription
+    # Check the weights when a run that featurizes starts, before any asset rewrites data.
+    check_on_start: bool = True
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        run = context.dagster_run
+        selection = run.asset_selection if run is not None else None
+        featurizes = selection is None or dg.AssetKey("mobilenet_features") in selection
+        if not self.check_on_start or not featurizes or self.allow_random_fallback:
+            return
+        from fruits_assets.preflight import PreflightError, check_weights
+
+        try:
+            check_weights(self.weights, self.batch_size)
+        except PreflightError as exc:
+            raise dg.Failure(description=str(exc)) from None
 
 
 class PcaSettings(dg.ConfigurableResource):
@@ -33,4 +48,7 @@ class ClassifierSettings(dg.ConfigurableResource):
     variance_shrinkage: float = 0.1
     max_iter: int = 200
     cv_folds: int = 3
+    # auto: cross-validate when the classes or reg_params changed since the published
+    # classifier, else refit with the L2 strength it chose; always: every time.
+    cross_validate: str = "auto"
     accuracy_floor: float = 0.9  # top-1 on the held-out split; below it the check fails (WARN)

@@ -9,9 +9,13 @@ from typing import Any
 
 from fruits_assets.settings import FruitsSettings
 
-# Settings every environment needs: per-class reruns overwrite only their own label= folders.
+# Settings every environment needs. Every output table is a Delta table: one atomic commit per
+# publish, versions to go back to (EMR 7 ships Delta; locally its jars come from the cache).
 COMMON_SPARK_CONFIG: dict[str, Any] = {
-    "spark.sql.sources.partitionOverwriteMode": "dynamic",
+    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+    # A class named "2024" stays the string "2024" when staged data is read back.
+    "spark.sql.sources.partitionColumnTypeInference.enabled": "false",
     "spark.sql.execution.arrow.pyspark.enabled": "true",
     # Rows per Arrow batch sent to the pandas UDFs: each batch is a few MB of image bytes.
     "spark.sql.execution.arrow.maxRecordsPerBatch": "256",
@@ -21,6 +25,7 @@ COMMON_SPARK_CONFIG: dict[str, Any] = {
 
 
 S3A_JARS = ("hadoop-aws-", "aws-java-sdk-bundle-")
+DELTA_JARS = ("delta-spark_", "delta-storage-")
 # Environment first: the same code talks to AWS, MinIO or moto's server.
 S3A_CREDENTIALS = ",".join(
     [
@@ -33,24 +38,39 @@ S3A_CREDENTIALS = ",".join(
 )
 
 
-def s3a_jars(jars_dir: str | Path) -> list[str]:
-    """hadoop-aws and its AWS SDK bundle, as fetched by scripts/fetch_s3a_jars.sh."""
-    found = sorted(str(p) for p in Path(jars_dir).glob("*.jar") if p.name.startswith(S3A_JARS))
-    if len(found) != len(S3A_JARS):
+def _jars(jars_dir: str | Path, prefixes: tuple[str, ...], what: str) -> list[str]:
+    found = sorted(str(p) for p in Path(jars_dir).glob("*.jar") if p.name.startswith(prefixes))
+    if len(found) != len(prefixes):
         raise FileNotFoundError(
-            f"Hadoop's S3A jars are not in {jars_dir} (found {found}): run "
-            "scripts/fetch_s3a_jars.sh (or scripts/setup.sh) to use s3:// with local Spark"
+            f"{what} jars are not in {jars_dir} (found {found}): run scripts/fetch_jars.sh "
+            "(or scripts/setup.sh)"
         )
     return found
 
 
-def s3a_spark_config(jars_dir: str | Path, schemes: tuple[str, ...] = ("s3a",)) -> dict[str, Any]:
-    """Hadoop S3A for the given URI schemes, endpoint and region from the AWS environment."""
-    jars = s3a_jars(jars_dir)
-    config: dict[str, Any] = {
+def s3a_jars(jars_dir: str | Path) -> list[str]:
+    """hadoop-aws and its AWS SDK bundle, as fetched by scripts/fetch_jars.sh (s3:// data)."""
+    return _jars(jars_dir, S3A_JARS, "Hadoop's S3A")
+
+
+def delta_jars(jars_dir: str | Path) -> list[str]:
+    """Delta Lake for Spark and its storage layer, as fetched by scripts/fetch_jars.sh."""
+    return _jars(jars_dir, DELTA_JARS, "Delta Lake")
+
+
+def jars_config(jars: list[str]) -> dict[str, Any]:
+    """Jars on the driver's and executors' class paths (and shipped to a cluster's executors)."""
+    return {
         "spark.jars": ",".join(jars),
         "spark.driver.extraClassPath": os.pathsep.join(jars),
         "spark.executor.extraClassPath": os.pathsep.join(jars),
+    }
+
+
+def s3a_spark_config(schemes: tuple[str, ...] = ("s3a",)) -> dict[str, Any]:
+    """Hadoop S3A for the given URI schemes, endpoint and region from the AWS environment
+    (its jars come with `local_spark_config`)."""
+    config: dict[str, Any] = {
         "spark.hadoop.fs.s3a.aws.credentials.provider": S3A_CREDENTIALS,
     }
     for scheme in schemes:
@@ -94,12 +114,16 @@ def local_spark_config(settings: FruitsSettings, s3: bool = False) -> dict[str, 
         "spark.pyspark.python": sys.executable,
         "spark.pyspark.driver.python": sys.executable,
         "spark.sql.shuffle.partitions": str(max(4, 2 * cores)),
+        # Delta rebuilds a table's state from its log with this many tasks (default 50).
+        "spark.databricks.delta.snapshotPartitions": str(max(2, cores)),
         "spark.ui.showConsoleProgress": "false",
         "spark.ui.enabled": str(settings.spark_ui).lower(),
         # The incubator Vector API lets Spark ML's BLAS use SIMD instead of plain Java loops.
         "spark.driver.extraJavaOptions": "-Dderby.system.home=/tmp/derby "
         "--add-modules=jdk.incubator.vector",
     }
+    jars = delta_jars(settings.jars_dir) + (s3a_jars(settings.jars_dir) if s3 else [])
+    config.update(jars_config(jars))
     if s3:
-        config.update(s3a_spark_config(settings.jars_dir))
+        config.update(s3a_spark_config())
     return config

@@ -1,35 +1,51 @@
-"""The storage facade the assets use: read a dataset, replace some classes of it, or all of it.
+"""The storage facade the assets use: read a table, stage new rows aside, publish them atomically.
 
-Assets name datasets (`layout.RAW_IMAGES`, `layout.ACCEPTED_IMAGES`, …) and never build paths;
-this module turns names into local or s3:// locations and Spark paths.
+Every output table is a Delta table at a fixed path under the output root. A publish is one
+Delta commit: a reader sees the previous version or the new one, never a mix; a per-class publish
+replaces exactly those classes (`replaceWhere`); earlier versions stay readable and restorable
+(time travel) until a VACUUM. Assets name tables (`layout.RAW_IMAGES`, …), never paths.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from urllib.parse import unquote
+from datetime import datetime, timezone
+from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from fruits_assets.resources.storage import FruitsStorage
-from fruits_assets.storage import filesystem, layout
+from fruits_assets.storage import errors, filesystem, layout
 from fruits_assets.storage.layout import LABEL_COLUMN
+
+DELTA_LOG = "_delta_log"
+FAILED_MARKER = "_AUDIT_FAILED.json"
 
 
 @dataclass(frozen=True)
 class Staged:
-    """Data written aside by one run, to be audited and then published (or kept for inspection)."""
+    """Data written aside by one run, to be audited, then published or kept for inspection."""
 
     name: str
     location: str
     df: DataFrame
 
 
+def sql_string(value: str) -> str:
+    """A Spark SQL string literal for any text (quotes, backslashes, newlines included)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def labels_predicate(labels: Iterable[str]) -> str:
+    return f"{LABEL_COLUMN} IN ({', '.join(sql_string(label) for label in sorted(labels))})"
+
+
 class Datasets:
-    """Reads and writes of the label-partitioned and whole datasets under one output root."""
+    """The Delta tables under one output root, and one run's staging area beside them."""
 
     def __init__(self, spark: SparkSession, storage: FruitsStorage, run_id: str = "") -> None:
         self.spark = spark
@@ -37,82 +53,163 @@ class Datasets:
         self.output = storage.output
         self.run_id = run_id or "adhoc"
 
-    def stage(self, df: DataFrame, name: str, partitioned: bool = True) -> Staged:
-        """Write `df` aside, under this run's staging folder, and read it back for the audit."""
-        location = layout.staging_dir(self.output, self.run_id, name)
-        writer = df.write.mode("overwrite")
-        if partitioned:
-            writer = writer.partitionBy(LABEL_COLUMN)
-        writer.parquet(self.storage.spark_path(location))
-        return Staged(name, location, self.spark.read.parquet(self.storage.spark_path(location)))
-
-    def discard(self, staged: Staged) -> None:
-        filesystem.delete_dir(staged.location)
-
     def location(self, dataset: str) -> str:
         return layout.dataset_dir(self.output, dataset)
 
     def spark_path(self, dataset: str) -> str:
         return self.storage.spark_path(self.location(dataset))
 
+    def exists(self, dataset: str) -> bool:
+        return filesystem.exists(filesystem.join(self.location(dataset), DELTA_LOG))
+
+    def _table(self, dataset: str, version: int | None = None) -> DataFrame:
+        if not self.exists(dataset):
+            raise FileNotFoundError(
+                f"{self.location(dataset)} is not a table yet: materialize the asset that writes "
+                "it first"
+            )
+        reader = self.spark.read.format("delta")
+        if version is not None:
+            reader = reader.option("versionAsOf", version)
+        return reader.load(self.spark_path(dataset))
+
     def labels(self, dataset: str) -> set[str]:
-        """Labels that have rows stored in a dataset (empty if it does not exist)."""
-        prefix = f"{LABEL_COLUMN}="
-        return {
-            unquote(d[len(prefix) :])
-            for d in filesystem.list_dirs(self.location(dataset))
-            if d.startswith(prefix)
-        }
+        """Classes with rows in a label-partitioned table (empty if it does not exist)."""
+        if not self.exists(dataset):
+            return set()
+        return {r[0] for r in self._table(dataset).select(LABEL_COLUMN).distinct().collect()}
 
     def read(self, dataset: str, labels: Iterable[str] | None = None) -> DataFrame:
-        """The dataset's rows, or those of the given labels only (labels with no rows add none)."""
+        """The published rows, or those of the given classes only (classes with none add none)."""
+        table = self._table(dataset)
         if labels is None:
-            return self.spark.read.parquet(self.spark_path(dataset))
-        wanted = sorted(set(labels) & self.labels(dataset))
-        if not wanted:
-            raise FileNotFoundError(
-                f"No stored rows under {self.location(dataset)} for the requested classes"
-            )
-        base = self.spark_path(dataset)
-        paths = [filesystem.join(base, layout.partition_dir_name(label)) for label in wanted]
-        # Reading the label folders directly (not the whole dataset) never lists other classes.
-        return (
-            self.spark.read.option("basePath", base)
-            .parquet(*paths)
-            .where(F.col(LABEL_COLUMN).isin(wanted))
+            return table
+        return table.where(F.col(LABEL_COLUMN).isin(sorted(set(labels))))
+
+    def version(self, dataset: str) -> int | None:
+        """The latest published version of a table (None before its first publish)."""
+        log = filesystem.join(self.location(dataset), DELTA_LOG)
+        if not filesystem.exists(log):
+            return None
+        commits = [
+            int(name[: -len(".json")])
+            for name in filesystem.list_names(log)
+            if name.endswith(".json") and name[: -len(".json")].isdigit()
+        ]
+        return max(commits) if commits else None
+
+    # Write, audit, publish.
+
+    def stage(self, df: DataFrame, name: str, partitioned: bool = True) -> Staged:
+        """Write `df` aside, in this run's staging folder, and read it back for the audit."""
+        location = layout.staging_dir(self.output, self.run_id, name)
+        writer = df.write.mode("overwrite")
+        if partitioned:
+            writer = writer.partitionBy(LABEL_COLUMN)
+        with errors.explained(location):
+            writer.parquet(self.storage.spark_path(location))
+        return Staged(name, location, self.spark.read.parquet(self.storage.spark_path(location)))
+
+    def publish_partitions(self, df: DataFrame, dataset: str, labels: Iterable[str]) -> int:
+        """Replace exactly the given classes' rows, in one commit; every other class is kept.
+
+        A class with no row left loses its rows; a row of another class is refused by Delta.
+        """
+        labels = set(labels)
+        writer = (
+            df.write.format("delta")
+            .mode("overwrite")
+            .option("replaceWhere", labels_predicate(labels))
+            .option("userMetadata", self._commit_note(classes=len(labels)))
         )
+        if not self.exists(dataset):
+            writer = writer.partitionBy(LABEL_COLUMN)
+        with errors.explained(self.location(dataset)):
+            writer.save(self.spark_path(dataset))
+        return self._published_version(dataset)
 
-    def publish_partitions(self, df: DataFrame, dataset: str, labels: Iterable[str]) -> None:
-        """Replace exactly the given labels' rows and leave every other class's rows untouched."""
-        # Dynamic overwrite alone would keep the old folder of a label that now has no rows.
-        for label in set(labels):
-            filesystem.delete_dir(layout.partition_dir(self.location(dataset), label))
-        df.write.mode("overwrite").option("partitionOverwriteMode", "dynamic").partitionBy(
-            LABEL_COLUMN
-        ).parquet(self.spark_path(dataset))
+    def publish_whole(self, df: DataFrame, dataset: str, partitioned: bool = True) -> int:
+        """Replace the whole table, in one commit (tables rebuilt from every class)."""
+        writer = (
+            df.write.format("delta")
+            .mode("overwrite")
+            .option("overwriteSchema", "true")
+            .option("userMetadata", self._commit_note())
+        )
+        if partitioned:
+            writer = writer.partitionBy(LABEL_COLUMN)
+        with errors.explained(self.location(dataset)):
+            writer.save(self.spark_path(dataset))
+        return self._published_version(dataset)
 
-    def publish_whole(self, df: DataFrame, dataset: str) -> None:
-        """Replace the whole dataset (unpartitioned assets rebuilt from every class)."""
-        df.write.mode("overwrite").option("partitionOverwriteMode", "static").partitionBy(
-            LABEL_COLUMN
-        ).parquet(self.spark_path(dataset))
+    def _published_version(self, dataset: str) -> int:
+        version = self.version(dataset)
+        assert version is not None, f"no commit found after publishing {dataset}"
+        return version
+
+    def _commit_note(self, **extra: Any) -> str:
+        """Recorded with each commit: which run published it (for `fruits restore`)."""
+        return json.dumps({"run_id": self.run_id, **extra})
+
+    def keep_failed(self, staged: Staged, failed_checks: list[str]) -> str:
+        """Leave staged data that failed its audit where it is, marked, for inspection."""
+        marker = {
+            "run_id": self.run_id,
+            "failed_checks": failed_checks,
+            "at": datetime.now(timezone.utc).isoformat(),
+        }
+        filesystem.write_bytes(
+            filesystem.join(staged.location, FAILED_MARKER), json.dumps(marker).encode()
+        )
+        return staged.location
+
+    def discard(self, staged: Staged) -> None:
+        filesystem.delete_dir(staged.location)
+
+    # Versions.
+
+    def history(self, dataset: str) -> list[dict[str, Any]]:
+        """Every version of a table, newest first: version, time, operation, publishing run."""
+        from delta.tables import DeltaTable
+
+        rows = (
+            DeltaTable.forPath(self.spark, self.spark_path(dataset))
+            .history()
+            .select("version", "timestamp", "operation", "userMetadata")
+            .collect()
+        )
+        return [
+            {
+                "version": r["version"],
+                "timestamp": r["timestamp"],
+                "operation": r["operation"],
+                "run_id": json.loads(r["userMetadata"]).get("run_id")
+                if r["userMetadata"]
+                else None,
+            }
+            for r in rows
+        ]
+
+    def restore(self, dataset: str, version: int) -> int:
+        """Publish an earlier version again (a new commit: the restore is itself undoable)."""
+        from delta.tables import DeltaTable
+
+        with errors.explained(self.location(dataset)):
+            DeltaTable.forPath(self.spark, self.spark_path(dataset)).restoreToVersion(version)
+        return self._published_version(dataset)
 
     @contextmanager
     def small_splits(
         self, dataset: str, labels: Iterable[str], per_slot: int = 4
     ) -> Iterator[None]:
-        """Scan the labels' files in about `per_slot` splits per task slot, without a shuffle.
+        """Scan the classes' files in about `per_slot` splits per task slot, without a shuffle.
 
         Spark's default packs small files into 128 MiB splits: a few thousand images become one
         task on one core. A few splits per slot keep every core busy to the end (a free worker
         takes the next split), and each Python worker keeps its model across them.
         """
-        total = sum(
-            info.size or 0
-            for label in set(labels)
-            if filesystem.exists(folder := layout.partition_dir(self.location(dataset), label))
-            for info in filesystem.list_files(folder)
-        )
+        files = self.read(dataset, labels).inputFiles()
+        total = filesystem.total_size(files)
         split = max(1 << 16, -(-total // (self.spark.sparkContext.defaultParallelism * per_slot)))
         with spark_conf(
             self.spark,
@@ -123,6 +220,25 @@ class Datasets:
             },
         ):
             yield
+
+
+def clean_staging(output_root: str, keep_run: str = "", keep_failed_days: float = 7.0) -> None:
+    """Delete what dead runs left in the staging area; keep data that failed its audit for a
+    week (for inspection) and `keep_run`'s own. Only the output root's lock holder calls it."""
+    root = layout.staging_root(output_root)
+    horizon = datetime.now(timezone.utc).timestamp() - keep_failed_days * 86400
+    for run_id in filesystem.list_dirs(root):
+        if run_id == keep_run:
+            continue
+        run_dir = filesystem.join(root, run_id)
+        markers = [
+            info
+            for info in filesystem.list_files(run_dir)
+            if info.base_name == FAILED_MARKER
+        ]
+        if markers and max(m.mtime.timestamp() for m in markers if m.mtime) > horizon:
+            continue
+        filesystem.delete_dir(run_dir)
 
 
 @contextmanager

@@ -33,9 +33,14 @@ def join(root: str, *parts: str) -> str:
     return "/".join([root.rstrip("/"), *(p.strip("/") for p in parts)])
 
 
+def s3_endpoint() -> str | None:
+    """The S3 endpoint of the standard AWS environment (MinIO, moto), None for AWS itself."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
 def _s3_filesystem() -> pafs.S3FileSystem:
     # pyarrow does not read AWS_ENDPOINT_URL itself; honour it so MinIO and moto work too.
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    endpoint = s3_endpoint()
     kwargs: dict = {"region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")}
     if endpoint:
         parsed = urlparse(endpoint)
@@ -90,6 +95,28 @@ def list_dirs(uri: str) -> list[str]:
     ]
 
 
+def list_names(uri: str) -> list[str]:
+    """Names of the entries directly below `uri` (empty if it does not exist)."""
+    loc = Location.of(uri)
+    selector = pafs.FileSelector(loc.path, recursive=False, allow_not_found=True)
+    return [info.base_name for info in loc.fs.get_file_info(selector)]
+
+
+def total_size(uris: list[str]) -> int:
+    """Bytes of the given files (Spark's `file:` and `s3a://` URIs accepted)."""
+    if not uris:
+        return 0
+    local = [u for u in uris if not is_s3(u)]
+    paths = [urlparse(u).path if u.startswith("file:") else u for u in local]
+    total = 0
+    if paths:
+        total += sum(i.size or 0 for i in pafs.LocalFileSystem().get_file_info(paths))
+    remote = [Location.of(u).path for u in uris if is_s3(u)]
+    if remote:
+        total += sum(i.size or 0 for i in _s3_filesystem().get_file_info(remote))
+    return total
+
+
 def delete_dir(uri: str) -> None:
     loc = Location.of(uri)
     if loc.fs.get_file_info(loc.path).type == pafs.FileType.Directory:
@@ -107,6 +134,21 @@ def write_bytes(uri: str, data: bytes) -> None:
     loc.fs.create_dir(loc.path.rsplit("/", 1)[0], recursive=True)
     with loc.fs.open_output_stream(loc.path) as stream:
         stream.write(data)
+
+
+def size(uri: str) -> int:
+    loc = Location.of(uri)
+    return int(loc.fs.get_file_info(loc.path).size or 0)
+
+
+def copy(src: str, dst: str) -> None:
+    """Copy a file (server-side within S3)."""
+    source, target = Location.of(src), Location.of(dst)
+    target.fs.create_dir(target.path.rsplit("/", 1)[0], recursive=True)
+    if type(source.fs) is type(target.fs):
+        source.fs.copy_file(source.path, target.path)
+    else:
+        write_bytes(dst, read_bytes(src))
 
 
 def move(src: str, dst: str) -> None:

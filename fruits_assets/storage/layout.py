@@ -15,25 +15,28 @@ PCA_FEATURES_PARQUET = "pca_features_parquet"
 FEATURES_CSV = "features_csv"
 FRUIT_CLASSIFIER = "fruit_classifier"
 
-# Datasets (tables of rows) by their path under the output root.
+# Delta tables by their path under the output root.
 ACCEPTED_IMAGES = f"{LABELED_IMAGES}/images"
 REJECTED_IMAGES = f"{LABELED_IMAGES}/rejected"
 LABEL_PARTITIONED = (RAW_IMAGES, ACCEPTED_IMAGES, REJECTED_IMAGES, MOBILENET_FEATURES)
+TABLES = (*LABEL_PARTITIONED, PCA_MODEL, PCA_FEATURES_PARQUET)
 
 CSV_FILE_NAME = "features.csv"
-SCREE_PLOT_NAME = "scree.png"
 PREDICTOR_FILE = "predictor.npz"
-SERVING_MODEL_FILE = "mobilenet_v2_penultimate.tflite"
-CLASSIFIER_LABELS_FILE = "labels.json"
-CONFUSION_PLOT_NAME = "confusion_worst.png"
+# A `label=<class>` folder name longer than this is refused by common file systems.
+MAX_FOLDER_NAME_BYTES = 255
 
 # Characters Spark escapes in hive partition folder names (ExternalCatalogUtils.escapePathName).
 _ESCAPED = set("\"#%'*/:=?\\\x7f{[]^") | {chr(c) for c in range(0x20)}
 
 
+def staging_root(output_root: str) -> str:
+    """Where runs write data aside before their checks pass (the `_` hides it from readers)."""
+    return join(output_root, "_staging")
+
+
 def staging_dir(output_root: str, run_id: str, name: str) -> str:
-    """Where a run writes data aside before its checks pass (the `_` hides it from readers)."""
-    return join(output_root, "_staging", run_id, name)
+    return join(staging_root(output_root), run_id, name)
 
 
 def asset_dir(output_root: str, asset: str) -> str:
@@ -58,14 +61,6 @@ def featurizer_model_path(output_root: str, weights_sha256: str) -> str:
     return join(output_root, MOBILENET_FEATURES, "_featurizer", f"{weights_sha256}.tflite")
 
 
-def pca_model_dir(output_root: str) -> str:
-    return asset_dir(output_root, PCA_MODEL)
-
-
-def scree_plot_path(output_root: str) -> str:
-    return join(pca_model_dir(output_root), SCREE_PLOT_NAME)
-
-
 def csv_path(output_root: str) -> str:
     return join(output_root, FEATURES_CSV, CSV_FILE_NAME)
 
@@ -74,13 +69,8 @@ def classifier_dir(output_root: str) -> str:
     return asset_dir(output_root, FRUIT_CLASSIFIER)
 
 
-def classifier_model_dir(output_root: str) -> str:
-    """The Spark ML PipelineModel (scalers, assembler, regression)."""
-    return join(classifier_dir(output_root), "model")
-
-
-def classifier_file(output_root: str, name: str) -> str:
-    """A file of the classifier's export: PREDICTOR_FILE, SERVING_MODEL_FILE, labels, plots."""
+def classifier_file(output_root: str, name: str = PREDICTOR_FILE) -> str:
+    """The classifier's serving export (one self-contained file)."""
     return join(classifier_dir(output_root), name)
 
 
@@ -92,3 +82,7 @@ def partition_dir_name(label: str) -> str:
 
 def partition_dir(dataset_path: str, label: str) -> str:
     return join(dataset_path, partition_dir_name(label))
+
+
+def class_name_too_long(label: str) -> bool:
+    return len(partition_dir_name(label).encode("utf-8")) > MAX_FOLDER_NAME_BYTES

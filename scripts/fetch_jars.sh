@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Fetch Hadoop's S3A connector and the AWS SDK bundle it was built against, matching the Hadoop
-# inside the pinned pyspark, into a cache folder (never into the repository).
+# Fetch the jars local Spark needs beside the pyspark wheel, into a cache folder (never into the
+# repository): Delta Lake (every output table is a Delta table), and Hadoop's S3A connector with
+# the AWS SDK bundle it was built against (for s3:// data), matching the pinned pyspark.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 JARS_DIR="${FRUITS_JARS_DIR:-$HOME/.cache/fruits_assets/jars}"
 PYSPARK_JARS="$(.venv/bin/python -c 'import os, pyspark; print(os.path.join(os.path.dirname(pyspark.__file__), "jars"))')"
 HADOOP_VERSION="$(ls "$PYSPARK_JARS" | sed -n 's/^hadoop-client-api-\(.*\)\.jar$/\1/p')"
+SCALA_VERSION="$(ls "$PYSPARK_JARS" | sed -n 's/^scala-library-\([0-9]*\.[0-9]*\)\..*\.jar$/\1/p')"
+DELTA_VERSION="$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("delta-spark"))')"
 # hadoop-aws declares the SDK bundle it was compiled and tested with; keep the pair in step.
 case "$HADOOP_VERSION" in
   3.3.4) SDK_VERSION=1.12.262 ;;
@@ -13,7 +16,11 @@ case "$HADOOP_VERSION" in
   *) echo "no known aws-java-sdk-bundle for Hadoop $HADOOP_VERSION: add it here" >&2; exit 1 ;;
 esac
 mkdir -p "$JARS_DIR"
-for artifact in "org.apache.hadoop:hadoop-aws:$HADOOP_VERSION" "com.amazonaws:aws-java-sdk-bundle:$SDK_VERSION"; do
+for artifact in \
+  "io.delta:delta-spark_$SCALA_VERSION:$DELTA_VERSION" \
+  "io.delta:delta-storage:$DELTA_VERSION" \
+  "org.apache.hadoop:hadoop-aws:$HADOOP_VERSION" \
+  "com.amazonaws:aws-java-sdk-bundle:$SDK_VERSION"; do
   name="$(echo "$artifact" | cut -d: -f2)-$(echo "$artifact" | cut -d: -f3).jar"
   if [ -s "$JARS_DIR/$name" ]; then continue; fi
   command -v mvn >/dev/null || { echo "Maven (mvn) is needed to fetch $artifact" >&2; exit 1; }
