@@ -15,12 +15,12 @@ def build_definitions(
     """Assets, checks and the sensor, with the resources of the settings' environment."""
     from fruits_assets.assets import ALL_ASSETS
     from fruits_assets.resources.environments import RESOURCES_BY_ENV
-    from fruits_assets.sensors import fruit_class_sensor
+    from fruits_assets.sensors import downstream_automation, fruit_class_sensor
 
     settings = settings or FruitsSettings.from_env()
     return dg.Definitions(
         assets=ALL_ASSETS,
-        sensors=[fruit_class_sensor],
+        sensors=[fruit_class_sensor, downstream_automation],
         resources={**RESOURCES_BY_ENV[settings.env](settings), **resource_overrides},
         # One process, one Spark session per run; on EMR each asset is still its own step.
         executor=dg.in_process_executor,

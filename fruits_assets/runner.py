@@ -143,6 +143,10 @@ def materialize(
     all of them (another writer: OutputBusy at once), and the weights, the output root and its
     free space are checked before any of them starts.
     """
+    try:
+        preflight.check_output_root(settings.output)  # a folder we can write: then lock it
+    except preflight.PreflightError as exc:
+        raise UsageError(str(exc)) from exc
     with lock.hold(settings.output, lock.holder(command="fruits run")):
         datasets.clean_staging(settings.output)
         return _materialize(

@@ -58,6 +58,7 @@ class FruitsSettings(BaseModel):
     cache_dir: str = Field(str(CACHE_ROOT), **_local("downloaded weights, converted models"))
     jars_dir: str = Field(str(CACHE_ROOT / "jars"), **_local("S3A and Delta jars"))
     remote_step: bool = Field(False, **_local("set by the EMR step main: the step of a run"))
+    failpoint: str = Field("", description="fault-injection tests only: <asset>:pause|exit")
     # EMR (FRUITS_ENV=emr).
     emr_cluster_id: str = Field("", description="the cluster, j-…")
     emr_staging_bucket: str = Field("", description="private bucket for steps and logs")

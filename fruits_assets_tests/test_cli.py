@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from fruits_assets_tests.helpers import FRUITS, copy_classes, fruits
+from fruits_assets_tests.images import noisy_jpeg
 
 
 def test_demo_run_works_offline_and_lands_in_the_instance(tmp_path, monkeypatch):
@@ -45,16 +46,33 @@ def test_no_classifier_runs_the_seed_pipeline_only(tmp_path, fruits360, shared_w
 
 
 @pytest.mark.slow
-def test_missing_weights_fail_the_run_with_a_clear_message(tmp_path, fruits360):
+def test_bad_weights_are_refused_before_anything_is_written(tmp_path, fruits360):
+    """Missing or garbage weights: a one-line cause naming the file, at once, and no output."""
     images = copy_classes(fruits360 / "Test", tmp_path / "images", ["Banana 1", "Lemon 1"])
-    done = fruits(
-        "run", "--images", str(images), "--output", str(tmp_path / "out"),
-        "--weights", str(tmp_path / "missing.h5"), home=tmp_path / "home",
-    )  # fmt: skip
-    assert done.returncode == 1
-    assert "step mobilenet_features failed" in done.stdout
-    assert "missing.h5" in done.stdout and "not found" in done.stdout
-    assert "status:             FAILED" in done.stdout
+    garbage = tmp_path / "garbage.h5"
+    garbage.write_bytes(b"these are not weights" * 100)
+    for weights, cause in ((tmp_path / "missing.h5", "not found"), (garbage, "does not hold")):
+        output = tmp_path / f"out-{weights.stem}"
+        done = fruits(
+            "run", "--images", str(images), "--output", str(output), "--weights", str(weights),
+            home=tmp_path / "home",
+        )  # fmt: skip
+        assert done.returncode == 2
+        first = done.stderr.strip().splitlines()[0]
+        assert first.startswith(f"error: weights '{weights}'") and cause in first, done.stderr
+        assert not (output / "raw_images").exists()
+
+
+def test_an_output_root_that_is_a_file_is_refused_first(tmp_path):
+    images = tmp_path / "images" / "Kiwi"
+    images.mkdir(parents=True)
+    (images / "a.jpg").write_bytes(noisy_jpeg())
+    output = tmp_path / "out.txt"
+    output.write_text("a file, not a folder")
+    done = fruits("run", "--images", str(images.parent), "--output", str(output),
+                  "--weights", "random", home=tmp_path / "home", timeout=300)  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[0] == f"error: Not a folder (a file is in the way): {output}"
 
 
 @pytest.mark.parametrize(

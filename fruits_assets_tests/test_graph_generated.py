@@ -6,8 +6,10 @@ import pandas as pd
 import pytest
 from dagster import DagsterInstance
 
+from fruits_assets import runner
+from fruits_assets.resources.ml_settings import ClassifierSettings
 from fruits_assets.storage import layout
-from fruits_assets_tests.helpers import materialize_graph
+from fruits_assets_tests.helpers import materialize_graph, settings
 from fruits_assets_tests.helpers import read_dataset as read_parquet
 from fruits_assets_tests.images import BAD_CLASS, EXPECTED, GOOD_CLASS, write_mixed_root
 
@@ -77,3 +79,26 @@ def test_random_weights_are_recorded(mixed_run):
     meta = mixed_run[3].metadata["mobilenet_features"]
     assert meta["weights"] == "random"
     assert len(meta["weights_sha256"]) == 64
+
+
+def test_classifier_cross_validates_only_when_classes_or_search_change(mixed_run):
+    """A rerun with the same classes refits with the L2 strength chosen before; asking for it
+    (or new classes) cross-validates again."""
+    root, output, _, _ = mixed_run
+    instance = DagsterInstance.ephemeral()
+    search = ClassifierSettings(reg_params=[1e-4, 1e-3], max_iter=50, cv_folds=2)
+
+    def rerun(classifier: ClassifierSettings) -> dict:
+        outcome = runner.materialize(
+            settings(root, output, "random"),
+            instance,
+            downstream_only=True,
+            resource_overrides={"classifier_settings": classifier},
+        )
+        assert outcome.ok, outcome.failures
+        return outcome.metadata["fruit_classifier"]
+
+    reused = rerun(search)
+    assert reused["cross_validated"] is False and reused["chosen_reg_param"] == 1e-4
+    forced = rerun(search.model_copy(update={"cross_validate": "always"}))
+    assert forced["cross_validated"] is True and len(forced["cv_accuracy"]) == 2

@@ -42,7 +42,9 @@ def test_real_graph_outputs(real_run):
     pca = outcome.metadata["pca_model"]
     assert pca["explained_variance"] >= 0.99 and 1 <= pca["k"] <= 449
     assert pca["num_rows"] == 450 and "Training split only" in pca["fit_on"]
-    assert Path(layout.scree_plot_path(output)).is_file()
+    model = read_parquet(layout.asset_dir(output, layout.PCA_MODEL))
+    assert len(model) == 1 and model.k[0] == pca["k"] and len(model.components[0]) == pca["k"]
+    assert model.scree_png[0].startswith(b"\x89PNG")
     parquet = read_parquet(layout.asset_dir(output, layout.PCA_FEATURES_PARQUET))
     csv = pd.read_csv(layout.csv_path(output))
     assert len(parquet) == len(csv) == 600

@@ -7,7 +7,7 @@ import pandas as pd
 
 from fruits_assets.definitions import build_definitions
 from fruits_assets.ml import demo_data
-from fruits_assets.partitions import FRUIT_CLASS_PARTITIONS_NAME
+from fruits_assets.partitions import FRUIT_CLASS_PARTITIONS_NAME, range_tags
 from fruits_assets.resources.storage import FruitsStorage
 from fruits_assets.sensors import fruit_class_sensor
 from fruits_assets.storage import layout
@@ -21,7 +21,8 @@ def test_definitions_hold_the_assets_and_the_sensor():
         "raw_images", "labeled_images", "mobilenet_features",
         "pca_model", "pca_features_parquet", "features_csv", "fruit_classifier",
     }  # fmt: skip
-    assert defs.resolve_sensor_def("fruit_class_sensor")
+    assert defs.resolve_sensor_def("fruit_class_sensor").default_status.value == "RUNNING"
+    assert defs.resolve_sensor_def("all_classes_follow")
 
 
 def test_sensor_registers_new_classes_and_drops_stale_ones(tmp_path):
@@ -36,7 +37,10 @@ def test_sensor_registers_new_classes_and_drops_stale_ones(tmp_path):
     added, deleted = result.dynamic_partitions_requests
     assert sorted(added.partition_keys) == ["Banana Demo", "Lime Demo", "Plum Demo"]
     assert deleted.partition_keys == ["Ghost"]
-    assert sorted(r.partition_key for r in result.run_requests) == sorted(added.partition_keys)
+    # One run for the batch: the new classes' range, every asset (the all-classes ones follow).
+    (run,) = result.run_requests
+    assert run.tags == range_tags("Banana Demo", "Plum Demo")
+    assert len(run.asset_selection) == 7
 
 
 def test_stale_partition_key_fails_clearly(tmp_path):

@@ -33,6 +33,7 @@ SERVING_AUDIT_ROWS = 200
 
 
 @dg.asset(
+    automation_condition=dg.AutomationCondition.eager(),
     deps=[pca_features_parquet],
     group_name="classifier",
     kinds={"spark", "sparkml"},
@@ -197,6 +198,7 @@ def fruit_classifier(
     confusion = plots.confusion_png(predicted, truth, label_names, worst)
     floor = settings.accuracy_floor
     yield from publish_or_fail(
+        context,
         datasets,
         staged=[Staged(layout.FRUIT_CLASSIFIER, staging, scored)],
         publications=[FilePublication(staged_file, predictor_path)],

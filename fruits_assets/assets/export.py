@@ -39,6 +39,7 @@ def read_csv_facts(uri: str) -> tuple[list[str], int, set[str]]:
 
 
 @dg.asset(
+    automation_condition=dg.AutomationCondition.eager(),
     deps=[pca_features_parquet],
     group_name="export",
     kinds={"spark", "csv"},
@@ -84,6 +85,7 @@ def features_csv(
     expected_header = ["path", "label", *(f"pca_feature_{i + 1}" for i in range(k))]
     target = layout.csv_path(storage.output)
     yield from publish_or_fail(
+        context,
         datasets,
         staged=[Staged(layout.FEATURES_CSV, staging, table)],
         publications=[FilePublication(part, target)],

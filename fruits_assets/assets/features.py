@@ -145,6 +145,7 @@ def mobilenet_features(
     if warning:
         metadata["WARNING"] = warning
     yield from publish_or_fail(
+        context,
         datasets,
         staged=[staged],
         publications=[Publication(layout.MOBILENET_FEATURES, staged.df, frozenset(labels))],

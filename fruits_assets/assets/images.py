@@ -96,6 +96,7 @@ def raw_images(
             partition_key=label,
         )
     yield from publish_or_fail(
+        context,
         datasets,
         staged=[],
         publications=[Publication(layout.RAW_IMAGES, listing, frozenset(labels))],
@@ -178,6 +179,7 @@ def labeled_images(
     n_accepted, n_rejected = sum(accepted_per_class.values()), sum(rejected_per_class.values())
     accepted = staged.df.where(F.col("reason").isNull()).drop("reason")
     yield from publish_or_fail(
+        context,
         datasets,
         staged=[staged],
         publications=[

@@ -60,6 +60,7 @@ class PcaModel:
 
 
 @dg.asset(
+    automation_condition=dg.AutomationCondition.eager(),
     deps=[mobilenet_features],
     group_name="pca",
     kinds={"spark", "sparkml"},
@@ -118,6 +119,7 @@ def pca_model(
         f"variance_at_k_{m}": float(cumulative[m - 1]) for m in (10, 50, 100, 200) if m <= k_max
     }
     yield from publish_or_fail(
+        context,
         datasets,
         staged=[staged],
         publications=[Publication(layout.PCA_MODEL, staged.df, partitioned=False)],
@@ -154,6 +156,7 @@ def pca_model(
 
 
 @dg.asset(
+    automation_condition=dg.AutomationCondition.eager(),
     deps=[pca_model, mobilenet_features],
     group_name="pca",
     kinds={"spark", "parquet"},
@@ -191,6 +194,7 @@ def pca_features_parquet(
     bad_length = sum(r["bad"] or 0 for r in collected)
     n_features = current.df.count()
     yield from publish_or_fail(
+        context,
         datasets,
         staged=[staged],
         publications=[Publication(layout.PCA_FEATURES_PARQUET, staged.df)],

@@ -7,6 +7,7 @@ from typing import Any
 import dagster as dg
 from pyspark.sql import DataFrame
 
+from fruits_assets import failpoints
 from fruits_assets.storage import files, filesystem
 from fruits_assets.storage.datasets import Datasets, Staged
 
@@ -45,6 +46,7 @@ def failed_error_checks(checks: list[dg.AssetCheckResult]) -> list[str]:
 
 
 def publish_or_fail(
+    context: dg.AssetExecutionContext,
     datasets: Datasets,
     staged: list[Staged],
     publications: list[Publication | FilePublication],
@@ -70,6 +72,7 @@ def publish_or_fail(
             + (f"; the new data is kept for inspection at {', '.join(kept)}" if kept else ""),
             metadata=where,
         )
+    failpoints.reached(context.asset_key.to_user_string(), datasets.output)
     versions = {}
     for publication in publications:
         if isinstance(publication, FilePublication):

@@ -227,6 +227,8 @@ def clean_staging(output_root: str, keep_run: str = "", keep_failed_days: float 
     week (for inspection) and `keep_run`'s own. Only the output root's lock holder calls it."""
     root = layout.staging_root(output_root)
     horizon = datetime.now(timezone.utc).timestamp() - keep_failed_days * 86400
+    for name in set(filesystem.list_names(root)) - set(filesystem.list_dirs(root)):
+        filesystem.delete_file(filesystem.join(root, name))
     for run_id in filesystem.list_dirs(root):
         if run_id == keep_run:
             continue

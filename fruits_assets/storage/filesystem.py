@@ -117,6 +117,11 @@ def total_size(uris: list[str]) -> int:
     return total
 
 
+def delete_file(uri: str) -> None:
+    loc = Location.of(uri)
+    loc.fs.delete_file(loc.path)
+
+
 def delete_dir(uri: str) -> None:
     loc = Location.of(uri)
     if loc.fs.get_file_info(loc.path).type == pafs.FileType.Directory:

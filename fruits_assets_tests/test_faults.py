@@ -1,0 +1,326 @@
+"""Nothing lost when things go wrong: real `fruits run` processes killed, out of disk, failing
+checks, concurrent writers, readers during a rerun, hostile file names and links.
+
+Each test starts from a published baseline (3 real classes x 10 photos) and compares every
+published output, by content, before and after.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pytest
+
+from fruits_assets.storage import layout
+from fruits_assets_tests.helpers import FRUITS, copy_classes, fruits, read_dataset
+
+pytestmark = pytest.mark.slow
+
+CLASSES = ["Banana 1", "Kiwi 1", "Lemon 1"]
+RERUN = "Kiwi 1"
+ASSETS = [
+    layout.RAW_IMAGES, layout.LABELED_IMAGES, layout.MOBILENET_FEATURES, layout.PCA_MODEL,
+    layout.PCA_FEATURES_PARQUET, layout.FEATURES_CSV, layout.FRUIT_CLASSIFIER,
+]  # fmt: skip
+TABLES = [
+    layout.RAW_IMAGES, layout.ACCEPTED_IMAGES, layout.REJECTED_IMAGES, layout.MOBILENET_FEATURES,
+    layout.PCA_MODEL, layout.PCA_FEATURES_PARQUET,
+]  # fmt: skip
+
+
+def _digest_frame(frame: pd.DataFrame) -> str:
+    digest = hashlib.sha256()
+    keys = [c for c in ("label", "path") if c in frame]
+    for row in frame.sort_values(keys).itertuples(index=False) if keys else frame.itertuples():
+        for value in row:
+            if isinstance(value, np.ndarray | list):
+                value = np.asarray(
+                    [np.asarray(v, dtype=np.float64) for v in value]
+                    if len(value) and isinstance(value[0], np.ndarray | list)
+                    else value
+                ).tobytes()
+            digest.update(repr(value).encode() if not isinstance(value, bytes) else value)
+    return digest.hexdigest()
+
+
+def snapshot(output: Path) -> dict[str, str]:
+    """Every published output of an output root, by content: what a reader sees."""
+    found = {}
+    for table in TABLES:
+        path = output / table
+        found[table] = _digest_frame(read_dataset(path)) if (path / "_delta_log").exists() else "-"
+    for name, path in (
+        ("features.csv", output / layout.FEATURES_CSV / layout.CSV_FILE_NAME),
+        ("predictor.npz", output / layout.FRUIT_CLASSIFIER / layout.PREDICTOR_FILE),
+    ):
+        found[name] = hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else "-"
+    return found
+
+
+def start(*args: str, home: Path, env: dict | None = None, log: Path) -> subprocess.Popen:
+    """`fruits` in its own process group (so a kill reaches its Spark JVM and Python workers)."""
+    full = {**os.environ, "DAGSTER_HOME": str(home), "HOME": str(home.parent), **(env or {})}
+    with log.open("w") as out:
+        return subprocess.Popen(
+            [FRUITS, *args], env=full, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+
+
+def wait_for(path: Path, process: subprocess.Popen, log: Path, timeout: float = 900) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if process.poll() is not None:
+            raise AssertionError(f"fruits ended ({process.returncode}) first:\n{log.read_text()}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} did not appear:\n{log.read_text()[-3000:]}")
+        time.sleep(0.2)
+
+
+def paused(output: Path, asset: str) -> Path:
+    return output / "_staging" / f"PAUSED-{asset}"
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory, fruits360, shared_weights):
+    """A published output root of 3 classes, and its snapshot."""
+    root = tmp_path_factory.mktemp("faults")
+    images = copy_classes(fruits360 / "Test", root / "images", CLASSES)
+    output = root / "out"
+    done = fruits("run", "--images", str(images), "--output", str(output),
+                  "--weights", str(shared_weights), home=root / "home")  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return images, output, snapshot(output), shared_weights
+
+
+@pytest.fixture
+def workspace(baseline, tmp_path, fruits360):
+    """A copy of the baseline (input root with one more photo of RERUN, output root)."""
+    images, output, before, weights = baseline
+    work_images = tmp_path / "images"
+    shutil.copytree(images, work_images)
+    extra = sorted((fruits360 / "Training" / RERUN).glob("*.jpg"))[0]
+    shutil.copy(extra, work_images / RERUN / "added.jpg")
+    work_output = tmp_path / "out"
+    shutil.copytree(output, work_output, symlinks=True)
+    assert snapshot(work_output) == before
+    return work_images, work_output, before, weights
+
+
+def run_args(images: Path, output: Path, weights: Path, *extra: str) -> list[str]:
+    return ["run", "--images", str(images), "--output", str(output), "--weights", str(weights),
+            *extra]  # fmt: skip
+
+
+@pytest.mark.parametrize("asset", ASSETS)
+def test_kill_at_each_write_of_a_class_rerun_publishes_nothing(workspace, tmp_path, asset):
+    """`kill -9` of the whole process group while an asset is about to publish: every published
+    output is still exactly the previous version; the next run completes and publishes."""
+    images, output, before, weights = workspace
+    home, log = tmp_path / "home", tmp_path / "killed.log"
+    run = start(*run_args(images, output, weights, "--classes", RERUN), home=home,
+                env={"FRUITS_FAILPOINT": f"{asset}:pause"}, log=log)  # fmt: skip
+    wait_for(paused(output, asset), run, log)
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait(timeout=60)
+    assert snapshot(output) == before
+
+    done = fruits(*run_args(images, output, weights, "--classes", RERUN), home=home)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "left unfinished by a process that is gone: marked FAILED" in done.stdout
+    after = snapshot(output)
+    assert after[layout.MOBILENET_FEATURES] != before[layout.MOBILENET_FEATURES]
+    assert (read_dataset(output / layout.MOBILENET_FEATURES).label == RERUN).sum() == 11
+    instance = dg.DagsterInstance.from_config(str(home))
+    statuses = [r.status for r in instance.get_runs()]
+    assert statuses.count(dg.DagsterRunStatus.FAILURE) == 1  # the killed one, no longer STARTED
+    assert dg.DagsterRunStatus.STARTED not in statuses
+    assert not [p for p in (output / "_staging").iterdir()], "staging left behind"
+
+
+@pytest.mark.parametrize("asset", [layout.MOBILENET_FEATURES, layout.PCA_FEATURES_PARQUET])
+def test_kill_during_a_full_run_publishes_nothing(workspace, tmp_path, asset):
+    images, output, before, weights = workspace
+    log = tmp_path / "killed.log"
+    run = start(*run_args(images, output, weights), home=tmp_path / "home",
+                env={"FRUITS_FAILPOINT": f"{asset}:pause"}, log=log)  # fmt: skip
+    wait_for(paused(output, asset), run, log)
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait(timeout=60)
+    assert snapshot(output) == before
+
+
+def test_readers_never_see_a_missing_empty_or_partial_version(workspace, tmp_path):
+    """While a class is rerun, readers (deltalake, Python's csv) see the old or the new version
+    of pca_features_parquet, features_csv and the rerun class's features: nothing in between."""
+    images, output, _, weights = workspace
+    seen: dict[str, set] = {"pca": set(), "csv": set(), "kiwi": set()}
+    problems: list[str] = []
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.is_set():
+            try:
+                pca = read_dataset(output / layout.PCA_FEATURES_PARQUET)
+                seen["pca"].add((len(pca), pca.label.nunique()))
+                kiwi = read_dataset(output / layout.MOBILENET_FEATURES)
+                seen["kiwi"].add(int((kiwi.label == RERUN).sum()))
+                with (output / layout.FEATURES_CSV / layout.CSV_FILE_NAME).open(newline="") as f:
+                    rows = list(csv.reader(f))
+                widths = {len(r) for r in rows[1:]}
+                seen["csv"].add((len(rows) - 1, len(widths), len(rows[0]) in widths))
+            except Exception as exc:  # a reader that fails is what this test is about
+                problems.append(f"{type(exc).__name__}: {exc}")
+            time.sleep(0.05)
+
+    reader = threading.Thread(target=poll)
+    reader.start()
+    try:
+        done = fruits(*run_args(images, output, weights, "--classes", RERUN),
+                      home=tmp_path / "home")  # fmt: skip
+    finally:
+        stop.set()
+        reader.join()
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert not problems, problems[:5]
+    assert seen["pca"] <= {(30, 3), (31, 3)} and (31, 3) in seen["pca"], seen["pca"]
+    assert seen["kiwi"] <= {10, 11}, seen["kiwi"]
+    assert seen["csv"] <= {(30, 1, True), (31, 1, True)}, seen["csv"]
+
+
+def test_a_failing_check_keeps_the_previous_version_and_the_failed_data(workspace, tmp_path):
+    """A class whose every file is rejected leaves pca_features_parquet without that class: its
+    label check fails, nothing downstream is published, the new rows are kept aside."""
+    images, output, before, weights = workspace
+    broken = images / "Broken 1"
+    broken.mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        (broken / name).write_bytes(b"not a photo")
+    done = fruits(*run_args(images, output, weights), home=tmp_path / "home")
+    assert done.returncode == 1
+    assert "check label_set_equals_discovered_classes failed, so nothing was published" in (
+        done.stdout
+    )
+    after = snapshot(output)
+    for name in (layout.PCA_FEATURES_PARQUET, "features.csv", "predictor.npz"):
+        assert after[name] == before[name], name
+    kept = [p.parent for p in (output / "_staging").rglob("_AUDIT_FAILED.json")]
+    assert len(kept) == 1 and kept[0].name == layout.PCA_FEATURES_PARQUET
+    assert str(kept[0]) in done.stdout
+    rows = pd.read_parquet(kept[0])
+    assert len(rows) == 31 and "Broken 1" not in set(rows.label.astype(str))
+
+
+def test_a_second_writer_is_refused_at_once_naming_the_first(workspace, tmp_path):
+    images, output, _, weights = workspace
+    log = tmp_path / "first.log"
+    first = start(*run_args(images, output, weights, "--classes", RERUN), home=tmp_path / "h1",
+                  env={"FRUITS_FAILPOINT": f"{layout.LABELED_IMAGES}:pause"}, log=log)  # fmt: skip
+    wait_for(paused(output, layout.LABELED_IMAGES), first, log)
+    second = fruits(*run_args(images, output, weights), home=tmp_path / "h2", timeout=300)
+    assert second.returncode == 1
+    first_line = second.stderr.strip().splitlines()[0]
+    assert first_line.startswith(f"error: Output root {output} is being written by run")
+    assert f"pid {first.pid}" in first_line
+    paused(output, layout.LABELED_IMAGES).unlink()  # let the first run go on
+    assert first.wait(timeout=900) == 0, log.read_text()[-3000:]
+    assert (read_dataset(output / layout.MOBILENET_FEATURES).label == RERUN).sum() == 11
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 96 MiB tmpfs, mounted for the test (root only)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)  # fmt: skip
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({made.stderr.strip()}): needs root")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_out_of_disk_says_so_first_and_loses_nothing(workspace, small_disk, tmp_path):
+    images, output, _, weights = workspace
+    disk_output = small_disk / "out"
+    shutil.copytree(output, disk_output, symlinks=True)
+    before = snapshot(disk_output)
+    home = tmp_path / "home"
+
+    # Full before the run: refused by the checks before anything is touched.
+    filler = small_disk / "filler"
+    subprocess.run(["fallocate", "-l", f"{_free(small_disk) - 2 * 2**20}", str(filler)], check=True)
+    refused = fruits(*run_args(images, disk_output, weights, "--classes", RERUN), home=home)
+    assert refused.returncode == 2
+    assert refused.stderr.startswith(f"error: No space left on device: {disk_output} has")
+    assert snapshot(disk_output) == before
+    filler.unlink()
+
+    # Full during the run: the disk fills while raw_images is about to publish.
+    log = tmp_path / "full.log"
+    run = start(*run_args(images, disk_output, weights, "--classes", RERUN), home=home,
+                env={"FRUITS_FAILPOINT": f"{layout.RAW_IMAGES}:pause"}, log=log)  # fmt: skip
+    wait_for(paused(disk_output, layout.RAW_IMAGES), run, log)
+    subprocess.run(["fallocate", "-l", f"{_free(small_disk) - 64 * 1024}", str(filler)], check=True)
+    paused(disk_output, layout.RAW_IMAGES).unlink()
+    assert run.wait(timeout=900) == 1
+    failures = log.read_text().split("FAILED:", 1)[1]
+    assert f"step raw_images failed: No space left on device: {disk_output}" in failures
+    filler.unlink()
+    assert snapshot(disk_output) == before
+    again = fruits(*run_args(images, disk_output, weights, "--classes", RERUN), home=home)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+
+
+def _free(path: Path) -> int:
+    return shutil.disk_usage(path).free
+
+
+def test_hostile_names_and_links_are_kept_exactly_or_reported(tmp_path, fruits360, shared_weights):
+    """Quotes, commas and newlines in a file name reach every output exactly; links are never
+    followed (a loop, a link out of the root); a class name too long for the layout is refused
+    with a reason; every file is accounted for."""
+    images = copy_classes(fruits360 / "Test", tmp_path / "images", ["Kiwi 1", "Lemon 1"])
+    photo = sorted((images / "Kiwi 1").glob("*.jpg"))[0]
+    hostile = images / "Kiwi 1" / 'a "quoted", name\nwith a line break.jpg'
+    shutil.copy(photo, hostile)
+    (images / "Kiwi 1" / "loop").symlink_to(images, target_is_directory=True)
+    outside = tmp_path / "outside.jpg"
+    shutil.copy(photo, outside)
+    (images / "Lemon 1" / "outside.jpg").symlink_to(outside)
+    long_class = images / ("Pomme " + "é" * 130)
+    long_class.mkdir()
+    shutil.copy(photo, long_class / "0.jpg")
+    output = tmp_path / "out"
+    done = fruits(*run_args(images, output, shared_weights, "--no-classifier"),
+                  home=tmp_path / "home")  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "images read:        31" in done.stdout  # 15 + 15 + the hostile name
+    assert "ignored files:      3" in done.stdout  # the loop, the outside link, the long class
+
+    features = read_dataset(output / layout.MOBILENET_FEATURES)
+    assert len(features) == 31 and str(hostile) in set(features.path)
+    csv_path = output / layout.FEATURES_CSV / layout.CSV_FILE_NAME
+    with csv_path.open(newline="") as handle:
+        rows = list(csv.reader(handle))[1:]
+    assert len(rows) == 31 and {r[0] for r in rows} == set(features.path)
+    assert len(pd.read_csv(csv_path)) == 31
+    from pyspark.sql import SparkSession
+
+    spark = SparkSession.builder.getOrCreate()
+    read_back = spark.read.option("header", True).option("multiLine", True).option(
+        "escape", '"'
+    ).csv(str(csv_path))
+    assert read_back.count() == 31
+    assert str(hostile) in {r["path"] for r in read_back.select("path").collect()}
