@@ -1,7 +1,7 @@
 """Nothing lost when things go wrong: real `fruits run` processes killed, out of disk, failing
 checks, concurrent writers, readers during a rerun, hostile file names and links.
 
-Each test starts from a published baseline (3 real classes x 10 photos) and compares every
+Each test starts from a published baseline (3 real classes x 15 photos) and compares every
 published output, by content, before and after.
 """
 
@@ -141,7 +141,7 @@ def test_kill_at_each_write_of_a_class_rerun_publishes_nothing(workspace, tmp_pa
     assert "left unfinished by a process that is gone: marked FAILED" in done.stdout
     after = snapshot(output)
     assert after[layout.MOBILENET_FEATURES] != before[layout.MOBILENET_FEATURES]
-    assert (read_dataset(output / layout.MOBILENET_FEATURES).label == RERUN).sum() == 11
+    assert (read_dataset(output / layout.MOBILENET_FEATURES).label == RERUN).sum() == 16
     instance = dg.DagsterInstance.from_config(str(home))
     statuses = [r.status for r in instance.get_runs()]
     assert statuses.count(dg.DagsterRunStatus.FAILURE) == 1  # the killed one, no longer STARTED
@@ -194,9 +194,9 @@ def test_readers_never_see_a_missing_empty_or_partial_version(workspace, tmp_pat
         reader.join()
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert not problems, problems[:5]
-    assert seen["pca"] <= {(30, 3), (31, 3)} and (31, 3) in seen["pca"], seen["pca"]
-    assert seen["kiwi"] <= {10, 11}, seen["kiwi"]
-    assert seen["csv"] <= {(30, 1, True), (31, 1, True)}, seen["csv"]
+    assert seen["pca"] <= {(45, 3), (46, 3)} and (46, 3) in seen["pca"], seen["pca"]
+    assert seen["kiwi"] <= {15, 16}, seen["kiwi"]
+    assert seen["csv"] <= {(45, 1, True), (46, 1, True)}, seen["csv"]
 
 
 def test_a_failing_check_keeps_the_previous_version_and_the_failed_data(workspace, tmp_path):
@@ -219,7 +219,7 @@ def test_a_failing_check_keeps_the_previous_version_and_the_failed_data(workspac
     assert len(kept) == 1 and kept[0].name == layout.PCA_FEATURES_PARQUET
     assert str(kept[0]) in done.stdout
     rows = pd.read_parquet(kept[0])
-    assert len(rows) == 31 and "Broken 1" not in set(rows.label.astype(str))
+    assert len(rows) == 46 and "Broken 1" not in set(rows.label.astype(str))
 
 
 def test_a_second_writer_is_refused_at_once_naming_the_first(workspace, tmp_path):
@@ -235,7 +235,7 @@ def test_a_second_writer_is_refused_at_once_naming_the_first(workspace, tmp_path
     assert f"pid {first.pid}" in first_line
     paused(output, layout.LABELED_IMAGES).unlink()  # let the first run go on
     assert first.wait(timeout=900) == 0, log.read_text()[-3000:]
-    assert (read_dataset(output / layout.MOBILENET_FEATURES).label == RERUN).sum() == 11
+    assert (read_dataset(output / layout.MOBILENET_FEATURES).label == RERUN).sum() == 16
 
 
 @pytest.fixture
