@@ -417,6 +417,7 @@ def test_operator_acts_only_on_tagged_clusters_and_documents_each_wildcard():
         assert f"`{action.split(':')[1]}`" in security, f"README: why {action} is on *"
     every = json.dumps(operator)
     assert "BlockPublicAccess" not in every and "ListClusters" not in every
+    assert "AddTags" not in every and "RemoveTags" not in every  # the tag cannot be moved
     admin = _rendered("account-admin")
     (statement,) = admin["Statement"]
     assert set(statement["Action"]) == {

@@ -26,20 +26,6 @@ READY_STATES = {"WAITING", "RUNNING"}
 ENDED_STATES = {"TERMINATED", "TERMINATED_WITH_ERRORS"}
 
 
-class _PrintLog:
-    """The `log` EmrJobRunner expects, printing to the terminal."""
-
-    def __init__(self, say: Say) -> None:
-        self.say = say
-
-    def info(self, msg: str) -> None:
-        self.say(msg)
-
-    debug = info
-    warning = info
-    error = info
-
-
 def ensure_private_bucket(s3: Any, bucket: str, region: str, say: Say) -> None:
     """Create the staging bucket if needed; always block public access and encrypt by default."""
     try:
@@ -148,8 +134,9 @@ def create(spec: ClusterSpec, say: Say = print, wait: bool = False, poll: float 
     say(f"uploaded bootstrap script to s3://{spec.staging_bucket}/{spec.bootstrap_key()}")
     certificates_uri = upload_certificates(s3, spec, say)
     configuration = ensure_security_configuration(emr, certificates_uri, say)
-    runner = EmrJobRunner(region=spec.region)
-    cluster_id = runner.run_job_flow(_PrintLog(say), spec.run_job_flow_request(configuration))
+    # boto3 itself, not EmrJobRunner.run_job_flow: that one tags the cluster again afterwards,
+    # which would need elasticmapreduce:AddTags for the operator.
+    cluster_id = emr.run_job_flow(**spec.run_job_flow_request(configuration))["JobFlowId"]
     say(
         f"cluster {cluster_id}: {spec.core_count + 1} x {spec.core_type}, {spec.release_label}, "
         f"terminates after {spec.idle_timeout_seconds} s idle; logs in {spec.log_uri}"
@@ -157,7 +144,7 @@ def create(spec: ClusterSpec, say: Say = print, wait: bool = False, poll: float 
     if not certificates_uri:
         say("warning: in-transit encryption is off (--no-in-transit-encryption)")
     if wait:
-        wait_for_state(runner, cluster_id, READY_STATES, say, poll)
+        wait_for_state(EmrJobRunner(region=spec.region), cluster_id, READY_STATES, say, poll)
     return cluster_id
 
 
