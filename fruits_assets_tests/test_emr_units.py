@@ -287,7 +287,11 @@ def test_no_events_object_yet_is_no_events():
         ("{not json", "not Dagster events JSON (Expecting property name"),
         (serialize_value({"events": []}), "a dict, not a list of events"),
         (serialize_value([_entry(run_id="another-run")]), "holds an event of run 'another-run'"),
-        (serialize_value([_entry(step_key="fruit_classifier")]), "of step 'fruit_classifier'"),
+        (serialize_value([_entry(step_key="fruit_classifier")]), "of step fruit_classifier."),
+        (
+            serialize_value([_entry()._replace(dagster_event=_entry(RUN_ID, "pca").dagster_event)]),
+            "holds an event of step pca.",
+        ),
         (
             serialize_value([_entry(event_type=DagsterEventType.RUN_SUCCESS)]),
             "holds a run event (DagsterEventType.RUN_SUCCESS)",
@@ -300,6 +304,7 @@ def test_no_events_object_yet_is_no_events():
         "not-a-list",
         "other-run",
         "other-step",
+        "other-step-inside",
         "run-event",
     ],
 )

@@ -255,8 +255,10 @@ def parse_events(body: bytes, run_id: str, step_key: str, source: str) -> list[E
         dagster_event = event.dagster_event
         if event.run_id != run_id:
             raise _rejected(step_key, source, f"holds an event of run {event.run_id!r}")
-        if event.step_key != step_key or (dagster_event and dagster_event.step_key != step_key):
-            raise _rejected(step_key, source, f"holds an event of step {event.step_key!r}")
+        other = {event.step_key, dagster_event.step_key if dagster_event else step_key}
+        if other != {step_key}:
+            named = sorted(str(key) for key in other - {step_key})
+            raise _rejected(step_key, source, f"holds an event of step {', '.join(named)}")
         if dagster_event and dagster_event.event_type in PIPELINE_EVENTS:
             raise _rejected(step_key, source, f"holds a run event ({dagster_event.event_type})")
     return events
