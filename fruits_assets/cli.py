@@ -264,25 +264,49 @@ def ui(args: argparse.Namespace) -> int:
 
 
 def cluster(args: argparse.Namespace) -> int:
-    """Create or terminate the EMR cluster of the spec, or print its bootstrap script."""
+    """Create or terminate the EMR cluster of the spec, print its bootstrap script or IAM
+    policies, or secure the account's EMR settings."""
     from fruits_assets.emr import bootstrap
     from fruits_assets.emr import cluster as emr_cluster
     from fruits_assets.emr.spec import ClusterSpec
 
-    if args.action == "terminate":
+    if args.action in ("terminate", "secure-account"):
+        region = args.region or ClusterSpec.load(args.spec, staging_bucket="-").region
+        if args.action == "secure-account":
+            emr_cluster.secure_account(region)
+            return EXIT_OK
         if not args.cluster_id:
             print("error: fruits cluster terminate CLUSTER_ID", file=sys.stderr)
             return EXIT_USAGE
-        region = args.region or ClusterSpec.load(args.spec, staging_bucket="-").region
         emr_cluster.terminate(args.cluster_id, region, wait=args.wait)
         return EXIT_OK
     try:
-        spec = ClusterSpec.load(args.spec, staging_bucket=args.staging_bucket, region=args.region)
+        spec = ClusterSpec.load(
+            args.spec,
+            staging_bucket=args.staging_bucket,
+            region=args.region,
+            tls_certificates=args.tls_certificates,
+            in_transit_encryption=False if args.no_in_transit_encryption else None,
+        )
+        if args.action == "create":
+            spec.check_encryption()
     except (OSError, ValueError, KeyError) as exc:
         print(f"error: cluster spec: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if args.action == "bootstrap":
         print(bootstrap.bootstrap_script(spec), end="")
+        return EXIT_OK
+    if args.action == "iam":
+        import json
+
+        from fruits_assets.emr.policies import render_all
+
+        needed = {"--account-id": args.account_id, "--data-bucket": args.data_bucket}
+        if not all(needed.values()):
+            print(f"error: fruits cluster iam needs {' and '.join(needed)}", file=sys.stderr)
+            return EXIT_USAGE
+        policies = render_all(spec, args.account_id, args.data_bucket, args.output_prefix)
+        print(json.dumps(policies, indent=2))
         return EXIT_OK
     cluster_id = emr_cluster.create(spec, wait=args.wait)
     print("\nto run the asset graph on it:")
@@ -331,12 +355,27 @@ def _parser() -> argparse.ArgumentParser:
     predict_parser.set_defaults(func=predict)
 
     cluster_parser = commands.add_parser("cluster", help="create or terminate the EMR cluster")
-    cluster_parser.add_argument("action", choices=["create", "terminate", "bootstrap"])
+    cluster_parser.add_argument(
+        "action", choices=["create", "terminate", "bootstrap", "iam", "secure-account"]
+    )
     cluster_parser.add_argument("cluster_id", nargs="?", help="for terminate: j-XXXXXXXX")
     cluster_parser.add_argument("--spec", help="cluster spec TOML (default: the packaged one)")
     cluster_parser.add_argument("--staging-bucket", help="private S3 bucket for steps and logs")
     cluster_parser.add_argument("--region", help="AWS region (default: the spec's, eu-west-3)")
     cluster_parser.add_argument("--wait", action="store_true", help="wait until ready / ended")
+    cluster_parser.add_argument(
+        "--tls-certificates", help="create: zip of the PEM files for TLS between nodes"
+    )
+    cluster_parser.add_argument(
+        "--no-in-transit-encryption",
+        action="store_true",
+        help="create: without TLS between nodes (no certificates; not recommended)",
+    )
+    cluster_parser.add_argument("--account-id", help="iam: your AWS account id")
+    cluster_parser.add_argument("--data-bucket", help="iam: the bucket of images and outputs")
+    cluster_parser.add_argument(
+        "--output-prefix", default="fruits_output", help="iam: the output root's key prefix"
+    )
     cluster_parser.set_defaults(func=cluster)
 
     restore_parser = commands.add_parser(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -13,18 +14,19 @@ from pathlib import Path
 import boto3
 import dagster as dg
 import pandas as pd
-import pyarrow.dataset as ds
 import pytest
 
 from fruits_assets import cli
 from fruits_assets.emr import cluster as emr_cluster
+from fruits_assets.emr import policies
 from fruits_assets.emr.bootstrap import pinned_requirements
-from fruits_assets.emr.spec import SECURITY_CONFIGURATION, ClusterSpec
+from fruits_assets.emr.spec import MANAGED_TAG, ClusterSpec
 from fruits_assets.resources.spark import s3a_jars
 from fruits_assets.settings import FruitsSettings
 from fruits_assets.storage import filesystem, layout
 from fruits_assets_tests.emr_emulator import EmulatedEmr, start_moto
 from fruits_assets_tests.helpers import FRUITS
+from fruits_assets_tests.test_emr_units import _allowed, _certificates
 
 REGION = "eu-west-3"
 DATA_BUCKET, STAGING_BUCKET = "fruits-data", "fruits-staging"
@@ -72,13 +74,17 @@ def cloud(tmp_path_factory, fruits360, shared_weights):
         s3.upload_file(str(shared_weights), DATA_BUCKET, WEIGHTS.split("/", 3)[3])
 
         sent: dict = {}
+        emr_calls: list[str] = []
         session = boto3._get_default_session()
         session.events.register(
             "provide-client-params.emr.RunJobFlow", lambda params, **_: sent.update(params)
         )
+        session.events.register("before-call.emr", lambda model, **_: emr_calls.append(model.name))
         said: list[str] = []
-        spec = ClusterSpec.load(staging_bucket=STAGING_BUCKET)
+        certificates = _certificates(tmp_path_factory.mktemp("tls") / "fruits-tls.zip")
+        spec = ClusterSpec.load(staging_bucket=STAGING_BUCKET, tls_certificates=str(certificates))
         cluster_id = emr_cluster.create(spec, say=said.append)
+        create_calls = list(emr_calls)
         os.environ.update(
             FRUITS_ENV="emr",
             FRUITS_EMR_CLUSTER_ID=cluster_id,
@@ -89,7 +95,15 @@ def cloud(tmp_path_factory, fruits360, shared_weights):
             FRUITS_CLASSIFIER_MAX_ITER="30",
         )
         with EmulatedEmr(REGION) as emr:
-            yield {"spec": spec, "cluster_id": cluster_id, "sent": sent, "said": said, "emr": emr}
+            yield {
+                "spec": spec,
+                "cluster_id": cluster_id,
+                "sent": sent,
+                "said": said,
+                "emr": emr,
+                "create_calls": create_calls,
+                "certificates": certificates,
+            }
     finally:
         server.stop()
         os.environ.clear()
@@ -104,10 +118,12 @@ def run_fruits(*args: str) -> tuple[int, str]:
 
 
 def read_parquet(uri: str) -> pd.DataFrame:
-    loc = filesystem.Location.of(uri)
-    table = ds.dataset(loc.path, filesystem=loc.fs, format="parquet", partitioning="hive")
-    frame = table.to_table().to_pandas()
-    return frame.assign(label=frame.label.astype(str))
+    """A published Delta table in moto's S3, read as users read it (the `deltalake` package)."""
+    from deltalake import DeltaTable
+
+    options = {"AWS_ALLOW_HTTP": "true", "AWS_REGION": os.environ.get("AWS_REGION", REGION)}
+    table = DeltaTable(uri, storage_options=options).to_pandas()
+    return table.assign(label=table.label.astype(str)) if "label" in table else table
 
 
 def test_cluster_create_sends_a_private_self_terminating_cluster(cloud):
@@ -118,22 +134,32 @@ def test_cluster_create_sends_a_private_self_terminating_cluster(cloud):
     groups = {g["InstanceRole"]: g for g in sent["Instances"]["InstanceGroups"]}
     assert groups["MASTER"]["InstanceCount"] == 1 and groups["CORE"]["InstanceCount"] == 2
     assert {g["InstanceType"] for g in groups.values()} == {"m5.xlarge"}
-    # No security group of ours, hence no port 22 rule; and EMR's block public access allows none.
+    # No security group of ours, hence no port 22 rule; no account-wide setting touched.
     assert not any("SecurityGroup" in key for key in sent["Instances"])
+    assert not [c for c in cloud["create_calls"] if "BlockPublicAccess" in c], cloud["create_calls"]
+    assert {"Key": MANAGED_TAG[0], "Value": MANAGED_TAG[1]} in sent["Tags"]
     emr = boto3.client("emr", region_name=REGION)
-    blocked = emr.get_block_public_access_configuration()["BlockPublicAccessConfiguration"]
-    assert blocked["BlockPublicSecurityGroupRules"] is True
-    assert not blocked.get("PermittedPublicSecurityGroupRuleRanges")
-    assert sent["SecurityConfiguration"] == SECURITY_CONFIGURATION
-    security = json.loads(
-        emr.describe_security_configuration(Name=SECURITY_CONFIGURATION)["SecurityConfiguration"]
-    )["EncryptionConfiguration"]
+    tags = emr.describe_cluster(ClusterId=cloud["cluster_id"])["Cluster"]["Tags"]
+    assert {"Key": MANAGED_TAG[0], "Value": MANAGED_TAG[1]} in tags
+    name = sent["SecurityConfiguration"]
+    security = json.loads(emr.describe_security_configuration(Name=name)["SecurityConfiguration"])[
+        "EncryptionConfiguration"
+    ]
     assert security["EnableAtRestEncryption"] is True
     assert security["AtRestEncryptionConfiguration"]["S3EncryptionConfiguration"] == {
         "EncryptionMode": "SSE-S3"
     }
-    # The staging bucket carries pickles: private and encrypted.
+    # TLS between nodes, with the certificates zip staged where only the operator writes.
+    assert security["EnableInTransitEncryption"] is True
+    tls = security["InTransitEncryptionConfiguration"]["TLSCertificateConfiguration"]
+    assert tls["CertificateProviderType"] == "PEM"
+    bucket, key = tls["S3Object"][len("s3://") :].split("/", 1)
+    assert bucket == STAGING_BUCKET and key.startswith(spec.layout.tls + "/")
     s3 = boto3.client("s3", region_name=REGION)
+    staged = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    assert staged == cloud["certificates"].read_bytes()
+    assert any("TLS in transit" in line for line in cloud["said"])
+    # The staging bucket carries pickles: private and encrypted.
     block = s3.get_public_access_block(Bucket=STAGING_BUCKET)["PublicAccessBlockConfiguration"]
     assert all(block.values())
     rules = s3.get_bucket_encryption(Bucket=STAGING_BUCKET)["ServerSideEncryptionConfiguration"]
@@ -150,6 +176,25 @@ def test_cluster_create_sends_a_private_self_terminating_cluster(cloud):
     assert exports["PYSPARK_PYTHON"] == f"{spec.venv}/bin/python"
     listed = emr.list_bootstrap_actions(ClusterId=cloud["cluster_id"])["BootstrapActions"]
     assert listed[0]["ScriptPath"] == action
+
+
+def test_secure_account_alone_sets_block_public_access_and_says_what_changed(cloud, capsys):
+    emr = boto3.client("emr", region_name=REGION)
+    # A new account's default: public rules blocked, except port 22.
+    emr.put_block_public_access_configuration(
+        BlockPublicAccessConfiguration={
+            "BlockPublicSecurityGroupRules": True,
+            "PermittedPublicSecurityGroupRuleRanges": [{"MinRange": 22, "MaxRange": 22}],
+        }
+    )
+    assert cli.main(["cluster", "secure-account", "--region", REGION]) == 0
+    out = capsys.readouterr().out
+    assert "permitted public rules on ports 22" in out and "now blocks every public port" in out
+    blocked = emr.get_block_public_access_configuration()["BlockPublicAccessConfiguration"]
+    assert blocked["BlockPublicSecurityGroupRules"] is True
+    assert not blocked.get("PermittedPublicSecurityGroupRuleRanges")
+    assert cli.main(["cluster", "secure-account", "--region", REGION]) == 0
+    assert "already blocks every public port: no change" in capsys.readouterr().out
 
 
 def test_whole_graph_materializes_through_emr_steps(cloud):
@@ -188,9 +233,33 @@ def test_whole_graph_materializes_through_emr_steps(cloud):
     csv = pd.read_csv(filesystem.Location.of(layout.csv_path(OUTPUT)).fs.open_input_file(
         filesystem.Location.of(layout.csv_path(OUTPUT)).path))  # fmt: skip
     assert len(csv) == len(features) and csv.shape[1] == k + 2  # path, label, pca_feature_1..k
-    assert filesystem.exists(filesystem.join(layout.pca_model_dir(OUTPUT), "metadata"))
+    assert len(read_parquet(layout.asset_dir(OUTPUT, layout.PCA_MODEL))) == 1
     rejected = read_parquet(layout.rejected_images_dir(OUTPUT))
     assert list(rejected.path.str.rsplit("/", n=1).str[-1]) == ["broken.jpg"]
+
+
+def test_steps_events_and_operator_files_lie_apart_as_the_policies_say(cloud):
+    spec: ClusterSpec = cloud["spec"]
+    staging = spec.layout
+    s3 = boto3.client("s3", region_name=REGION)
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=STAGING_BUCKET)
+    keys = [item["Key"] for page in pages for item in page.get("Contents", [])]
+    events = [k for k in keys if k.startswith(staging.events + "/")]
+    assert len(events) == len(ASSETS) and all(k.endswith("/events.json") for k in events)
+    for key in events:  # Dagster's JSON, written by the step main: no pickle
+        body = s3.get_object(Bucket=STAGING_BUCKET, Key=key)["Body"].read().decode("utf-8")
+        assert json.loads(body)[0]["__class__"] == "EventLogEntry"
+    assert not [k for k in keys if k.endswith(".pkl") and not k.startswith(staging.steps + "/")]
+    nodes = policies.render(
+        "nodes", policies.placeholders(spec, "123456789012", DATA_BUCKET, "fruits_output")
+    )
+    for key in keys:
+        arn = f"arn:aws:s3:::{STAGING_BUCKET}/{key}"
+        node_written = key.startswith((staging.events + "/", spec.log_prefix + "/"))
+        assert _allowed(nodes, "s3:PutObject", arn) is node_written, key
+        if not node_written:  # steps/, bootstrap/, tls/: the operator's, read by the nodes
+            assert key.startswith((staging.steps, staging.bootstrap, staging.tls)), key
+            assert _allowed(nodes, "s3:GetObject", arn), key
 
 
 def test_one_class_reruns_through_the_step_launcher(cloud):
@@ -204,6 +273,25 @@ def test_one_class_reruns_through_the_step_launcher(cloud):
     run = dg.DagsterInstance.get().get_runs(limit=1)[0]
     assert run.tags["dagster/asset_partition_range_start"] == "Kiwi 1"
     assert run.status == dg.DagsterRunStatus.SUCCESS
+
+
+def test_a_step_that_dies_mid_write_leaves_the_published_outputs(cloud, monkeypatch):
+    """A step killed on its node while its audited data is about to be published: every
+    published S3 output is exactly what it was."""
+    tables = [layout.MOBILENET_FEATURES, layout.PCA_FEATURES_PARQUET, layout.PCA_MODEL]
+    before = {t: read_parquet(layout.asset_dir(OUTPUT, t)) for t in tables}
+    csv_before = filesystem.read_bytes(layout.csv_path(OUTPUT))
+    monkeypatch.setenv("FRUITS_FAILPOINT", f"{layout.MOBILENET_FEATURES}:exit")
+    code, out = run_fruits("--weights", WEIGHTS, "--classes", "Kiwi 1")
+    assert code == 1 and "step mobilenet_features failed" in out, out
+    for table in tables:
+        after = read_parquet(layout.asset_dir(OUTPUT, table))
+        key = ["path"] if "path" in after else ["k"]
+        pd.testing.assert_frame_equal(
+            after.sort_values(key).reset_index(drop=True),
+            before[table].sort_values(key).reset_index(drop=True),
+        )
+    assert filesystem.read_bytes(layout.csv_path(OUTPUT)) == csv_before
 
 
 def test_a_failing_step_fails_the_run_with_the_driver_error(cloud):
@@ -237,6 +325,41 @@ def test_a_crashing_driver_fails_the_step_with_its_stderr(cloud, tmp_path):
     run = dg.DagsterInstance.get().get_runs(limit=1)[0]
     logs = [e.user_message for e in dg.DagsterInstance.get().all_logs(run.run_id)]
     assert any("Spark driver output (tail)" in m and "boom" in m for m in logs)
+
+
+def test_a_step_leaving_a_pickle_as_its_events_fails_and_runs_nothing_here(cloud, tmp_path):
+    marker = tmp_path / "code-ran-on-the-operator"
+    evil = tmp_path / "evil_main.py"
+    # What a compromised dependency on a node could do: a pickle where the launcher reads.
+    evil.write_text(
+        "import os, pickle, posixpath, sys\n"
+        "import boto3\n"
+        "class Exploit:\n"
+        "    def __reduce__(self):\n"
+        f"        return (os.system, ({f'touch {shlex.quote(str(marker))}'!r},))\n"
+        "bucket, ref_key, events_key = sys.argv[1:4]\n"
+        "ref_dir = posixpath.dirname(ref_key)\n"
+        "for key in (events_key, ref_dir + '/events.pkl'):\n"
+        "    boto3.client('s3').put_object(Bucket=bucket, Key=key, Body=pickle.dumps(Exploit()))\n"
+    )
+    program = (
+        "import sys\n"
+        "from fruits_assets.emr.launcher import FruitsEmrStepLauncher\n"
+        f"FruitsEmrStepLauncher._main_file_local_path = lambda self: {str(evil)!r}\n"
+        "from fruits_assets.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    args = ["run", "--images", IMAGES, "--output", OUTPUT, "--weights", WEIGHTS,
+            "--classes", "Banana 1"]  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", program, *args], capture_output=True, text=True, timeout=900
+    )
+    out = done.stdout + done.stderr[-5000:]
+    assert cloud["emr"].runs[-1].returncode == 0, cloud["emr"].runs[-1].stderr[-3000:]
+    assert done.returncode == 1, out
+    assert "step raw_images: rejected the events object" in out, out
+    assert "not Dagster events JSON" in out
+    assert not marker.exists()
 
 
 def test_step_logs_land_where_emr_puts_them(cloud):

@@ -1,10 +1,13 @@
-"""`fruits cluster create|terminate`: a private, encrypted, self-terminating EMR cluster."""
+"""`fruits cluster create|terminate|secure-account`: a private, encrypted, self-terminating EMR
+cluster, and the one account-wide setting it relies on."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -12,25 +15,15 @@ from botocore.exceptions import ClientError
 from dagster_aws.emr import EmrJobRunner
 
 from fruits_assets.emr import bootstrap
-from fruits_assets.emr.spec import SECURITY_CONFIGURATION, ClusterSpec, security_configuration
+from fruits_assets.emr.spec import (
+    ClusterSpec,
+    security_configuration,
+    security_configuration_name,
+)
 
 Say = Callable[[str], None]
 READY_STATES = {"WAITING", "RUNNING"}
 ENDED_STATES = {"TERMINATED", "TERMINATED_WITH_ERRORS"}
-
-
-class _PrintLog:
-    """The `log` EmrJobRunner expects, printing to the terminal."""
-
-    def __init__(self, say: Say) -> None:
-        self.say = say
-
-    def info(self, msg: str) -> None:
-        self.say(msg)
-
-    debug = info
-    warning = info
-    error = info
 
 
 def ensure_private_bucket(s3: Any, bucket: str, region: str, say: Say) -> None:
@@ -61,23 +54,56 @@ def ensure_private_bucket(s3: Any, bucket: str, region: str, say: Say) -> None:
     )
 
 
-def ensure_security_configuration(emr: Any, say: Say) -> None:
+def upload_certificates(s3: Any, spec: ClusterSpec, say: Say) -> str | None:
+    """Stage the TLS certificates zip where only the operator writes; returns its s3:// URI."""
+    if not spec.in_transit_encryption:
+        return None
+    body = Path(spec.tls_certificates).read_bytes()
+    key = spec.layout.tls_key(hashlib.sha256(body).hexdigest()[:16])
+    s3.put_object(Bucket=spec.staging_bucket, Key=key, Body=body)
+    say(f"uploaded TLS certificates {spec.tls_certificates} to s3://{spec.staging_bucket}/{key}")
+    return f"s3://{spec.staging_bucket}/{key}"
+
+
+def ensure_security_configuration(emr: Any, certificates_uri: str | None, say: Say) -> str:
+    """The security configuration for these settings (created once, named by content)."""
+    configuration = security_configuration(certificates_uri)
+    name = security_configuration_name(configuration)
     try:
-        emr.describe_security_configuration(Name=SECURITY_CONFIGURATION)
+        emr.describe_security_configuration(Name=name)
     except ClientError:
         emr.create_security_configuration(
-            Name=SECURITY_CONFIGURATION,
-            SecurityConfiguration=json.dumps(security_configuration()),
+            Name=name, SecurityConfiguration=json.dumps(configuration)
         )
-        say(f"created EMR security configuration {SECURITY_CONFIGURATION} (S3 SSE at rest)")
+        transit = "TLS in transit" if certificates_uri else "NO encryption in transit"
+        say(f"created EMR security configuration {name} (S3 SSE at rest, {transit})")
+    return name
 
 
-def block_public_ingress(emr: Any, say: Say) -> None:
-    """EMR's block public access, with no exception: not even port 22 faces the internet."""
+def _ranges(permitted: list[dict[str, int]]) -> str:
+    return ", ".join(
+        str(r["MinRange"]) if r["MinRange"] == r.get("MaxRange", r["MinRange"])
+        else f"{r['MinRange']}-{r['MaxRange']}"
+        for r in permitted
+    )  # fmt: skip
+
+
+def secure_account(region: str, say: Say = print) -> bool:
+    """EMR's block public access, with no exception: not even port 22 faces the internet.
+
+    An account-and-region setting, so a command of its own for whoever administers the account
+    (`fruits cluster secure-account`); returns whether it changed anything.
+    """
+    emr = boto3.client("emr", region_name=region)
     current = emr.get_block_public_access_configuration()["BlockPublicAccessConfiguration"]
     permitted = current.get("PermittedPublicSecurityGroupRuleRanges") or []
     if current.get("BlockPublicSecurityGroupRules") and not permitted:
-        return
+        say(f"EMR block public access in {region} already blocks every public port: no change")
+        return False
+    if not current.get("BlockPublicSecurityGroupRules"):
+        before = "was off (any port could face the internet)"
+    else:
+        before = f"permitted public rules on ports {_ranges(permitted)}"
     emr.put_block_public_access_configuration(
         BlockPublicAccessConfiguration={
             "BlockPublicSecurityGroupRules": True,
@@ -85,13 +111,18 @@ def block_public_ingress(emr: Any, say: Say) -> None:
         }
     )
     say(
-        "EMR block public access (this account, this region) now blocks every public port; "
-        f"it permitted {permitted or 'all'} before. Reach nodes through SSM, not SSH."
+        f"EMR block public access in {region} (this whole account and region): {before}; it "
+        "now blocks every public port, no exception. Reach nodes through SSM, not SSH."
     )
+    return True
 
 
 def create(spec: ClusterSpec, say: Say = print, wait: bool = False, poll: float = 30.0) -> str:
-    """Stage the bootstrap script, then start the cluster; returns its id."""
+    """Stage the bootstrap script (and certificates), then start the tagged cluster; its id.
+
+    Raises ValueError, before any AWS call, when in-transit encryption lacks certificates.
+    """
+    spec.check_encryption()
     s3 = boto3.client("s3", region_name=spec.region)
     emr = boto3.client("emr", region_name=spec.region)
     ensure_private_bucket(s3, spec.staging_bucket, spec.region, say)
@@ -101,16 +132,19 @@ def create(spec: ClusterSpec, say: Say = print, wait: bool = False, poll: float 
         Body=bootstrap.bootstrap_script(spec).encode(),
     )
     say(f"uploaded bootstrap script to s3://{spec.staging_bucket}/{spec.bootstrap_key()}")
-    ensure_security_configuration(emr, say)
-    block_public_ingress(emr, say)
-    runner = EmrJobRunner(region=spec.region)
-    cluster_id = runner.run_job_flow(_PrintLog(say), spec.run_job_flow_request())
+    certificates_uri = upload_certificates(s3, spec, say)
+    configuration = ensure_security_configuration(emr, certificates_uri, say)
+    # boto3 itself, not EmrJobRunner.run_job_flow: that one tags the cluster again afterwards,
+    # which would need elasticmapreduce:AddTags for the operator.
+    cluster_id = emr.run_job_flow(**spec.run_job_flow_request(configuration))["JobFlowId"]
     say(
         f"cluster {cluster_id}: {spec.core_count + 1} x {spec.core_type}, {spec.release_label}, "
         f"terminates after {spec.idle_timeout_seconds} s idle; logs in {spec.log_uri}"
     )
+    if not certificates_uri:
+        say("warning: in-transit encryption is off (--no-in-transit-encryption)")
     if wait:
-        wait_for_state(runner, cluster_id, READY_STATES, say, poll)
+        wait_for_state(EmrJobRunner(region=spec.region), cluster_id, READY_STATES, say, poll)
     return cluster_id
 
 

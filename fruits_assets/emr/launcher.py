@@ -1,4 +1,8 @@
-"""The EMR step launcher: dagster-aws's, plus the settings, partitions and cost of each step."""
+"""The EMR step launcher: dagster-aws's, plus the settings, partitions and cost of each step.
+
+Events come back as Dagster's JSON serialization, never as a pickle: whatever runs on a node can
+write its step's events object, and reading it must not run code here.
+"""
 
 from __future__ import annotations
 
@@ -18,20 +22,28 @@ from typing import Any
 import boto3
 import dagster as dg
 from botocore.exceptions import ClientError
+
+# Private Dagster API, as a step launcher needs it: interrupts while polling, the event types,
+# the step reference, the event log entry and Dagster's own (whitelist-based) deserializer.
 from dagster._core.errors import raise_execution_interrupts
-from dagster._core.events import DagsterEvent, DagsterEventType
+from dagster._core.events import PIPELINE_EVENTS, DagsterEvent, DagsterEventType
+from dagster._core.events.log import EventLogEntry
 from dagster._core.execution.plan.external_step import (
     PICKLED_STEP_RUN_REF_FILE_NAME,
     step_context_to_step_run_ref,
 )
+from dagster._serdes import deserialize_value
 from dagster_aws.emr import EmrError
 from dagster_aws.emr.pyspark_step_launcher import CODE_ZIP_NAME, EmrPySparkStepLauncher
 
 from fruits_assets.emr import step_main
 from fruits_assets.emr.pricing import ClusterPrice
+from fruits_assets.emr.spec import StagingLayout
 from fruits_assets.partitions import FRUIT_CLASS_PARTITIONS_NAME, PARTITION_RANGE_START_TAG
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # fruits_assets/
+# A step's events are a few MB at most; a larger object is not ours.
+MAX_EVENTS_BYTES = 64 * 1024 * 1024
 SPARK_LOG_LINE = re.compile(r"^\d{2}/\d{2}/\d{2} \d{2}:\d{2}:\d{2} (TRACE|DEBUG|INFO|WARN) ")
 # Dagster marks step launchers as superseded by Pipes; the design card asks for this one.
 warnings.filterwarnings("ignore", message=".*StepLauncher.*", category=Warning)
@@ -70,9 +82,43 @@ class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
         self.poll_seconds = poll_seconds
         self.log_wait_seconds = log_wait_seconds
         self.price = price
+        self.layout = StagingLayout(staging_prefix.strip("/"))
 
     def _main_file_local_path(self) -> str:
         return step_main.__file__
+
+    def _artifact_s3_key(self, run_id: str, step_key: str, filename: str) -> str:
+        """Where the operator stages a step's files: read-only to the nodes."""
+        name = os.path.basename(filename)
+        return self.layout.step_key(run_id, self._sanitize_step_key(step_key), name)
+
+    def _events_s3_key(self, run_id: str, step_key: str) -> str:
+        """The one object a step's driver writes."""
+        return self.layout.events_key(run_id, self._sanitize_step_key(step_key))
+
+    def _get_emr_step_def(self, run_id: str, step_key: str, solid_name: str) -> dict[str, Any]:
+        """dagster-aws's spark-submit step; the events key is the step main's third argument."""
+        step_def = super()._get_emr_step_def(run_id, step_key, solid_name)
+        step_def["HadoopJarStep"]["Args"].append(self._events_s3_key(run_id, step_key))
+        return step_def
+
+    def read_events(self, s3, run_id: str, step_key: str) -> list[EventLogEntry]:  # noqa: ANN001
+        """The step's events so far, from its JSON events object (none yet: an empty list).
+
+        Replaces dagster-aws's reader, which unpickles what the node wrote. Anything that is not
+        this step's Dagster events fails the step; nothing in it is executed.
+        """
+        key = self._events_s3_key(run_id, step_key)
+        try:
+            found = s3.Object(self.staging_bucket, key).get()
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in ("NoSuchKey", "404"):
+                return []
+            raise
+        source = f"s3://{self.staging_bucket}/{key}"
+        if found["ContentLength"] > MAX_EVENTS_BYTES:
+            raise _rejected(step_key, source, f"{found['ContentLength']} bytes, over the limit")
+        return parse_events(found["Body"].read(), run_id, step_key, source)
 
     def _post_artifacts(self, log, step_run_ref, run_id, step_key) -> None:  # noqa: ANN001
         """Upload the step main, this package (only it, as code.zip) and the step reference."""
@@ -186,6 +232,39 @@ class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
                 if time.monotonic() > deadline:
                     return None
                 time.sleep(min(10.0, self.poll_seconds))
+
+
+def parse_events(body: bytes, run_id: str, step_key: str, source: str) -> list[EventLogEntry]:
+    """A step's events, checked: Dagster JSON, of this run and step, no run-level event."""
+    try:
+        # Dagster's JSON serialization builds only whitelisted record classes: no code runs.
+        events = deserialize_value(body.decode("utf-8"))
+    except Exception as exc:  # noqa: BLE001 - whatever a node wrote: a failed step, nothing more
+        cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise _rejected(step_key, source, f"not Dagster events JSON ({cause[:200]})") from None
+    if not isinstance(events, list):
+        raise _rejected(step_key, source, f"a {type(events).__name__}, not a list of events")
+    for event in events:
+        if not isinstance(event, EventLogEntry):
+            raise _rejected(step_key, source, f"holds a {type(event).__name__}, not an event")
+        dagster_event = event.dagster_event
+        if event.run_id != run_id:
+            raise _rejected(step_key, source, f"holds an event of run {event.run_id!r}")
+        other = {event.step_key, dagster_event.step_key if dagster_event else step_key}
+        if other != {step_key}:
+            named = sorted(str(key) for key in other - {step_key})
+            raise _rejected(step_key, source, f"holds an event of step {', '.join(named)}")
+        if dagster_event and dagster_event.event_type in PIPELINE_EVENTS:
+            raise _rejected(step_key, source, f"holds a run event ({dagster_event.event_type})")
+    return events
+
+
+def _rejected(step_key: str, source: str, cause: str) -> dg.Failure:
+    return dg.Failure(
+        description=f"step {step_key}: rejected the events object {source}: {cause}. Nothing in "
+        "it was executed here; whatever wrote it ran on the cluster, with the nodes' role.",
+        metadata={"events_object": source},
+    )
 
 
 def _error_tail(stderr: str, lines: int = 40) -> str:

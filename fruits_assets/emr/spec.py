@@ -1,8 +1,11 @@
-"""The cluster spec (cluster_spec.toml) and the RunJobFlow request built from it."""
+"""The cluster spec (cluster_spec.toml), the staging bucket's layout and the RunJobFlow request."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
+import zipfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -10,7 +13,61 @@ from typing import Any
 
 import tomllib
 
-SECURITY_CONFIGURATION = "fruits-assets-s3-encryption"
+# Set by `fruits cluster create`; the operator's IAM policy allows cluster actions only with it.
+MANAGED_TAG = ("fruits-assets:managed", "true")
+# The three PEM files EMR expects in the zip of a PEM certificate provider.
+TLS_PEM_FILES = ("privateKey.pem", "certificateChain.pem", "trustedCertificates.pem")
+
+
+@dataclass(frozen=True)
+class StagingLayout:
+    """Who writes where in the staging bucket: separate prefixes, so that IAM tells them apart.
+
+    The operator writes `steps/` (step main, code, step references, step context), `bootstrap/`
+    and `tls/`; nodes only read them. Nodes write `events/` (one JSON object per step) and the
+    EMR log prefix, which lies outside `prefix`.
+    """
+
+    prefix: str
+
+    @property
+    def steps(self) -> str:
+        return f"{self.prefix}/steps"
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}/events"
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.prefix}/bootstrap"
+
+    @property
+    def tls(self) -> str:
+        return f"{self.prefix}/tls"
+
+    def step_key(self, run_id: str, step_key: str, filename: str) -> str:
+        """An operator-written artifact of one step."""
+        return f"{self.steps}/{run_id}/{step_key}/{filename}"
+
+    def events_key(self, run_id: str, step_key: str) -> str:
+        """The one object a step's driver writes: its events, as Dagster's JSON serialization."""
+        return f"{self.events}/{run_id}/{step_key}/events.json"
+
+    def bootstrap_key(self) -> str:
+        return f"{self.bootstrap}/install_fruits_assets.sh"
+
+    def tls_key(self, digest: str) -> str:
+        return f"{self.tls}/certificates-{digest}.zip"
+
+    def placeholders(self) -> dict[str, str]:
+        """The values of the prefix placeholders in the IAM policy files."""
+        return {
+            "STEPS_PREFIX": self.steps,
+            "EVENTS_PREFIX": self.events,
+            "BOOTSTRAP_PREFIX": self.bootstrap,
+            "TLS_PREFIX": self.tls,
+        }
 
 
 @dataclass(frozen=True)
@@ -35,12 +92,15 @@ class ClusterSpec:
     python_interpreter: str
     venv: str
     tags: dict[str, str] = field(default_factory=dict)
+    in_transit_encryption: bool = True
+    tls_certificates: str = ""  # a local zip of TLS_PEM_FILES, uploaded by `cluster create`
 
     @classmethod
     def load(cls, path: str | Path | None = None, **overrides: Any) -> ClusterSpec:
         """Read a spec file (the packaged one by default); non-empty overrides win."""
         raw = tomllib.loads(_read_text(path, "cluster_spec.toml"))
         instances, roles, python = raw["instances"], raw["roles"], raw["python"]
+        encryption = raw.get("encryption", {})
         values = {
             "name": raw["name"],
             "region": raw["region"],
@@ -60,6 +120,8 @@ class ClusterSpec:
             "python_interpreter": python["interpreter"],
             "venv": python["venv"],
             "tags": dict(raw.get("tags", {})),
+            "in_transit_encryption": bool(encryption.get("in_transit", True)),
+            "tls_certificates": encryption.get("tls_certificates", ""),
         }
         values.update({k: v for k, v in overrides.items() if v not in (None, "")})
         spec = cls(**values)
@@ -81,6 +143,33 @@ class ClusterSpec:
             raise ValueError("idle_timeout_seconds must be between 60 s and 7 days")
         if self.core_count < 1:
             raise ValueError("core_count must be at least 1")
+        staging, logs = self.staging_prefix.strip("/"), self.log_prefix.strip("/")
+        if not staging or not logs or _nested(staging, logs):
+            raise ValueError(
+                f"staging_prefix {staging!r} and log_prefix {logs!r} must be distinct, non-empty "
+                "and not inside one another: nodes write logs, never step references"
+            )
+
+    def check_encryption(self) -> None:
+        """What `cluster create` needs for in-transit encryption: certificates, or an opt-out."""
+        if not self.in_transit_encryption:
+            return
+        if not self.tls_certificates:
+            raise ValueError(
+                "in-transit encryption needs TLS certificates: pass --tls-certificates "
+                "certificates.zip (see the README, 'Encryption in transit'), or "
+                "--no-in-transit-encryption to create a cluster whose nodes talk in plain text"
+            )
+        path = Path(self.tls_certificates)
+        if not path.is_file():
+            raise ValueError(f"TLS certificates {path}: no such file")
+        try:
+            with zipfile.ZipFile(path) as archive:
+                missing = sorted(set(TLS_PEM_FILES) - set(archive.namelist()))
+        except zipfile.BadZipFile:
+            raise ValueError(f"TLS certificates {path}: not a zip file") from None
+        if missing:
+            raise ValueError(f"TLS certificates {path}: the zip lacks {', '.join(missing)}")
 
     @property
     def instance_count(self) -> int:
@@ -101,11 +190,20 @@ class ClusterSpec:
     def python(self) -> str:
         return f"{self.venv}/bin/python"
 
-    def bootstrap_key(self) -> str:
-        return f"{self.staging_prefix.strip('/')}/bootstrap/install_fruits_assets.sh"
+    @property
+    def cluster_tags(self) -> dict[str, str]:
+        """The spec's tags and the one that marks the cluster as this project's."""
+        return {**self.tags, MANAGED_TAG[0]: MANAGED_TAG[1]}
 
-    def run_job_flow_request(self) -> dict[str, Any]:
-        """The boto3 `run_job_flow` arguments: private, encrypted, self-terminating."""
+    @property
+    def layout(self) -> StagingLayout:
+        return StagingLayout(self.staging_prefix.strip("/"))
+
+    def bootstrap_key(self) -> str:
+        return self.layout.bootstrap_key()
+
+    def run_job_flow_request(self, security_configuration: str) -> dict[str, Any]:
+        """The boto3 `run_job_flow` arguments: private, encrypted, self-terminating, tagged."""
         instances: dict[str, Any] = {
             "InstanceGroups": [
                 _group("Primary", "MASTER", self.primary_type, 1),
@@ -147,15 +245,17 @@ class ClusterSpec:
                         }
                     ],
                     "Properties": {},
-                }
+                },
+                # EMR 7 ships Delta Lake: this puts its jars on Spark's class path.
+                {"Classification": "delta-defaults", "Properties": {"delta.enabled": "true"}},
             ],
             "AutoTerminationPolicy": {"IdleTimeout": self.idle_timeout_seconds},
-            "SecurityConfiguration": SECURITY_CONFIGURATION,
+            "SecurityConfiguration": security_configuration,
             "ServiceRole": self.service_role,
             "JobFlowRole": self.instance_profile,
             "VisibleToAllUsers": True,
             "StepConcurrencyLevel": 1,
-            "Tags": [{"Key": k, "Value": v} for k, v in sorted(self.tags.items())],
+            "Tags": [{"Key": k, "Value": v} for k, v in sorted(self.cluster_tags.items())],
         }
 
 
@@ -169,18 +269,35 @@ def _group(name: str, role: str, instance_type: str, count: int) -> dict[str, An
     }
 
 
-def security_configuration() -> dict[str, Any]:
-    """EMRFS writes to S3 encrypted at rest with S3-managed keys (SSE-S3)."""
+def security_configuration(tls_certificates_uri: str | None) -> dict[str, Any]:
+    """EMRFS writes to S3 encrypted at rest (SSE-S3); nodes talk TLS when given certificates."""
     # Local-disk encryption needs a customer KMS key of the user's: add it here if you have one.
-    return {
-        "EncryptionConfiguration": {
-            "EnableInTransitEncryption": False,
-            "EnableAtRestEncryption": True,
-            "AtRestEncryptionConfiguration": {
-                "S3EncryptionConfiguration": {"EncryptionMode": "SSE-S3"},
-            },
-        }
+    encryption: dict[str, Any] = {
+        "EnableInTransitEncryption": tls_certificates_uri is not None,
+        "EnableAtRestEncryption": True,
+        "AtRestEncryptionConfiguration": {
+            "S3EncryptionConfiguration": {"EncryptionMode": "SSE-S3"},
+        },
     }
+    if tls_certificates_uri is not None:
+        encryption["InTransitEncryptionConfiguration"] = {
+            "TLSCertificateConfiguration": {
+                "CertificateProviderType": "PEM",
+                "S3Object": tls_certificates_uri,
+            }
+        }
+    return {"EncryptionConfiguration": encryption}
+
+
+def security_configuration_name(configuration: dict[str, Any]) -> str:
+    """Named after its content: EMR security configurations cannot change once created."""
+    text = json.dumps(configuration, sort_keys=True)
+    kind = "tls" if configuration["EncryptionConfiguration"]["EnableInTransitEncryption"] else "s3"
+    return f"fruits-assets-{kind}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
+def _nested(a: str, b: str) -> bool:
+    return a == b or a.startswith(b + "/") or b.startswith(a + "/")
 
 
 def _read_text(path: str | Path | None, packaged: str) -> str:

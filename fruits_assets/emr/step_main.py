@@ -2,10 +2,13 @@
 
 It is dagster-aws's emr_step_main plus two things the remote process cannot know by itself: the
 FRUITS_* settings of the launching process and the registered fruit-class partitions (the
-remote Dagster instance is ephemeral and empty: dagster issue #14987).
+remote Dagster instance is ephemeral and empty: dagster issue #14987). Its events go back as
+Dagster's JSON serialization (UTF-8), to the one key the launcher names: never as a pickle, which
+the launching machine would have to unpickle.
+
+Arguments: the staging bucket, the step reference's key, the events key.
 """
 
-import io
 import json
 import os
 import pickle
@@ -19,7 +22,7 @@ import boto3
 STEP_CONTEXT_FILE = "fruits_step.json"
 
 
-def main(bucket: str, step_run_ref_key: str) -> None:
+def main(bucket: str, step_run_ref_key: str, events_key: str) -> None:
     s3 = boto3.client("s3")
     step_dir = posixpath.dirname(step_run_ref_key)
     context = json.loads(
@@ -27,21 +30,26 @@ def main(bucket: str, step_run_ref_key: str) -> None:
     )
     # Before anything imports the definitions: they read their settings from the environment.
     os.environ.update(context["env"])
+    # A step of a run that the launching process holds the output root's lock for.
+    os.environ["FRUITS_REMOTE_STEP"] = "true"
 
     from dagster._core.execution.plan.external_step import (
-        PICKLED_EVENTS_FILE_NAME,
         external_instance_from_step_run_ref,
         run_step_from_ref,
     )
     from dagster._serdes import serialize_value
     from dagster_aws.emr.emr_step_main import DONE, event_writing_loop
 
+    # Written by the operator into a prefix the nodes can only read.
     step_run_ref = pickle.loads(s3.get_object(Bucket=bucket, Key=step_run_ref_key)["Body"].read())
-    events_key = f"{step_dir}/{PICKLED_EVENTS_FILE_NAME}"
 
     def put_events(events: list) -> None:
-        body = io.BytesIO(pickle.dumps(serialize_value(events)))
-        s3.put_object(Body=body, Bucket=bucket, Key=events_key)
+        s3.put_object(
+            Bucket=bucket,
+            Key=events_key,
+            Body=serialize_value(events).encode("utf-8"),
+            ContentType="application/json",
+        )
 
     events_queue: Queue = Queue()
     writer = Thread(
@@ -63,4 +71,4 @@ def main(bucket: str, step_run_ref_key: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2], sys.argv[3])
