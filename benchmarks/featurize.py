@@ -86,7 +86,7 @@ def run_seed(images: str, weights: str, workdir: str) -> int:
     return spark.read.parquet(os.path.join(workdir, "features")).count()
 
 
-def run_in_process(images: str, make_model) -> int:  # noqa: ANN001
+def run_in_process(images: str, make_model) -> int:
     """Featurize every image in this process, 256 files read at a time; the clock starts
     before `make_model()`, so building the model counts."""
     import numpy as np

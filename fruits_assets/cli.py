@@ -20,7 +20,7 @@ ALL_ASSET_NAMES = [
 ]  # fmt: skip
 
 
-def _instance():  # noqa: ANN202 - a DagsterInstance, imported lazily
+def _instance():  # a DagsterInstance, imported lazily
     """The Dagster instance of `$DAGSTER_HOME` (created with telemetry off on first use); runs
     that a killed process left STARTED are marked FAILED first."""
     import dagster as dg
@@ -70,8 +70,8 @@ def run(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     instance = _instance()
-    try:
-        plan = runner.plan(settings, instance, args.classes)
+
+    def say_plan(plan: runner.Plan) -> None:
         if plan.added or plan.deleted:
             print(
                 f"partitions: {len(plan.added)} classes registered, "
@@ -81,12 +81,15 @@ def run(args: argparse.Namespace) -> int:
             f"materializing {len(plan.selected)} of {len(plan.classes)} classes from "
             f"{settings.images} -> {settings.output}"
         )
+
+    try:
         outcome = runner.materialize(
             settings,
             instance,
+            classes=args.classes,
             downstream_only=args.downstream_only,
             with_classifier=not args.no_classifier,
-            run_plan=plan,
+            on_plan=say_plan,
         )
     except runner.UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -98,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK if outcome.ok else EXIT_FAILED
 
 
-def _print_summary(outcome, output: str) -> None:  # noqa: ANN001 - a runner.RunOutcome
+def _print_summary(outcome, output: str) -> None:  # a runner.RunOutcome
     meta = outcome.metadata
     raw, labeled = meta.get(layout.RAW_IMAGES, {}), meta.get(layout.LABELED_IMAGES, {})
     features, pca = meta.get(layout.MOBILENET_FEATURES, {}), meta.get(layout.PCA_MODEL, {})

@@ -6,7 +6,7 @@ runs of the same definitions through the Dagster instance.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,7 +134,7 @@ def materialize(
     downstream_only: bool = False,
     with_classifier: bool = True,
     resource_overrides: dict[str, Any] | None = None,
-    run_plan: Plan | None = None,
+    on_plan: Callable[[Plan], None] | None = None,
 ) -> RunOutcome:
     """Materialize the selected classes' per-class assets, then every all-classes asset.
 
@@ -151,7 +151,7 @@ def materialize(
         datasets.clean_staging(settings.output)
         return _materialize(
             settings, instance, classes, downstream_only, with_classifier, resource_overrides,
-            run_plan,
+            on_plan,
         )  # fmt: skip
 
 
@@ -162,11 +162,18 @@ def _materialize(
     downstream_only: bool,
     with_classifier: bool,
     resource_overrides: dict[str, Any] | None,
-    run_plan: Plan | None,
+    on_plan: Callable[[Plan], None] | None,
 ) -> RunOutcome:
     from fruits_assets.definitions import build_definitions
+    from fruits_assets.resources.spark import local_spark_config, start_in_background
 
-    run_plan = run_plan or plan(settings, instance, classes)
+    spark_start = None
+    if settings.env == "local" and not resource_overrides:
+        # The JVM boots (seconds) while the input root is listed and the weights checked.
+        spark_start = start_in_background(local_spark_config(settings, s3=settings.uses_s3))
+    run_plan = plan(settings, instance, classes)
+    if on_plan is not None:
+        on_plan(run_plan)
     try:
         count = 0 if downstream_only else run_plan.image_count
         needed = preflight.space_needed(0 if downstream_only else run_plan.image_bytes, count)
@@ -186,6 +193,8 @@ def _materialize(
         if with_classifier or name != layout.FRUIT_CLASSIFIER
     ]
     outcome = RunOutcome()
+    if spark_start is not None:
+        spark_start.join()
 
     def execute(selection: list[dg.AssetKey], keys: tuple[str, str] | None) -> None:
         # Where the run executes: a run left STARTED by a killed process is found by these.

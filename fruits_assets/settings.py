@@ -78,6 +78,11 @@ class FruitsSettings(BaseModel):
     def demo(self) -> bool:
         return self.images == DEMO_IMAGES
 
+    @property
+    def uses_s3(self) -> bool:
+        """Local Spark then needs Hadoop's S3A."""
+        return any(uri.startswith("s3") for uri in (self.images, self.output, self.weights))
+
     @classmethod
     def env_name(cls, field: str) -> str:
         return ENV_PREFIX + field.upper()

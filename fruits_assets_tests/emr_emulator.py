@@ -118,7 +118,7 @@ class EmulatedEmr:
         while not self._stop.is_set():
             try:
                 self._pass()
-            except Exception as exc:  # noqa: BLE001 - a dead emulator would look like a hang
+            except Exception as exc:  # a dead emulator would look like a hang
                 self.errors.append(repr(exc))
             time.sleep(0.2)
 
@@ -132,7 +132,7 @@ class EmulatedEmr:
                     self._run(cluster, step)
                     return  # StepConcurrencyLevel 1: next step on the next pass
 
-    def _run(self, cluster, step) -> None:  # noqa: ANN001
+    def _run(self, cluster, step) -> None:
         from moto.core.utils import utcnow
 
         step.state, step.start_date_time = "RUNNING", utcnow()
@@ -155,7 +155,7 @@ class EmulatedEmr:
             step.last_state_change_reason = f"step exited with code {run.returncode}"
         cluster.state = "WAITING"
 
-    def _ship_logs(self, cluster, run: StepRun) -> None:  # noqa: ANN001
+    def _ship_logs(self, cluster, run: StepRun) -> None:
         """Where EMR puts step logs: <LogUri><cluster id>/steps/<step id>/std{out,err}.gz."""
         if not cluster.log_uri:
             return

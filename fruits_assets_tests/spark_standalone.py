@@ -49,7 +49,7 @@ def standalone_cluster(work_dir: Path, workers: int = 2, worker_memory: str = "3
     processes = []
 
     def start(name: str, *args: str) -> None:
-        log = open(work_dir / f"{name}.log", "w")  # noqa: SIM115 - closed below
+        log = open(work_dir / f"{name}.log", "w")  # closed below
         logs.append(log)
         processes.append(
             subprocess.Popen([spark_class, *args], env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 
 import dagster as dg
@@ -91,8 +92,24 @@ def test_bad_arguments_exit_2(tmp_path, fruits360, extra, message):
     assert message in done.stderr
 
 
-def test_ui_serves_the_lineage_of_the_assets(tmp_path):
-    """`fruits ui` starts the Dagster UI on workspace-equivalent definitions; ask it for lineage."""
+def _processes_with(marker: str) -> list[int]:
+    """Processes whose environment holds `marker` (e.g. a test's own DAGSTER_HOME)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as handle:
+                    if marker.encode() in handle.read():
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+def test_ui_serves_the_lineage_and_stops_on_sigterm(tmp_path):
+    """`fruits ui` serves the Dagster UI on these definitions, and SIGTERM to it (as a service
+    manager sends) stops it with the webserver, daemon and code server it started."""
+    import json
     import socket
     import time
     import urllib.request
@@ -100,10 +117,11 @@ def test_ui_serves_the_lineage_of_the_assets(tmp_path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home"), "HOME": str(tmp_path)}
+    home = tmp_path / "home"
+    env = {**os.environ, "DAGSTER_HOME": str(home), "HOME": str(tmp_path)}
     server = subprocess.Popen(
         [FRUITS, "ui", "--port", str(port), "--output", str(tmp_path / "out")],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     query = b'{"query": "{ assetNodes { assetKey { path } dependencyKeys { path } } }"}'
     try:
@@ -115,7 +133,7 @@ def test_ui_serves_the_lineage_of_the_assets(tmp_path):
                     headers={"Content-Type": "application/json"},
                 )  # fmt: skip
                 with urllib.request.urlopen(request, timeout=10) as response:
-                    nodes = __import__("json").load(response)["data"]["assetNodes"]
+                    nodes = json.load(response)["data"]["assetNodes"]
             except (OSError, KeyError, TypeError):
                 time.sleep(2)
         assert nodes, "the UI did not answer within 5 minutes"
@@ -125,10 +143,15 @@ def test_ui_serves_the_lineage_of_the_assets(tmp_path):
         assert lineage["labeled_images"] == {"raw_images"}
         assert lineage["pca_model"] == {"mobilenet_features"}
         assert lineage["features_csv"] == {"pca_features_parquet"}
+        assert _processes_with(str(home)), "no process of the UI found"
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=120) == 0
+        deadline = time.monotonic() + 30
+        while _processes_with(str(home)) and time.monotonic() < deadline:
+            time.sleep(1)
+        assert not _processes_with(str(home)), "processes of the UI outlived it"
     finally:
-        os.killpg(server.pid, 15)
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:  # a loaded machine can take longer to shut down
-            os.killpg(server.pid, 9)
-            server.wait(timeout=30)
+        if server.poll() is None:
+            server.kill()
+        for pid in _processes_with(str(home)):
+            os.kill(pid, signal.SIGKILL)

@@ -117,6 +117,23 @@ def run_fruits(*args: str) -> tuple[int, str]:
     return done.returncode, done.stdout + done.stderr[-5000:]
 
 
+def run_with_step_main(main_file: Path) -> subprocess.CompletedProcess:
+    """`fruits run` of one class in its own process, its launcher shipping `main_file` as the
+    program every EMR step runs."""
+    program = (
+        "import sys\n"
+        "from fruits_assets.emr.launcher import FruitsEmrStepLauncher\n"
+        f"FruitsEmrStepLauncher._main_file_local_path = lambda self: {str(main_file)!r}\n"
+        "from fruits_assets.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    args = ["run", "--images", IMAGES, "--output", OUTPUT, "--weights", WEIGHTS,
+            "--classes", "Banana 1"]  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-c", program, *args], capture_output=True, text=True, timeout=900
+    )
+
+
 def read_parquet(uri: str) -> pd.DataFrame:
     """A published Delta table in moto's S3, read as users read it (the `deltalake` package)."""
     from deltalake import DeltaTable
@@ -221,7 +238,7 @@ def test_whole_graph_materializes_through_emr_steps(cloud):
         e.dagster_event.event_specific_data.passed
         for e in checks
     }  # fmt: skip
-    assert len(evaluations) >= 8 and all(evaluations.values()), evaluations
+    assert len(evaluations) == 13 and all(evaluations.values()), evaluations
 
     features = read_parquet(layout.asset_dir(OUTPUT, layout.MOBILENET_FEATURES))
     assert len(features) == len(CLASSES) * IMAGES_PER_CLASS
@@ -306,18 +323,7 @@ def test_a_crashing_driver_fails_the_step_with_its_stderr(cloud, tmp_path):
     crash = tmp_path / "crash_main.py"
     crash.write_text("import sys\nsys.exit('boom: the driver died before Dagster started')\n")
     # `fruits run` in its own process, with a launcher whose step main dies at once.
-    program = (
-        "import sys\n"
-        "from fruits_assets.emr.launcher import FruitsEmrStepLauncher\n"
-        f"FruitsEmrStepLauncher._main_file_local_path = lambda self: {str(crash)!r}\n"
-        "from fruits_assets.cli import main\n"
-        "sys.exit(main(sys.argv[1:]))\n"
-    )
-    args = ["run", "--images", IMAGES, "--output", OUTPUT, "--weights", WEIGHTS,
-            "--classes", "Banana 1"]  # fmt: skip
-    done = subprocess.run(
-        [sys.executable, "-c", program, *args], capture_output=True, text=True, timeout=900
-    )
+    done = run_with_step_main(crash)
     out = done.stdout
     assert done.returncode == 1
     driver = cloud["emr"].runs[-1].stdout
@@ -342,18 +348,7 @@ def test_a_step_leaving_a_pickle_as_its_events_fails_and_runs_nothing_here(cloud
         "for key in (events_key, ref_dir + '/events.pkl'):\n"
         "    boto3.client('s3').put_object(Bucket=bucket, Key=key, Body=pickle.dumps(Exploit()))\n"
     )
-    program = (
-        "import sys\n"
-        "from fruits_assets.emr.launcher import FruitsEmrStepLauncher\n"
-        f"FruitsEmrStepLauncher._main_file_local_path = lambda self: {str(evil)!r}\n"
-        "from fruits_assets.cli import main\n"
-        "sys.exit(main(sys.argv[1:]))\n"
-    )
-    args = ["run", "--images", IMAGES, "--output", OUTPUT, "--weights", WEIGHTS,
-            "--classes", "Banana 1"]  # fmt: skip
-    done = subprocess.run(
-        [sys.executable, "-c", program, *args], capture_output=True, text=True, timeout=900
-    )
+    done = run_with_step_main(evil)
     out = done.stdout + done.stderr[-5000:]
     assert cloud["emr"].runs[-1].returncode == 0, cloud["emr"].runs[-1].stderr[-3000:]
     assert done.returncode == 1, out

@@ -39,6 +39,30 @@ TABLES = [
 ]  # fmt: skip
 
 
+# The outputs each asset publishes, in the order a run publishes them.
+OUTPUTS = {
+    layout.RAW_IMAGES: [layout.RAW_IMAGES],
+    layout.LABELED_IMAGES: [layout.ACCEPTED_IMAGES, layout.REJECTED_IMAGES],
+    layout.MOBILENET_FEATURES: [layout.MOBILENET_FEATURES],
+    layout.PCA_MODEL: [layout.PCA_MODEL],
+    layout.PCA_FEATURES_PARQUET: [layout.PCA_FEATURES_PARQUET],
+    layout.FEATURES_CSV: ["features.csv"],
+    layout.FRUIT_CLASSIFIER: ["predictor.npz"],
+}
+
+
+def assert_killed_at(asset: str, before: dict[str, str], output: Path) -> None:
+    """The asset killed while publishing, and every one after it, hold exactly the previous
+    version; the assets the run had finished hold their new, complete version."""
+    after = snapshot(output)
+    position = ASSETS.index(asset)
+    for later in ASSETS[position:]:
+        for name in OUTPUTS[later]:
+            assert after[name] == before[name], f"{name} changed although {asset} was killed"
+    if position > ASSETS.index(layout.MOBILENET_FEATURES):
+        assert (read_dataset(output / layout.MOBILENET_FEATURES).label == RERUN).sum() == 16
+
+
 def _digest_frame(frame: pd.DataFrame) -> str:
     digest = hashlib.sha256()
     keys = [c for c in ("label", "path") if c in frame]
@@ -123,42 +147,52 @@ def run_args(images: Path, output: Path, weights: Path, *extra: str) -> list[str
             *extra]  # fmt: skip
 
 
-@pytest.mark.parametrize("asset", ASSETS)
-def test_kill_at_each_write_of_a_class_rerun_publishes_nothing(workspace, tmp_path, asset):
-    """`kill -9` of the whole process group while an asset is about to publish: every published
-    output is still exactly the previous version; the next run completes and publishes."""
-    images, output, before, weights = workspace
-    home, log = tmp_path / "home", tmp_path / "killed.log"
-    run = start(*run_args(images, output, weights, "--classes", RERUN), home=home,
-                env={"FRUITS_FAILPOINT": f"{asset}:pause"}, log=log)  # fmt: skip
+def kill_at(asset: str, args: list[str], output: Path, home: Path, log: Path) -> None:
+    """Run `fruits`, stop it just before `asset` publishes, `kill -9` its whole process group."""
+    run = start(*args, home=home, env={"FRUITS_FAILPOINT": f"{asset}:pause"}, log=log)
     wait_for(paused(output, asset), run, log)
     os.killpg(run.pid, signal.SIGKILL)
     run.wait(timeout=60)
-    assert snapshot(output) == before
 
-    done = fruits(*run_args(images, output, weights, "--classes", RERUN), home=home)
+
+@pytest.mark.parametrize("asset", ASSETS)
+def test_kill_at_each_write_of_a_class_rerun_publishes_nothing(workspace, tmp_path, asset):
+    """`kill -9` of the whole process group while an asset is about to publish: its outputs and
+    those of every asset after it are still exactly the previous version (the assets the run had
+    finished are complete new versions), and the killed run is not left STARTED."""
+    images, output, before, weights = workspace
+    home = tmp_path / "home"
+    args = run_args(images, output, weights, "--classes", RERUN)
+    kill_at(asset, args, output, home, tmp_path / "killed.log")
+    assert_killed_at(asset, before, output)
+    synced = fruits("sync", "--images", str(images), "--output", str(output), home=home)
+    assert "left unfinished by a process that is gone: marked FAILED" in synced.stdout
+    (run,) = dg.DagsterInstance.from_config(str(home)).get_runs()
+    assert run.status == dg.DagsterRunStatus.FAILURE
+
+
+def test_after_a_kill_the_next_run_completes_and_publishes(workspace, tmp_path):
+    images, output, before, weights = workspace
+    home = tmp_path / "home"
+    args = run_args(images, output, weights, "--classes", RERUN)
+    kill_at(layout.MOBILENET_FEATURES, args, output, home, tmp_path / "killed.log")
+    done = fruits(*args, home=home)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "left unfinished by a process that is gone: marked FAILED" in done.stdout
     after = snapshot(output)
-    assert after[layout.MOBILENET_FEATURES] != before[layout.MOBILENET_FEATURES]
+    assert all(after[name] != before[name] for name in after if name != layout.REJECTED_IMAGES)
     assert (read_dataset(output / layout.MOBILENET_FEATURES).label == RERUN).sum() == 16
-    instance = dg.DagsterInstance.from_config(str(home))
-    statuses = [r.status for r in instance.get_runs()]
-    assert statuses.count(dg.DagsterRunStatus.FAILURE) == 1  # the killed one, no longer STARTED
-    assert dg.DagsterRunStatus.STARTED not in statuses
-    assert not [p for p in (output / "_staging").iterdir()], "staging left behind"
+    statuses = sorted(r.status.value for r in dg.DagsterInstance.from_config(str(home)).get_runs())
+    assert statuses == ["FAILURE", "SUCCESS"]
+    assert not list((output / "_staging").iterdir()), "staging left behind"
 
 
 @pytest.mark.parametrize("asset", [layout.MOBILENET_FEATURES, layout.PCA_FEATURES_PARQUET])
 def test_kill_during_a_full_run_publishes_nothing(workspace, tmp_path, asset):
     images, output, before, weights = workspace
-    log = tmp_path / "killed.log"
-    run = start(*run_args(images, output, weights), home=tmp_path / "home",
-                env={"FRUITS_FAILPOINT": f"{asset}:pause"}, log=log)  # fmt: skip
-    wait_for(paused(output, asset), run, log)
-    os.killpg(run.pid, signal.SIGKILL)
-    run.wait(timeout=60)
-    assert snapshot(output) == before
+    args = run_args(images, output, weights)
+    kill_at(asset, args, output, tmp_path / "home", tmp_path / "killed.log")
+    assert_killed_at(asset, before, output)
 
 
 def test_readers_never_see_a_missing_empty_or_partial_version(workspace, tmp_path):

@@ -13,9 +13,12 @@ LOCAL_ONLY = {"dagster-webserver"}
 
 def pinned_requirements() -> list[str]:
     """`name==version` for every runtime dependency, at the version installed here."""
+    from packaging.requirements import Requirement
+
     pins = []
     for requirement in md.requires("fruits_assets") or []:
-        if "extra ==" in requirement:
+        marker = Requirement(requirement).marker
+        if "extra ==" in requirement or (marker is not None and not marker.evaluate()):
             continue
         match = re.match(r"([A-Za-z0-9_.-]+)(\[[^\]]*\])?", requirement)
         assert match, requirement

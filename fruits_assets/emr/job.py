@@ -12,6 +12,6 @@ def fruits_job() -> dg.JobDefinition:
     return build_definitions().resolve_implicit_global_asset_job_def()
 
 
-def reconstructable_job():  # noqa: ANN201 - dagster's ReconstructableJob
+def reconstructable_job():  # dagster's ReconstructableJob
     """A pointer to `fruits_job` that the step launcher ships and the EMR step imports."""
     return dg.reconstructable(fruits_job)

@@ -102,7 +102,7 @@ class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
         step_def["HadoopJarStep"]["Args"].append(self._events_s3_key(run_id, step_key))
         return step_def
 
-    def read_events(self, s3, run_id: str, step_key: str) -> list[EventLogEntry]:  # noqa: ANN001
+    def read_events(self, s3, run_id: str, step_key: str) -> list[EventLogEntry]:
         """The step's events so far, from its JSON events object (none yet: an empty list).
 
         Replaces dagster-aws's reader, which unpickles what the node wrote. Anything that is not
@@ -120,7 +120,7 @@ class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
             raise _rejected(step_key, source, f"{found['ContentLength']} bytes, over the limit")
         return parse_events(found["Body"].read(), run_id, step_key, source)
 
-    def _post_artifacts(self, log, step_run_ref, run_id, step_key) -> None:  # noqa: ANN001
+    def _post_artifacts(self, log, step_run_ref, run_id, step_key) -> None:
         """Upload the step main, this package (only it, as code.zip) and the step reference."""
         s3 = boto3.client("s3", region_name=self.region_name)
         with tempfile.TemporaryDirectory() as temp_dir:
@@ -134,7 +134,7 @@ class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
                 log.debug(f"uploading {local_path} to s3://{self.staging_bucket}/{key}")
                 s3.upload_file(Filename=local_path, Bucket=self.staging_bucket, Key=key)
 
-    def _post_step_context(self, step_context, run_id: str, step_key: str) -> None:  # noqa: ANN001
+    def _post_step_context(self, step_context, run_id: str, step_key: str) -> None:
         """The settings and partitions the remote (ephemeral) Dagster instance needs."""
         name = FRUIT_CLASS_PARTITIONS_NAME
         partitions = {name: list(step_context.instance.get_dynamic_partitions(name))}
@@ -147,7 +147,7 @@ class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
             Body=body,
         )
 
-    def launch_step(self, step_context) -> Iterator[DagsterEvent]:  # noqa: ANN001
+    def launch_step(self, step_context) -> Iterator[DagsterEvent]:
         step_run_ref = step_context_to_step_run_ref(step_context, self.local_job_package_path)
         run_id, step_key, log = (
             step_context.dagster_run.run_id,
@@ -201,7 +201,7 @@ class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
                     yield event.dagster_event
             seen = max(seen, len(events))
 
-    def _with_cost(self, event, seconds: float):  # noqa: ANN001
+    def _with_cost(self, event, seconds: float):
         dagster_event = event.dagster_event
         if (
             self.price is None
@@ -239,7 +239,7 @@ def parse_events(body: bytes, run_id: str, step_key: str, source: str) -> list[E
     try:
         # Dagster's JSON serialization builds only whitelisted record classes: no code runs.
         events = deserialize_value(body.decode("utf-8"))
-    except Exception as exc:  # noqa: BLE001 - whatever a node wrote: a failed step, nothing more
+    except Exception as exc:  # whatever a node wrote: a failed step, nothing more
         cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise _rejected(step_key, source, f"not Dagster events JSON ({cause[:200]})") from None
     if not isinstance(events, list):

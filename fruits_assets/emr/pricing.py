@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib import resources
 
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 # Set by `fruits cluster create`; the operator's IAM policy allows cluster actions only with it.
 MANAGED_TAG = ("fruits-assets:managed", "true")

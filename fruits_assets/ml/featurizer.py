@@ -242,7 +242,7 @@ def worker_featurizer(key: str, model, threads: int) -> Featurizer:
 UDF_OUTPUT_TYPE = "struct<features: array<float>, color_histogram: array<float>>"
 
 
-def featurize_udf(spark, model: bytes, sha256: str, batch_size: int, threads: int):  # noqa: ANN001
+def featurize_udf(spark, model: bytes, sha256: str, batch_size: int, threads: int):
     """The iterator pandas UDF: the TFLite model broadcast once, one interpreter per Python
     worker process for the whole stage."""
     import pandas as pd

@@ -23,7 +23,7 @@ def choose_k(explained_variance: Sequence[float], target: float) -> tuple[int, f
     return k, float(min(cumulative[k - 1], 1.0))
 
 
-def project_udf(spark, components: np.ndarray):  # noqa: ANN001, ANN201 - Spark objects
+def project_udf(spark, components: np.ndarray):  # Spark objects
     """A pandas UDF: 1280-d features -> their k PCA coordinates, as Spark ML's PCAModel computes
     them (components applied without centring), on the Python workers with numpy."""
     import pandas as pd

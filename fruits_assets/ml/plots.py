@@ -17,7 +17,7 @@ def _pyplot():
     return plt
 
 
-def figure_to_png(fig) -> bytes:  # noqa: ANN001 - a matplotlib Figure
+def figure_to_png(fig) -> bytes:  # a matplotlib Figure
     """The figure as PNG bytes, trimmed to its content so no label is cut; the figure is closed."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", bbox_inches="tight", pad_inches=0.1)

@@ -41,10 +41,11 @@ def shared_resources(settings: FruitsSettings, check_weights: bool = True) -> di
 
 def local_resources(settings: FruitsSettings) -> dict[str, Any]:
     """Local Spark in this process, started on first use; s3:// data goes through Hadoop S3A."""
-    s3 = any(filesystem.is_s3(uri) for uri in (settings.images, settings.output, settings.weights))
     return {
         **shared_resources(settings),
-        "pyspark": LazyPySparkResource(spark_config=local_spark_config(settings, s3=s3)),
+        "pyspark": LazyPySparkResource(
+            spark_config=local_spark_config(settings, s3=settings.uses_s3)
+        ),
         "step_launcher": dg.ResourceDefinition.none_resource(),
     }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +95,7 @@ def emr_spark_config(python: str) -> dict[str, Any]:
         **COMMON_SPARK_CONFIG,
         "spark.pyspark.python": python,
         "spark.pyspark.driver.python": python,
-        # TensorFlow lives off the JVM heap, in the Python workers.
+        # The featurizer (LiteRT) and image buffers live off the JVM heap, in the Python workers.
         "spark.executor.memoryOverhead": "2g",
     }
 
@@ -127,3 +128,17 @@ def local_spark_config(settings: FruitsSettings, s3: bool = False) -> dict[str, 
     if s3:
         config.update(s3a_spark_config())
     return config
+
+
+def start_in_background(config: dict[str, Any]) -> threading.Thread:
+    """Start the Spark session of `config` in a thread, so that the JVM boots while the caller
+    does other work (listing, checks); the resource's own getOrCreate then finds it running."""
+
+    def start() -> None:
+        from pyspark.sql import SparkSession
+
+        SparkSession.builder.config(map={k: str(v) for k, v in config.items()}).getOrCreate()
+
+    thread = threading.Thread(target=start, name="spark-start", daemon=True)
+    thread.start()
+    return thread

@@ -59,6 +59,10 @@ class FruitsStorage(dg.ConfigurableResource):
             datasets.clean_staging(self.output, keep_run=run_id)
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        from fruits_assets.storage import datasets
+
         if self._held is not None:
+            if context.run_id:
+                datasets.finish_staging(self.output, context.run_id)
             self._held.__exit__(None, None, None)
             self._held = None

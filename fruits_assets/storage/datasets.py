@@ -222,6 +222,15 @@ class Datasets:
             yield
 
 
+def finish_staging(output_root: str, run_id: str) -> None:
+    """At the end of a run: remove its staging folder, unless it keeps data that failed."""
+    run_dir = filesystem.join(layout.staging_root(output_root), run_id)
+    if not filesystem.exists(run_dir):
+        return
+    if not any(i.base_name == FAILED_MARKER for i in filesystem.list_files(run_dir)):
+        filesystem.delete_dir(run_dir)
+
+
 def clean_staging(output_root: str, keep_run: str = "", keep_failed_days: float = 7.0) -> None:
     """Delete what dead runs left in the staging area; keep data that failed its audit for a
     week (for inspection) and `keep_run`'s own. Only the output root's lock holder calls it."""

@@ -98,7 +98,7 @@ class _S3Lock:
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
 
-    def _client(self):  # noqa: ANN202 - a boto3 S3 client
+    def _client(self):  # a boto3 S3 client
         import boto3
 
         return boto3.client("s3", endpoint_url=filesystem.s3_endpoint())
