@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.dataset as ds
 
 L2_GRID = [1e-4, 1e-3]
 FOLDS = 3
@@ -31,8 +30,9 @@ FRAME = re.compile(r"(?:r_)?(\d+)_100\.jpg$")
 
 
 def load(output: str) -> dict:
-    table = ds.dataset(f"{output}/mobilenet_features", partitioning="hive").to_table()
-    frame = table.to_pandas()
+    from deltalake import DeltaTable
+
+    frame = DeltaTable(f"{output}/mobilenet_features").to_pandas()
     frame["label"] = frame["label"].astype(str)
     frame["split"] = frame["path"].str.split("/").str[-3].str.lower()
     x = np.stack(frame["features"].to_numpy()).astype(np.float32)
@@ -147,7 +147,7 @@ def mirrored_features(data: dict, weights: str) -> dict:
 
     from PIL import Image, ImageOps
 
-    from fruits_assets import featurizer
+    from fruits_assets.ml import featurizer
 
     model = featurizer.Featurizer(
         featurizer.tflite_model(featurizer.resolve_weights(weights), 1)[0], threads=2
@@ -173,7 +173,7 @@ def main() -> None:
     parser.add_argument("--variances", type=float, nargs="+", default=[0.90, 0.95, 0.99])
     args = parser.parse_args()
     data = load(args.output)
-    from fruits_assets import color
+    from fruits_assets.ml import color
 
     data["h"] = np.stack([color.histogram(Path(p).read_bytes()) for p in data["paths"]])
     extra = mirrored_features(data, args.weights) if args.augment else None

@@ -1,11 +1,16 @@
 """End to end: `fruits run` vs the seed-style script doing the same work, and memory vs size.
 
     .venv/bin/python benchmarks/end_to_end.py compare --reps 3
+    .venv/bin/python benchmarks/end_to_end.py compare --reps 3 --against ../old/.venv/bin/fruits
     .venv/bin/python benchmarks/end_to_end.py memory --sizes 1000 4000 8000
 
 `compare` times, back to back in fresh processes, `fruits run --no-classifier` on the Fruits-360
-Test split (the six pipeline assets, Dagster and the checks included) and the seed notebook's
-script doing the same work (featurize, PCA with the same k, Parquet).
+Test split (the six pipeline assets, Dagster and the checks included; warm model cache, and once
+per repetition with an empty one) and the seed notebook's script doing the same work (featurize,
+PCA with the same k, Parquet); `--against` adds another `fruits` (e.g. an earlier checkout's) to
+the same interleaved repetitions. For each of our runs it prints where the seconds went: start-up
+(process start to the first step), each asset's step, and the end (last step to process exit),
+from the run's own Dagster events.
 `memory` runs `fruits run` on growing subsets of Training+Test and reports the peak RSS of the whole
 process tree (driver, JVM, Python workers).
 """
@@ -32,11 +37,14 @@ SHARED = Path(os.environ.get("FRUITS_SHARED_DIR", HERE.parent.parent / "shared")
 DATA = SHARED / "data" / "fruits360"
 WEIGHTS = SHARED / "models" / "mobilenet_v2_1.0_224_imagenet_dequant.h5"
 FRUITS = str(Path(sys.executable).with_name("fruits"))
+STEPS = ("raw_images", "labeled_images", "mobilenet_features", "pca_model",
+         "pca_features_parquet", "features_csv", "fruit_classifier")  # fmt: skip
 
 
-def timed(command: list[str], env: dict | None = None) -> tuple[float, PeakMemory, str]:
-    """(wall seconds, the peak memory sampler, stdout) of one command in a fresh process."""
+def timed(command: list[str], env: dict | None = None) -> tuple[float, PeakMemory, str, float]:
+    """(wall seconds, the peak memory sampler, stdout, start time) of one fresh process."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+    wall_start = time.time()
     started = time.perf_counter()
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)  # fmt: skip
@@ -44,33 +52,49 @@ def timed(command: list[str], env: dict | None = None) -> tuple[float, PeakMemor
         stdout, stderr = process.communicate()
     if process.returncode != 0:
         raise RuntimeError(f"{command[:3]} failed:\n{stdout[-2000:]}\n{stderr[-3000:]}")
-    return time.perf_counter() - started, memory, stdout
+    return time.perf_counter() - started, memory, stdout, wall_start
 
 
-def fruits_run(images: Path, workdir: Path, *extra: str) -> tuple[float, PeakMemory, int]:
+def step_budget(home: Path, started: float, wall: float) -> dict[str, float]:
+    """Seconds per part of a `fruits run`, from the Dagster events of its runs in `home`."""
+    import dagster as dg
+
+    instance = dg.DagsterInstance.from_config(str(home))
+    budget: dict[str, float] = {}
+    first = last = None
+    for run in instance.get_runs():
+        spans: dict[str, list[float]] = {}
+        for record in instance.all_logs(run.run_id):
+            event = record.dagster_event
+            if event is None or event.step_key is None:
+                continue
+            if event.event_type_value in ("STEP_START", "STEP_SUCCESS", "STEP_FAILURE"):
+                spans.setdefault(event.step_key, []).append(record.timestamp)
+        for step, times in spans.items():
+            budget[step] = budget.get(step, 0.0) + max(times) - min(times)
+            first = min(times) if first is None else min(first, min(times))
+            last = max(times) if last is None else max(last, max(times))
+    if first is not None:
+        budget["start-up"] = first - started
+        budget["end"] = started + wall - last
+    return budget
+
+
+def fruits_run(
+    images: Path, workdir: Path, *extra: str, fruits: str = FRUITS, env: dict | None = None
+) -> tuple[float, PeakMemory, int, dict[str, float]]:
     output, home = workdir / "out", workdir / "home"
-    wall, peak, stdout = timed(
-        [
-            FRUITS,
-            "run",
-            "--images",
-            str(images),
-            "--output",
-            str(output),
-            "--weights",
-            str(WEIGHTS),
-            *extra,
-        ],
-        env={"DAGSTER_HOME": str(home)},
-    )
+    command = [fruits, "run", "--images", str(images), "--output", str(output),
+               "--weights", str(WEIGHTS), *extra]  # fmt: skip
+    wall, peak, stdout, started = timed(command, env={"DAGSTER_HOME": str(home), **(env or {})})
     k = int(stdout.split("PCA k:", 1)[1].split()[0])
-    return wall, peak, k
+    return wall, peak, k, step_budget(home, started, wall)
 
 
 def seed_run(images: Path, workdir: Path, k: int) -> tuple[float, PeakMemory]:
     script = str(HERE / "seed_style.py")
     output = str(workdir / "seed_out")
-    wall, peak, _ = timed([sys.executable, script, str(images), str(WEIGHTS), str(k), output])
+    wall, peak, _, _ = timed([sys.executable, script, str(images), str(WEIGHTS), str(k), output])
     return wall, peak
 
 
@@ -81,21 +105,53 @@ def mib(memory: PeakMemory) -> str:
     return f"{total:6.0f} MiB (JVM {java:.0f}, python* {python:.0f}, other {other:.0f})"
 
 
-def compare(reps: int) -> None:
+def compare(reps: int, against: str | None) -> None:
     images = DATA / "Test"
     print("machine:", json.dumps(describe()))
-    ours, seeds = [], []
+    walls: dict[str, list[float]] = {"fruits run": [], "fruits run, empty model cache": [],
+                                     "seed-style": []}  # fmt: skip
+    if against:
+        walls["--against"] = []
+    budgets: list[dict[str, float]] = []
+    cache = tempfile.mkdtemp(prefix="e2e_cache_")
     for rep in range(reps):
         with tempfile.TemporaryDirectory(prefix="e2e_") as tmp:
-            wall, peak, k = fruits_run(images, Path(tmp), "--no-classifier")
-            ours.append(wall)
-            print(f"rep {rep + 1} fruits run   {wall:7.1f} s  peak {mib(peak)}  k={k}", flush=True)
+            runs = [("fruits run", FRUITS, cache), ("fruits run, empty model cache", FRUITS, None)]
+            if against:
+                runs.append(("--against", against, cache))
+            for name, fruits, run_cache in runs:
+                workdir = Path(tmp) / name.replace(" ", "_").replace(",", "")
+                cold = tempfile.mkdtemp(prefix="e2e_cold_") if run_cache is None else run_cache
+                wall, peak, k, budget = fruits_run(
+                    images, workdir, "--no-classifier", fruits=fruits,
+                    env={"FRUITS_CACHE_DIR": cold},
+                )  # fmt: skip
+                walls[name].append(wall)
+                if name == "fruits run":
+                    budgets.append(budget)
+                print(f"rep {rep + 1} {name:30} {wall:7.1f} s  peak {mib(peak)}  k={k}",
+                      flush=True)  # fmt: skip
             wall, peak = seed_run(images, Path(tmp), k)
-            seeds.append(wall)
-            print(f"rep {rep + 1} seed-style   {wall:7.1f} s  peak {mib(peak)}", flush=True)
-    a, b = statistics.median(ours), statistics.median(seeds)
-    print(f"\nmedian fruits run {a:.1f} s, seed-style {b:.1f} s: fruits run takes {a / b:.0%} "
-          f"of the seed-style wall time")  # fmt: skip
+            walls["seed-style"].append(wall)
+            print(f"rep {rep + 1} {'seed-style':30} {wall:7.1f} s  peak {mib(peak)}", flush=True)
+    shutil.rmtree(cache, ignore_errors=True)
+    seed = statistics.median(walls["seed-style"])
+    print("\n| run | median s | of the seed-style wall time |")
+    print("| --- | ---: | ---: |")
+    for name, values in walls.items():
+        median = statistics.median(values)
+        print(f"| {name} | {median:.1f} | {median / seed:.0%} |")
+    parts = ["start-up", *[s for s in STEPS if any(s in b for b in budgets)], "end"]
+    total = statistics.median(sum(b.values()) for b in budgets)
+    print("\nwhere the seconds of `fruits run` go (medians over repetitions):")
+    print("| part | s | share |")
+    print("| --- | ---: | ---: |")
+    for part in parts:
+        median = statistics.median(b.get(part, 0.0) for b in budgets)
+        print(f"| {part} | {median:.1f} | {median / total:.0%} |")
+    other = [p for p in parts if p not in ("start-up", "mobilenet_features", "end")]
+    rest = statistics.median(sum(b.get(p, 0.0) for p in other) for b in budgets)
+    print(f"\nassets other than mobilenet_features: {rest:.1f} s, {rest / total:.0%} of the run")
 
 
 def memory(sizes: list[int]) -> None:
@@ -114,7 +170,7 @@ def memory(sizes: list[int]) -> None:
                 target = root / file.parent.parent.name / file.parent.name / file.name
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy(file, target)
-            wall, peak, _ = fruits_run(root, Path(tmp))
+            wall, peak, _, _ = fruits_run(root, Path(tmp))
         kinds = peak.peak_by_kind
         print(f"| {len(chosen)} | {wall:.1f} | {len(chosen) / wall:.1f} | {peak.peak / 2**20:.0f} "
               f"| {kinds.get('java', 0) / 2**20:.0f} | {kinds.get('python', 0) / 2**20:.0f} "
@@ -125,12 +181,17 @@ def memory(sizes: list[int]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="mode", required=True)
-    sub.add_parser("compare").add_argument("--reps", type=int, default=3)
+    compare_parser = sub.add_parser("compare")
+    compare_parser.add_argument("--reps", type=int, default=3)
+    compare_parser.add_argument("--against", help="another `fruits` executable to time alike")
     sub.add_parser("memory").add_argument(
         "--sizes", type=int, nargs="+", default=[1000, 4000, 8000]
     )
     args = parser.parse_args()
-    compare(args.reps) if args.mode == "compare" else memory(args.sizes)
+    if args.mode == "compare":
+        compare(args.reps, args.against)
+    else:
+        memory(args.sizes)
 
 
 if __name__ == "__main__":

@@ -44,35 +44,30 @@ VARIANTS = {
 
 def run_project(images: str, weights: str, workdir: str) -> int:
     import dagster as dg
-    from dagster._core.storage.tags import (
-        ASSET_PARTITION_RANGE_END_TAG,
-        ASSET_PARTITION_RANGE_START_TAG,
-    )
-    from fruits_assets_tests.graph import resources
 
-    from fruits_assets import discovery, partitions
-    from fruits_assets.assets import ALL_ASSETS, labeled_images, mobilenet_features, raw_images
+    from fruits_assets import runner
+    from fruits_assets.definitions import build_definitions
+    from fruits_assets.partitions import range_tags
+    from fruits_assets.settings import FruitsSettings
 
     instance = dg.DagsterInstance.ephemeral()
-    classes = discovery.scan(images).classes
-    partitions.sync(instance, classes)
-    ordered = instance.get_dynamic_partitions(partitions.FRUIT_CLASS_PARTITIONS_NAME)
-    tags = {ASSET_PARTITION_RANGE_START_TAG: ordered[0], ASSET_PARTITION_RANGE_END_TAG: ordered[-1]}
-    res = resources(images, workdir, weights)
+    settings = FruitsSettings.from_env(images=images, output=workdir, weights=weights)
+    plan = runner.plan(settings, instance)
+    job = build_definitions(settings).resolve_implicit_global_asset_job_def()
+    tags = range_tags(plan.classes[0], plan.classes[-1])
 
-    def materialize(selection):
-        result = dg.materialize(
-            ALL_ASSETS, instance=instance, resources=res, selection=selection, tags=tags
-        )
+    def materialize(*names: str) -> dg.ExecuteInProcessResult:
+        selection = [dg.AssetKey(name) for name in names]
+        result = job.execute_in_process(instance=instance, asset_selection=selection, tags=tags)
         assert result.success
         return result
 
-    materialize([raw_images, labeled_images])  # setup, not timed
+    materialize("raw_images", "labeled_images")  # setup, not timed
     global STARTED
     STARTED = time.perf_counter()
-    result = materialize([mobilenet_features])
-    event = result.get_asset_materialization_events()[-1]
-    return int(event.materialization.metadata["num_rows"].value)
+    result = materialize("mobilenet_features")
+    events = result.get_asset_materialization_events()
+    return sum(int(e.materialization.metadata["num_rows"].value) for e in events)
 
 
 def run_seed(images: str, weights: str, workdir: str) -> int:
@@ -108,7 +103,7 @@ def run_tf(images: str, weights: str, workdir: str, batch: int = 64) -> int:
 
 def run_tflite(images: str, weights: str, workdir: str) -> int:
     """The project's runtime alone: its cached TFLite model, 2 XNNPACK threads, no Spark."""
-    from fruits_assets import featurizer
+    from fruits_assets.ml import featurizer
 
     info = featurizer.resolve_weights(weights)
     return run_in_process(
@@ -227,7 +222,7 @@ def main() -> None:
 
 STARTED = 0.0
 CONVERT = (
-    "import sys; from fruits_assets import featurizer; "
+    "import sys; from fruits_assets.ml import featurizer; "
     "featurizer.tflite_model(featurizer.resolve_weights(sys.argv[1]), 1)"
 )
 

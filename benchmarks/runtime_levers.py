@@ -51,7 +51,7 @@ def main() -> None:
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    from fruits_assets import color, featurizer
+    from fruits_assets.ml import color, featurizer
 
     print("machine:", json.dumps(describe()))
     files = sorted(Path(args.images).rglob("*.jpg"))

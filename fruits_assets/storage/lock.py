@@ -57,6 +57,7 @@ class _LocalLock:
         self.path = os.path.join(root, LOCK_NAME)
         self.root = root
         self.fd: int | None = None
+        self.info: dict[str, Any] = {}
 
     def try_acquire(self, info: dict[str, Any]) -> dict[str, Any] | None:
         """None when taken; else what the file says of the current holder."""
@@ -75,6 +76,11 @@ class _LocalLock:
         os.pwrite(fd, json.dumps(info).encode(), 0)
         self.fd = fd
         return None
+
+    def update(self, info: dict[str, Any]) -> None:
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, json.dumps(info).encode(), 0)
 
     def _read(self) -> dict[str, Any] | None:
         try:
@@ -95,6 +101,8 @@ class _S3Lock:
         self.bucket = parsed.netloc
         self.key = f"{parsed.path.strip('/')}/{LOCK_NAME}".lstrip("/")
         self.etag: str | None = None
+        self._body: dict[str, Any] = {}
+        self.info: dict[str, Any] = {}
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
 
@@ -124,9 +132,13 @@ class _S3Lock:
                     return found
                 return self.try_acquire(info)
             return found
+        self._body = body
         self._beat = threading.Thread(target=self._heartbeat, args=(body,), daemon=True)
         self._beat.start()
         return None
+
+    def update(self, info: dict[str, Any]) -> None:
+        self._body.update(info)  # written with the next heartbeat
 
     def _heartbeat(self, body: dict[str, Any]) -> None:
         from botocore.exceptions import ClientError
@@ -171,6 +183,8 @@ def hold(
             lock, count = _HELD[root]
             _HELD[root] = (lock, count + 1)
             taken = False
+            if info.get("run_id"):  # the process's lock now serves this run: say so
+                lock.update({**lock.info, "run_id": info["run_id"]})
         else:
             lock = _S3Lock(root) if filesystem.is_s3(root) else _LocalLock(root)
             deadline, told = time.monotonic() + wait_seconds, False
@@ -184,6 +198,7 @@ def hold(
                     on_wait(f"waiting for {describe(other)} to release {root}")
                     told = True
                 time.sleep(POLL_SECONDS)
+            lock.info = info
             _HELD[root] = (lock, 1)
             taken = True
     try:
