@@ -247,6 +247,9 @@ def ui(args: argparse.Namespace) -> int:
     env = {**os.environ, **settings.to_env()}
     print(f"Dagster UI on http://{args.host}:{args.port} (images {settings.images}, output "
           f"{settings.output}, weights {settings.weights}); Ctrl-C stops it")  # fmt: skip
+    # `dagster dev` treats SIGTERM as it treats SIGINT; started as a background job, SIGINT is
+    # ignored and the child would inherit that: give it the default disposition.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     # Its own process group, so that a stop reaches the webserver and daemon it starts.
     child = subprocess.Popen(command, env=env, start_new_session=True)
 

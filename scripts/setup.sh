@@ -10,3 +10,20 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[dev]"
 scripts/fetch_jars.sh
+
+# The browser test drives a system Chromium through Playwright (never Playwright's own download).
+have_chromium() {
+  [ -n "${FRUITS_CHROMIUM:-}" ] && [ -x "$FRUITS_CHROMIUM" ] && return 0
+  command -v chromium >/dev/null || command -v chromium-browser >/dev/null
+}
+if ! have_chromium; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+    && grep -qiE '^(ID|ID_LIKE)=.*(debian|ubuntu)' /etc/os-release 2>/dev/null; then
+    echo "installing chromium (apt-get) for the browser test"
+    { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; } \
+      || echo "note: apt-get could not install chromium" >&2
+  fi
+  have_chromium || echo "note: no Chromium found: the browser test (test_ui_browser.py) will be" \
+    "skipped, and fails under CI=true. Install it (Debian/Ubuntu as root: apt-get install -y" \
+    "chromium) or point FRUITS_CHROMIUM at a Chromium binary." >&2
+fi

@@ -1,0 +1,159 @@
+"""Interactive reruns: two new photos in one class, rerun from the CLI and from the UI, against a
+full run, all with the classifier.
+
+    .venv/bin/python benchmarks/reruns.py --reps 3
+
+Per repetition, on a copy of the Fruits-360 Test split (2,115 images, 141 classes) with the
+shared weights: a full `fruits run` into a fresh output root; then two photos of one class are
+added and that class is rerun with `fruits run --classes` (CLI); then two more are added and the
+class is rerun from the Dagster UI's server: `fruits ui` is started on the same instance and a
+backfill of that one partition and everything downstream is launched through its GraphQL API,
+exactly as the launch dialog's "Launch backfill" does, timed from the launch to the end of the
+backfill's last run (the UI's own start-up is not counted: it is already open for a user).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]
+
+from machine import describe  # noqa: E402
+
+SHARED = Path(os.environ.get("FRUITS_SHARED_DIR", HERE.parent.parent / "shared"))
+DATA = SHARED / "data" / "fruits360"
+WEIGHTS = SHARED / "models" / "mobilenet_v2_1.0_224_imagenet_dequant.h5"
+FRUITS = str(Path(sys.executable).with_name("fruits"))
+CLASS = "Kiwi 1"
+ALL_ASSETS = ["raw_images", "labeled_images", "mobilenet_features", "pca_model",
+              "pca_features_parquet", "features_csv", "fruit_classifier"]  # fmt: skip
+PER_CLASS = ALL_ASSETS[:3]
+
+LAUNCH = """
+mutation ($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+  }
+}
+"""
+STATUS = """
+query ($id: String!) {
+  partitionBackfillOrError(backfillId: $id) { ... on PartitionBackfill { status } }
+}
+"""
+
+
+def run(*args: str, env: dict) -> float:
+    started = time.perf_counter()
+    done = subprocess.run([FRUITS, *args], env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"fruits {args[0]} failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
+    return time.perf_counter() - started
+
+
+def graphql(url: str, query: str, variables: dict) -> dict:
+    body = json.dumps({"query": query, "variables": variables}).encode()
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.load(response)["data"]
+
+
+def ui_rerun(env: dict, images: Path, output: Path) -> float:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ui = subprocess.Popen(
+        [FRUITS, "ui", "--images", str(images), "--output", str(output), "--weights",
+         str(WEIGHTS), "--port", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/graphql"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                graphql(url, "{ assetNodes { id } }", {})
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
+        params = {
+            "partitionsByAssets": [
+                {"assetKey": {"path": [name]},
+                 "partitions": {"range": {"start": CLASS, "end": CLASS}} if name in PER_CLASS
+                 else None}
+                for name in ALL_ASSETS
+            ],
+            "fromFailure": False,
+        }  # fmt: skip
+        started = time.perf_counter()
+        launched = graphql(url, LAUNCH, {"params": params})["launchPartitionBackfill"]
+        if launched["__typename"] != "LaunchBackfillSuccess":
+            raise RuntimeError(f"backfill not launched: {launched}")
+        while True:
+            status = graphql(url, STATUS, {"id": launched["backfillId"]})
+            status = status["partitionBackfillOrError"]["status"]
+            if status not in ("REQUESTED",):
+                break
+            time.sleep(1)
+        seconds = time.perf_counter() - started
+        if status != "COMPLETED_SUCCESS":
+            raise RuntimeError(f"the UI's backfill ended {status}")
+        return seconds
+    finally:
+        ui.send_signal(signal.SIGTERM)
+        ui.wait(timeout=120)
+
+
+def add_photos(images: Path, count: int, skip: int) -> None:
+    extra = sorted((DATA / "Training" / CLASS).glob("*.jpg"))[skip : skip + count]
+    for photo in extra:
+        shutil.copy(photo, images / CLASS / f"added_{photo.name}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--reps", type=int, default=3)
+    args = parser.parse_args()
+    print("machine:", json.dumps(describe()))
+    full, cli, ui = [], [], []
+    for rep in range(args.reps):
+        with tempfile.TemporaryDirectory(prefix="reruns_") as tmp:
+            images, output, home = Path(tmp) / "images", Path(tmp) / "out", Path(tmp) / "home"
+            shutil.copytree(DATA / "Test", images)
+            env = {**os.environ, "DAGSTER_HOME": str(home), "TF_CPP_MIN_LOG_LEVEL": "3"}
+            common = ["--images", str(images), "--output", str(output), "--weights", str(WEIGHTS)]
+            full.append(run("run", *common, env=env))
+            add_photos(images, 2, 0)
+            cli.append(run("run", *common, "--classes", CLASS, env=env))
+            add_photos(images, 2, 2)
+            ui.append(ui_rerun(env, images, output))
+        print(f"rep {rep + 1}: full {full[-1]:.1f} s, CLI rerun {cli[-1]:.1f} s, "
+              f"UI rerun {ui[-1]:.1f} s", flush=True)  # fmt: skip
+    f, c, u = (statistics.median(x) for x in (full, cli, ui))
+    print("\n| run (with the classifier) | median s |")
+    print("| --- | ---: |")
+    print(f"| full run, 2,115 images | {f:.1f} |")
+    print(f"| one class rerun after 2 new photos, `fruits run --classes` | {c:.1f} |")
+    print(f"| the same from the UI (backfill of one partition + downstream) | {u:.1f} |")
+    print(f"\nCLI rerun / full run: {c / f:.0%}; UI rerun / CLI rerun: {u / c:.2f}")
+
+
+if __name__ == "__main__":
+    main()
