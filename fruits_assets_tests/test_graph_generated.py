@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dagster as dg
 import pandas as pd
 import pytest
 from dagster import DagsterInstance
@@ -21,18 +22,18 @@ def mixed_run(tmp_path_factory):
     output = tmp_path_factory.mktemp("mixed_out")
     instance = DagsterInstance.ephemeral()
     outcome = materialize_graph(instance, root, output, "random")
-    return root, output, expected, outcome
+    return root, output, expected, outcome, instance
 
 
 def test_graph_succeeds_and_every_check_passes(mixed_run):
-    _, _, _, outcome = mixed_run
+    _, _, _, outcome, _ = mixed_run
     assert outcome.ok, outcome.failures
     assert len(outcome.checks) == 13
     assert all(outcome.checks.values()), outcome.checks
 
 
 def test_every_bad_file_is_rejected_with_its_reason(mixed_run):
-    _, output, expected, outcome = mixed_run
+    _, output, expected, outcome, _ = mixed_run
     rejected = read_parquet(layout.rejected_images_dir(str(output)))
     assert set(rejected.columns) >= {"path", "label", "reason"}
     by_name = {p.rsplit("/", 1)[-1]: r for p, r in zip(rejected.path, rejected.reason, strict=True)}
@@ -48,7 +49,7 @@ def test_every_bad_file_is_rejected_with_its_reason(mixed_run):
 
 
 def test_raw_images_count_ignored_files(mixed_run):
-    _, output, expected, outcome = mixed_run
+    _, output, expected, outcome, _ = mixed_run
     raw = read_parquet(layout.asset_dir(str(output), layout.RAW_IMAGES))
     assert len(raw) == expected["images"]
     assert {"path", "label", "size", "modification_time"} <= set(raw.columns)
@@ -58,7 +59,7 @@ def test_raw_images_count_ignored_files(mixed_run):
 
 
 def test_features_pca_and_csv_agree(mixed_run):
-    _, output, expected, outcome = mixed_run
+    _, output, expected, outcome, _ = mixed_run
     features = read_parquet(layout.asset_dir(str(output), layout.MOBILENET_FEATURES))
     assert len(features) == expected["accepted"]
     assert all(len(v) == 1280 for v in features.features)
@@ -84,7 +85,7 @@ def test_random_weights_are_recorded(mixed_run):
 def test_classifier_cross_validates_only_when_classes_or_search_change(mixed_run):
     """A rerun with the same classes refits with the L2 strength chosen before; asking for it
     (or new classes) cross-validates again."""
-    root, output, _, _ = mixed_run
+    root, output, _, _, _ = mixed_run
     instance = DagsterInstance.ephemeral()
     search = ClassifierSettings(reg_params=[1e-4, 1e-3], max_iter=50, cv_folds=2)
 
@@ -102,3 +103,21 @@ def test_classifier_cross_validates_only_when_classes_or_search_change(mixed_run
     assert reused["cross_validated"] is False and reused["chosen_reg_param"] == 1e-4
     forced = rerun(search.model_copy(update={"cross_validate": "always"}))
     assert forced["cross_validated"] is True and len(forced["cv_accuracy"]) == 2
+
+
+def test_each_class_partition_carries_its_own_facts(mixed_run):
+    """A class's materialization shows that class's rows and rejections, not the run's totals;
+    the run's shared facts (published version) are there too."""
+    instance = mixed_run[4]
+    for asset, label, key, expected in (
+        ("raw_images", GOOD_CLASS, "num_images", 6),
+        ("labeled_images", GOOD_CLASS, "num_rejected", 0),
+        ("labeled_images", BAD_CLASS, "num_rejected", 5),
+        ("mobilenet_features", GOOD_CLASS, "num_rows", 6),
+    ):
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[label]), limit=1
+        ).records
+        metadata = records[0].asset_materialization.metadata
+        assert metadata[key].value == expected, (asset, label, key)
+        assert "published_version" in metadata

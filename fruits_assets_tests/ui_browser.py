@@ -473,19 +473,81 @@ def choose_partitions(page: Page, dialog: Locator, keys: Sequence[str] | None = 
     expect(dialog.get_by_text(count, exact=True)).to_be_visible()
 
 
-def launch(page: Page, dialog: Locator) -> str:
-    """Click "Launch backfill" and return the backfill's id from the "Created backfill" toast."""
+def launch(page: Page, dialog: Locator) -> tuple[str, str]:
+    """Click the dialog's launch button: "Launch backfill" (many partitions) or "Launch 1 run"
+    (one partition: one run of every asset). Returns ("backfill", id) or ("run", id)."""
     from playwright.sync_api import expect
 
-    button = dialog.get_by_role("button", name="Launch backfill")
+    button = dialog.get_by_role("button", name=re.compile(r"^Launch (backfill|1 run)$"))
     expect(button).to_be_enabled()
+    label = button.inner_text()
     button.click()
-    toast = page.get_by_text(re.compile(r"Created backfill \w+"))
-    expect(toast).to_be_visible()
-    settle(toast)
-    match = re.search(r"Created backfill (\w+)", toast.inner_text())
-    assert match, toast.inner_text()
-    return match.group(1)
+    if "backfill" in label:
+        toast = page.get_by_text(re.compile(r"Created backfill \w+"))
+        expect(toast).to_be_visible()
+        settle(toast)
+        match = re.search(r"Created backfill (\w+)", toast.inner_text())
+        assert match, toast.inner_text()
+        return "backfill", match.group(1)
+    # A run: its page opens, or a toast links to it.
+    run_url = re.compile(r"/runs/([0-9a-f-]{36})")
+    deadline = time.monotonic() + STEP_TIMEOUT_MS / SECOND_MS
+    while time.monotonic() < deadline:
+        if match := run_url.search(page.url):
+            return "run", match.group(1)
+        links = page.locator("a[href^='/runs/']").filter(has_text="View")
+        if links.count():
+            href = links.first.get_attribute("href") or ""
+            if match := run_url.search(href):
+                return "run", match.group(1)
+        time.sleep(0.5)
+    raise AssertionError("the launched run could not be found on the page")
+
+
+RUN_QUERY = """
+query ($id: ID!) {
+  runOrError(runId: $id) { ... on Run { runId status tags { key value } } }
+}
+"""
+
+
+def wait_for_run(
+    page: Page,
+    base_url: str,
+    run_id: str,
+    timeout_s: float = RUN_TIMEOUT_S,
+    screenshots: Screenshots | None = None,
+    name: str = "run",
+) -> BackfillResult:
+    """Watch a run's page until the run has ended (GraphQL says when); how it ended, in the
+    shape of a backfill's result (one run)."""
+    from playwright.sync_api import expect
+
+    page.goto(f"{base_url}/runs/{run_id}")
+    start = time.monotonic()
+    if screenshots is not None:
+        screenshots.take(page, f"{name}-running")
+    run: dict[str, Any] = {}
+    while time.monotonic() < start + timeout_s:
+        try:
+            run = graphql(base_url, RUN_QUERY, {"id": run_id})["runOrError"]
+        except OSError:
+            time.sleep(POLL_S)
+            continue
+        if run.get("status") in ("SUCCESS", "FAILURE", "CANCELED"):
+            break
+        time.sleep(POLL_S)
+    seconds = time.monotonic() - start
+    page.reload()
+    if run.get("status") == "SUCCESS":
+        expect(page.get_by_text("Success", exact=True).first).to_be_visible()
+    if screenshots is not None:
+        screenshots.take(page, f"{name}-ended")
+    tags = {t["key"]: t["value"] for t in run.pop("tags", [])}
+    run["partitions"] = tags.get("dagster/partition")
+    status = "COMPLETED_SUCCESS" if run.get("status") == "SUCCESS" else str(run.get("status"))
+    page_status = "Succeeded" if run.get("status") == "SUCCESS" else str(run.get("status"))
+    return BackfillResult(run_id, status, page_status, [run], seconds)
 
 
 def open_backfill(page: Page, base_url: str, backfill_id: str) -> None:

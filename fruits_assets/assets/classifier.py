@@ -57,7 +57,8 @@ def fruit_classifier(
     classifier_settings: ClassifierSettings,
     step_launcher: dg.ResourceParam[Any],
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
-    """Spark ML softmax regression fit on Training, L2 chosen by CV there, scored on Test.
+    """Spark ML softmax regression fit on the training images (the dataset's Training folders,
+    else all but a 1-in-5 hold-out per class), L2 chosen by CV there, scored on the held-out ones.
 
     Cross-validation runs when the classes or the searched L2 strengths differ from those of
     the published classifier (or `cross_validate="always"`); a rerun after new photos of known

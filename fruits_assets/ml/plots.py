@@ -35,7 +35,9 @@ def scree_png(explained_variance: Sequence[float], target: float, k: int) -> byt
     ax.axvline(k, color="tab:green", ls=":", lw=1, label=f"k = {k}")
     ax.set_xlabel("number of components k")
     ax.set_ylabel("explained variance")
-    ax.set_ylim(0, 1.02)
+    # Zoomed on where the curve meets the target, so a 99 % line does not sit on the frame.
+    low = min(float(cumulative[0]), target - 0.1)
+    ax.set_ylim(max(0.0, low - 0.02), 1.0 + (1.0 - low) * 0.05)
     ax.legend(loc="lower right")
     return figure_to_png(fig)
 
