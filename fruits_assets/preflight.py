@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
+import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from fruits_assets.storage import filesystem
 
@@ -49,13 +53,31 @@ def check_output_root(output_root: str, needed_bytes: int = 0) -> None:
         )
 
 
+@contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """TensorFlow writes start-up chatter to the process's stderr (file descriptor 2, below
+    Python): keep it out of the terminal while the weights are checked, so that a failure's
+    first line is its cause."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def check_weights(spec: str, batch_size: int, convert: bool = True) -> None:
     """The weights resolve to MobileNetV2 weights (converted once to the cached TFLite model)."""
     from fruits_assets.ml import featurizer
 
     try:
-        info = featurizer.resolve_weights(spec)
-        if convert:
-            featurizer.tflite_model(info, batch_size)
+        with _quiet_stderr():
+            info = featurizer.resolve_weights(spec)
+            if convert:
+                featurizer.tflite_model(info, batch_size)
     except Exception as exc:  # any reason the featurizer could not be built
         raise PreflightError(f"weights {spec!r}: {exc}") from exc

@@ -167,13 +167,7 @@ def _materialize(
     from fruits_assets.definitions import build_definitions
     from fruits_assets.resources.spark import local_spark_config, start_in_background
 
-    spark_start = None
-    if settings.env == "local" and not resource_overrides:
-        # The JVM boots (seconds) while the input root is listed and the weights checked.
-        spark_start = start_in_background(local_spark_config(settings, s3=settings.uses_s3))
     run_plan = plan(settings, instance, classes)
-    if on_plan is not None:
-        on_plan(run_plan)
     try:
         count = 0 if downstream_only else run_plan.image_count
         needed = preflight.space_needed(0 if downstream_only else run_plan.image_bytes, count)
@@ -182,6 +176,12 @@ def _materialize(
             preflight.check_weights(settings.weights, batch_size=1)
     except preflight.PreflightError as exc:
         raise UsageError(str(exc)) from exc
+    if on_plan is not None:
+        on_plan(run_plan)
+    spark_start = None
+    if settings.env == "local" and not resource_overrides:
+        # Checks passed: the JVM boots (seconds) while the definitions and the run are set up.
+        spark_start = start_in_background(local_spark_config(settings, s3=settings.uses_s3))
     try:
         defs = build_definitions(settings, **(resource_overrides or {}))
     except ValueError as exc:  # e.g. FRUITS_ENV=emr without a cluster id
