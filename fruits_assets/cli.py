@@ -39,8 +39,9 @@ def _instance():  # a DagsterInstance, imported lazily
     return instance
 
 
-def _settings(args: argparse.Namespace) -> FruitsSettings:
-    """Command-line options over the environment and fruits.toml; demo data when no input root."""
+def _settings(args: argparse.Namespace, reads_images: bool = True) -> FruitsSettings:
+    """Command-line options over the environment and fruits.toml; demo data when no input root
+    (for the commands that read images)."""
     from fruits_assets.ml import demo_data
     from fruits_assets.settings import DEMO_IMAGES
 
@@ -51,7 +52,7 @@ def _settings(args: argparse.Namespace) -> FruitsSettings:
         weights=getattr(args, "weights", None),
         variance=getattr(args, "variance", None),
     )
-    if settings.demo:
+    if settings.demo and reads_images:
         if not os.path.isdir(DEMO_IMAGES):
             demo_data.generate(DEMO_IMAGES)
         print(
@@ -173,10 +174,12 @@ def restore(args: argparse.Namespace) -> int:
     from fruits_assets.storage import filesystem, lock
     from fruits_assets.storage.datasets import Datasets
 
-    settings = _settings(args)
+    settings = _settings(args, reads_images=False)
     instance = _instance()
-    s3 = filesystem.is_s3(settings.output)
-    spark = LazyPySparkResource(spark_config=local_spark_config(settings, s3=s3)).spark_session
+    spark = None
+    if versions.OUTPUTS[args.asset][0].table:  # tables need Spark (Delta); files do not
+        config = local_spark_config(settings, s3=filesystem.is_s3(settings.output))
+        spark = LazyPySparkResource(spark_config=config).spark_session
     datasets = Datasets(spark, shared_resources(settings)["storage"], run_id="restore")
     if args.list or args.version is None:
         rows = versions.history(datasets, args.asset)

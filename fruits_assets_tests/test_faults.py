@@ -361,3 +361,32 @@ def test_hostile_names_and_links_are_kept_exactly_or_reported(tmp_path, fruits36
     ).csv(str(csv_path))
     assert read_back.count() == 31
     assert str(hostile) in {r["path"] for r in read_back.select("path").collect()}
+
+
+def test_restore_publishes_an_earlier_version_again(workspace, tmp_path):
+    """After a rerun, `fruits restore` brings back the baseline's features, labeled images (both
+    tables together) and CSV, as new versions, and the instance records it."""
+    images, output, before, weights = workspace
+    home = tmp_path / "home"
+    done = fruits(*run_args(images, output, weights, "--classes", RERUN), home=home)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert snapshot(output)[layout.MOBILENET_FEATURES] != before[layout.MOBILENET_FEATURES]
+
+    listed = fruits("restore", "mobilenet_features", "--output", str(output), "--list",
+                    home=home, timeout=300)  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    versions = [line for line in listed.stdout.splitlines() if line.startswith("version=")]
+    assert [v.split()[0] for v in versions] == ["version=1", "version=0"]
+    for asset, version in (
+        (layout.MOBILENET_FEATURES, 0), (layout.LABELED_IMAGES, 0), (layout.FEATURES_CSV, 1),
+    ):  # fmt: skip
+        restored = fruits("restore", asset, "--output", str(output), "--version", str(version),
+                          home=home, timeout=300)  # fmt: skip
+        assert restored.returncode == 0, restored.stdout + restored.stderr
+    after = snapshot(output)
+    for name in (layout.MOBILENET_FEATURES, layout.ACCEPTED_IMAGES, layout.REJECTED_IMAGES,
+                 "features.csv"):  # fmt: skip
+        assert after[name] == before[name], name
+    instance = dg.DagsterInstance.from_config(str(home))
+    event = instance.get_latest_materialization_event(dg.AssetKey(layout.FEATURES_CSV))
+    assert event.asset_materialization.metadata["restored_version"].value == 1

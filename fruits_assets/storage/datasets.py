@@ -47,7 +47,9 @@ def labels_predicate(labels: Iterable[str]) -> str:
 class Datasets:
     """The Delta tables under one output root, and one run's staging area beside them."""
 
-    def __init__(self, spark: SparkSession, storage: FruitsStorage, run_id: str = "") -> None:
+    def __init__(
+        self, spark: SparkSession | None, storage: FruitsStorage, run_id: str = ""
+    ) -> None:
         self.spark = spark
         self.storage = storage
         self.output = storage.output
