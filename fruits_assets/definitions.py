@@ -8,6 +8,10 @@ import dagster as dg
 
 from fruits_assets.settings import FruitsSettings
 
+# Every asset, as one job: what `fruits run` executes (an asset selection of it per run) and what
+# an EMR step re-creates by name.
+ALL_ASSETS_JOB = "all_fruits_assets"
+
 
 def build_definitions(
     settings: FruitsSettings | None = None, **resource_overrides: object
@@ -20,6 +24,7 @@ def build_definitions(
     settings = settings or FruitsSettings.from_env()
     return dg.Definitions(
         assets=ALL_ASSETS,
+        jobs=[dg.define_asset_job(ALL_ASSETS_JOB, selection=dg.AssetSelection.all())],
         sensors=[fruit_class_sensor, downstream_automation],
         resources={**RESOURCES_BY_ENV[settings.env](settings), **resource_overrides},
         # One process, one Spark session per run; on EMR each asset is still its own step.

@@ -6,6 +6,7 @@ runs of the same definitions through the Dagster instance.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import dagster as dg
 
 from fruits_assets import partitions, preflight, runs
+from fruits_assets.definitions import ALL_ASSETS_JOB
 from fruits_assets.settings import FruitsSettings
 from fruits_assets.storage import datasets, discovery, layout, lock
 
@@ -229,7 +231,9 @@ def _execute(
     if settings.env == "emr":
         from fruits_assets.emr.job import reconstructable_job
 
-        # The step launcher ships a job it can re-create remotely: a reconstructable one.
+        # The step launcher ships a job it can re-create remotely: a reconstructable one, which
+        # builds its definitions from the environment's settings; these settings, then.
+        os.environ.update(settings.to_env())
         with dg.execute_job(
             reconstructable_job(),
             instance,
@@ -239,7 +243,7 @@ def _execute(
         ) as result:
             outcome.absorb(result)
         return
-    result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+    result = defs.resolve_job_def(ALL_ASSETS_JOB).execute_in_process(
         instance=instance,
         asset_selection=selection,
         tags=tags,

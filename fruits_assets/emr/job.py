@@ -6,12 +6,12 @@ import dagster as dg
 
 
 def fruits_job() -> dg.JobDefinition:
-    """The global asset job of the definitions, built from the environment's settings."""
-    from fruits_assets.definitions import build_definitions
+    """The job of every asset, its definitions built from the environment's settings."""
+    from fruits_assets.definitions import ALL_ASSETS_JOB, build_definitions
 
-    return build_definitions().resolve_implicit_global_asset_job_def()
+    return build_definitions().resolve_job_def(ALL_ASSETS_JOB)
 
 
-def reconstructable_job():  # dagster's ReconstructableJob
+def reconstructable_job():  # a dagster ReconstructableJob
     """A pointer to `fruits_job` that the step launcher ships and the EMR step imports."""
     return dg.reconstructable(fruits_job)
