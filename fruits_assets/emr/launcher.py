@@ -24,7 +24,7 @@ import dagster as dg
 from botocore.exceptions import ClientError
 
 # Private Dagster API, as a step launcher needs it: interrupts while polling, the event types,
-# the step reference, the event log entry and Dagster's own (whitelist-based) deserializer.
+# the step reference and the event log entry.
 from dagster._core.errors import raise_execution_interrupts
 from dagster._core.events import PIPELINE_EVENTS, DagsterEvent, DagsterEventType
 from dagster._core.events.log import EventLogEntry
@@ -32,7 +32,6 @@ from dagster._core.execution.plan.external_step import (
     PICKLED_STEP_RUN_REF_FILE_NAME,
     step_context_to_step_run_ref,
 )
-from dagster._serdes import deserialize_value
 from dagster_aws.emr import EmrError
 from dagster_aws.emr.pyspark_step_launcher import CODE_ZIP_NAME, EmrPySparkStepLauncher
 
@@ -238,7 +237,7 @@ def parse_events(body: bytes, run_id: str, step_key: str, source: str) -> list[E
     """A step's events, checked: Dagster JSON, of this run and step, no run-level event."""
     try:
         # Dagster's JSON serialization builds only whitelisted record classes: no code runs.
-        events = deserialize_value(body.decode("utf-8"))
+        events = dg.deserialize_value(body.decode("utf-8"))
     except Exception as exc:  # whatever a node wrote: a failed step, nothing more
         cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise _rejected(step_key, source, f"not Dagster events JSON ({cause[:200]})") from None

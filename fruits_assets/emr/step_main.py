@@ -33,11 +33,12 @@ def main(bucket: str, step_run_ref_key: str, events_key: str) -> None:
     # A step of a run that the launching process holds the output root's lock for.
     os.environ["FRUITS_REMOTE_STEP"] = "true"
 
+    # Private Dagster API, as a step launcher's remote side needs it: running a step reference.
+    from dagster import serialize_value
     from dagster._core.execution.plan.external_step import (
         external_instance_from_step_run_ref,
         run_step_from_ref,
     )
-    from dagster._serdes import serialize_value
     from dagster_aws.emr.emr_step_main import DONE, event_writing_loop
 
     # Written by the operator into a prefix the nodes can only read.
