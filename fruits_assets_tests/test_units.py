@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from fruits_assets import partitions
 from fruits_assets.ml import decoding, pca, plots, training
 from fruits_assets.storage import discovery, layout
 from fruits_assets_tests.helpers import fruits
-from fruits_assets_tests.images import BAD_CLASS, EXPECTED, GOOD_CLASS, write_mixed_root
+from fruits_assets_tests.images import BAD_CLASS, EXPECTED, GOOD_CLASS, noisy_jpeg, write_mixed_root
 
 
 def test_scan_labels_by_parent_folder_and_counts_ignored(tmp_path):
@@ -106,3 +107,55 @@ def test_metrics_helpers():
     assert training.top_k_accuracy(p, truth, 2) == 1.0
     recall = training.per_class_recall(p.argmax(1), truth, 3)
     assert recall[0] == 1.0 and recall[1] == 0.0 and np.isnan(recall[2])
+
+
+def test_settings_precedence_file_env_and_what_emr_steps_receive(tmp_path, monkeypatch):
+    """Defaults < fruits.toml < FRUITS_* < explicit values; machine-local settings stay home."""
+    from fruits_assets.settings import FruitsSettings
+
+    for name in FruitsSettings.model_fields:
+        monkeypatch.delenv(FruitsSettings.env_name(name), raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "fruits.toml").write_text(
+        '[fruits]\nimages = "photos"\nvariance = 0.95\nweights = "w.h5"\n'
+    )
+    monkeypatch.setenv("FRUITS_VARIANCE", "0.9")
+    settings = FruitsSettings.from_env(weights="random")
+    assert settings.images == str(tmp_path / "photos")  # from the file, made absolute
+    assert settings.variance == 0.9  # the environment over the file
+    assert settings.weights == "random"  # explicit over both
+    assert settings.model_fields_set >= {"images", "variance", "weights"}
+    forwarded = settings.to_env(forwarded_only=True)
+    assert forwarded["FRUITS_VARIANCE"] == "0.9" and "FRUITS_CACHE_DIR" not in forwarded
+    assert "FRUITS_CACHE_DIR" in settings.to_env()
+    (tmp_path / "fruits.toml").write_text("[fruits]\nimagez = 'typo'\n")
+    with pytest.raises(ValueError, match="unknown settings \\['imagez'\\]"):
+        FruitsSettings.from_env()
+
+
+def test_scan_never_follows_links_and_reports_each_with_its_reason(tmp_path):
+    root = tmp_path / "root"
+    kiwi = root / "Kiwi"
+    kiwi.mkdir(parents=True)
+    (kiwi / "a.jpg").write_bytes(noisy_jpeg())
+    outside = tmp_path / "outside.jpg"
+    outside.write_bytes(noisy_jpeg())
+    (kiwi / "loop").symlink_to(root, target_is_directory=True)
+    (kiwi / "out.jpg").symlink_to(outside)
+    (kiwi / "twice.jpg").symlink_to(kiwi / "a.jpg")
+    (kiwi / "broken.jpg").symlink_to(tmp_path / "gone.jpg")
+    long_class = root / ("Kiwi " + "#" * 100)
+    long_class.mkdir()
+    (long_class / "b.jpg").write_bytes(noisy_jpeg())
+    undecodable = os.fsencode(kiwi) + b"/caf\xe9.jpg"
+    with open(undecodable, "wb") as handle:
+        handle.write(noisy_jpeg())
+    scan = discovery.scan(str(root))
+    assert [i.path for i in scan.images] == [str(kiwi / "a.jpg")]
+    reasons = {path.rsplit("/", 1)[-1]: reason for path, reason in scan.ignored}
+    assert reasons["loop"].startswith(discovery.IGNORED_LINK_INSIDE)
+    assert reasons["out.jpg"] == f"{discovery.IGNORED_LINK_OUT} -> {outside}"
+    assert reasons["twice.jpg"] == f"{discovery.IGNORED_LINK_INSIDE} -> Kiwi/a.jpg"
+    assert reasons["broken.jpg"] == discovery.IGNORED_LINK_BROKEN
+    assert reasons["b.jpg"] == discovery.IGNORED_LONG_CLASS
+    assert reasons["caf\ufffd.jpg"] == discovery.IGNORED_NOT_UTF8
