@@ -2,6 +2,7 @@
 full run, all with the classifier.
 
     .venv/bin/python benchmarks/reruns.py --reps 3
+    .venv/bin/python benchmarks/reruns.py --reps 3 --against ../old/.venv/bin/fruits
 
 Per repetition, on a copy of the Fruits-360 Test split (2,115 images, 141 classes) with the
 shared weights: a full `fruits run` into a fresh output root; then two photos of one class are
@@ -10,6 +11,8 @@ class is rerun from the Dagster UI's server: `fruits ui` is started on the same 
 backfill of that one partition and everything downstream is launched through its GraphQL API,
 exactly as the launch dialog's "Launch backfill" does, timed from the launch to the end of the
 backfill's last run (the UI's own start-up is not counted: it is already open for a user).
+`--against` adds another `fruits` (e.g. an earlier checkout's): its full run and CLI rerun, in
+the same repetitions, on their own copy of the images.
 """
 
 from __future__ import annotations
@@ -58,9 +61,9 @@ query ($id: String!) {
 """
 
 
-def run(*args: str, env: dict) -> float:
+def run(*args: str, env: dict, fruits: str = FRUITS) -> float:
     started = time.perf_counter()
-    done = subprocess.run([FRUITS, *args], env=env, capture_output=True, text=True, check=False)
+    done = subprocess.run([fruits, *args], env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"fruits {args[0]} failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
     return time.perf_counter() - started
@@ -130,10 +133,24 @@ def add_photos(images: Path, count: int, skip: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--against", help="another `fruits` executable: full run and CLI rerun")
     args = parser.parse_args()
     print("machine:", json.dumps(describe()))
-    full, cli, ui = [], [], []
+    full, cli, ui, other_full, other_cli = [], [], [], [], []
     for rep in range(args.reps):
+        if args.against:
+            with tempfile.TemporaryDirectory(prefix="reruns_other_") as tmp:
+                images, output = Path(tmp) / "images", Path(tmp) / "out"
+                shutil.copytree(DATA / "Test", images)
+                env = {**os.environ, "DAGSTER_HOME": str(Path(tmp) / "home")}
+                common = ["--images", str(images), "--output", str(output),
+                          "--weights", str(WEIGHTS)]  # fmt: skip
+                other_full.append(run("run", *common, env=env, fruits=args.against))
+                add_photos(images, 2, 0)
+                other_cli.append(run("run", *common, "--classes", CLASS, env=env,
+                                     fruits=args.against))  # fmt: skip
+            print(f"rep {rep + 1}: --against full {other_full[-1]:.1f} s, CLI rerun "
+                  f"{other_cli[-1]:.1f} s", flush=True)  # fmt: skip
         with tempfile.TemporaryDirectory(prefix="reruns_") as tmp:
             images, output, home = Path(tmp) / "images", Path(tmp) / "out", Path(tmp) / "home"
             shutil.copytree(DATA / "Test", images)
@@ -152,6 +169,10 @@ def main() -> None:
     print(f"| full run, 2,115 images | {f:.1f} |")
     print(f"| one class rerun after 2 new photos, `fruits run --classes` | {c:.1f} |")
     print(f"| the same from the UI (backfill of one partition + downstream) | {u:.1f} |")
+    if other_full:
+        of, oc = statistics.median(other_full), statistics.median(other_cli)
+        print(f"| --against: full run | {of:.1f} |")
+        print(f"| --against: one class rerun, CLI | {oc:.1f} |")
     print(f"\nCLI rerun / full run: {c / f:.0%}; UI rerun / CLI rerun: {u / c:.2f}")
 
 

@@ -120,6 +120,7 @@ def plan(
             f"classes {unknown} are not folders under {settings.images}; "
             f"known: {', '.join(scan.classes)}"
         )
+    discovery.remember(scan)
     added, deleted = partitions.sync(instance, scan.classes)
     ranges = partitions.contiguous_ranges(partitions.registered_classes(instance), set(selected))
     images = scan.images_of(set(selected))

@@ -67,7 +67,7 @@ def raw_images(
 ) -> Iterator[dg.MaterializeResult]:
     """Every .jpg/.jpeg/.png file of the selected classes, with path, size and modification time."""
     labels = set(context.partition_keys)
-    scan = discovery.scan(storage.images)
+    scan = discovery.scan(storage.images, reuse=True)  # the listing `fruits run` just made
     missing = labels - set(scan.classes)
     if missing:
         raise _missing_classes_failure(missing, storage.images)

@@ -114,9 +114,21 @@ def _scan_s3(root: str, result: Scan) -> None:
         result.add(uri, relative, int(info.size or 0), mtime)
 
 
-def scan(root: str) -> Scan:
-    """List `root` recursively; an image's label is its parent folder's name, as in the seed."""
+# The listing `fruits run` made for this process's runs: raw_images takes it instead of listing
+# the input root again (on S3, a listing of the whole prefix).
+_LISTED: dict[str, Scan] = {}
+
+
+def remember(listing: Scan) -> None:
+    _LISTED[listing.root] = listing
+
+
+def scan(root: str, reuse: bool = False) -> Scan:
+    """List `root` recursively; an image's label is its parent folder's name, as in the seed.
+    `reuse`: the listing this process remembered for `root`, if any."""
     root = filesystem.normalize_uri(root)
+    if reuse and root in _LISTED:
+        return _LISTED[root]
     if not filesystem.is_dir(root):
         raise FileNotFoundError(f"Input root {root!r} does not exist or is not a folder")
     result = Scan(root=root)
