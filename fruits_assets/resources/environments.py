@@ -89,8 +89,9 @@ def emr_resources(settings: FruitsSettings) -> dict[str, Any]:
         log_wait_seconds=settings.emr_log_wait_seconds,
         price=cluster_price(spec.region, spec.instances),
     )
-    # The weights are checked where the featurizer runs: in the EMR step.
-    shared = shared_resources(settings, check_weights=settings.remote_step)
+    # A resource that fails to start in an EMR step loses its message on the way back: the
+    # featurizer's own step reports bad weights (naming them) instead.
+    shared = shared_resources(settings, check_weights=False)
     return {
         **shared,
         "storage": shared["storage"].model_copy(update={"native_s3": True}),
