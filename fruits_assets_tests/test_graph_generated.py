@@ -101,7 +101,10 @@ def test_classifier_cross_validates_only_when_classes_or_search_change(mixed_run
 
     reused = rerun(search)
     assert reused["cross_validated"] is False and reused["chosen_reg_param"] == 1e-4
-    forced = rerun(search.model_copy(update={"cross_validate": "always"}))
+    always = ClassifierSettings(
+        reg_params=[1e-4, 1e-3], max_iter=50, cv_folds=2, cross_validate="always"
+    )
+    forced = rerun(always)
     assert forced["cross_validated"] is True and len(forced["cv_accuracy"]) == 2
 
 

@@ -19,7 +19,7 @@ class FeaturizerSettings(dg.ConfigurableResource):
     check_on_start: bool = True
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        run = context.dagster_run
+        run = context.run
         selection = run.asset_selection if run is not None else None
         featurizes = selection is None or dg.AssetKey("mobilenet_features") in selection
         if not self.check_on_start or not featurizes or self.allow_random_fallback:

@@ -42,9 +42,9 @@ class FruitsStorage(dg.ConfigurableResource):
         from fruits_assets import runs
         from fruits_assets.storage import datasets, lock
 
-        if not self.hold_lock or context.dagster_run is None:  # a sensor needs no lock
+        if not self.hold_lock or context.run is None:  # a sensor needs no lock
             return
-        run_id = context.run_id or ""
+        run_id = context.run.run_id
         held = lock.hold(
             self.output,
             lock.holder(run_id, command="dagster run"),
@@ -62,7 +62,7 @@ class FruitsStorage(dg.ConfigurableResource):
         from fruits_assets.storage import datasets
 
         if self._held is not None:
-            if context.run_id:
-                datasets.finish_staging(self.output, context.run_id)
+            if context.run is not None:
+                datasets.finish_staging(self.output, context.run.run_id)
             self._held.__exit__(None, None, None)
             self._held = None
