@@ -150,9 +150,11 @@ def run_args(images: Path, output: Path, weights: Path, *extra: str) -> list[str
 def kill_at(asset: str, args: list[str], output: Path, home: Path, log: Path) -> None:
     """Run `fruits`, stop it just before `asset` publishes, `kill -9` its whole process group."""
     run = start(*args, home=home, env={"FRUITS_FAILPOINT": f"{asset}:pause"}, log=log)
-    wait_for(paused(output, asset), run, log)
-    os.killpg(run.pid, signal.SIGKILL)
-    run.wait(timeout=60)
+    try:
+        wait_for(paused(output, asset), run, log)
+    finally:  # paused or not, nothing of it outlives the test
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait(timeout=60)
 
 
 @pytest.mark.parametrize("asset", ASSETS)
@@ -256,11 +258,18 @@ def test_a_failing_check_keeps_the_previous_version_and_the_failed_data(workspac
     assert len(rows) == 46 and "Broken 1" not in set(rows.label.astype(str))
 
 
-def test_a_second_writer_is_refused_at_once_naming_the_first(workspace, tmp_path):
+def _kill_group(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=60)
+
+
+def test_a_second_writer_is_refused_at_once_naming_the_first(workspace, tmp_path, request):
     images, output, _, weights = workspace
     log = tmp_path / "first.log"
     first = start(*run_args(images, output, weights, "--classes", RERUN), home=tmp_path / "h1",
                   env={"FRUITS_FAILPOINT": f"{layout.LABELED_IMAGES}:pause"}, log=log)  # fmt: skip
+    request.addfinalizer(lambda: _kill_group(first))
     wait_for(paused(output, layout.LABELED_IMAGES), first, log)
     second = fruits(*run_args(images, output, weights), home=tmp_path / "h2", timeout=300)
     assert second.returncode == 1
@@ -285,7 +294,7 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def test_out_of_disk_says_so_first_and_loses_nothing(workspace, small_disk, tmp_path):
+def test_out_of_disk_says_so_first_and_loses_nothing(workspace, small_disk, tmp_path, request):
     images, output, _, weights = workspace
     disk_output = small_disk / "out"
     shutil.copytree(output, disk_output, symlinks=True)
@@ -305,6 +314,7 @@ def test_out_of_disk_says_so_first_and_loses_nothing(workspace, small_disk, tmp_
     log = tmp_path / "full.log"
     run = start(*run_args(images, disk_output, weights, "--classes", RERUN), home=home,
                 env={"FRUITS_FAILPOINT": f"{layout.RAW_IMAGES}:pause"}, log=log)  # fmt: skip
+    request.addfinalizer(lambda: _kill_group(run))
     wait_for(paused(disk_output, layout.RAW_IMAGES), run, log)
     subprocess.run(["fallocate", "-l", f"{_free(small_disk) - 64 * 1024}", str(filler)], check=True)
     paused(disk_output, layout.RAW_IMAGES).unlink()
