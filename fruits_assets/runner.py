@@ -72,10 +72,7 @@ class RunOutcome:
             if not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR:
                 self.ok = False
                 details = {k: v.value for k, v in evaluation.metadata.items()}
-                self.failures.append(
-                    f"check {evaluation.check_name} on {asset} "
-                    f"FAILED: {details}"
-                )
+                self.failures.append(f"check {evaluation.check_name} on {asset} FAILED: {details}")
 
 
 def _cause(failure_event: Any) -> str:

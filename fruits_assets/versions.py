@@ -31,9 +31,7 @@ OUTPUTS: dict[str, list[Output]] = {
         Output(layout.LABELED_IMAGES, table=layout.ACCEPTED_IMAGES),
         Output(layout.LABELED_IMAGES, table=layout.REJECTED_IMAGES),
     ],
-    layout.MOBILENET_FEATURES: [
-        Output(layout.MOBILENET_FEATURES, table=layout.MOBILENET_FEATURES)
-    ],
+    layout.MOBILENET_FEATURES: [Output(layout.MOBILENET_FEATURES, table=layout.MOBILENET_FEATURES)],
     layout.PCA_MODEL: [Output(layout.PCA_MODEL, table=layout.PCA_MODEL)],
     layout.PCA_FEATURES_PARQUET: [
         Output(layout.PCA_FEATURES_PARQUET, table=layout.PCA_FEATURES_PARQUET)
@@ -56,9 +54,7 @@ def history(datasets: Datasets, asset: str) -> list[dict[str, Any]]:
         return datasets.history(main.table)
     target = _file_target(datasets.output, main.file or "")
     published = files.published_version(target)
-    return [
-        {"version": v, "published": v == published} for v in reversed(files.versions(target))
-    ]
+    return [{"version": v, "published": v == published} for v in reversed(files.versions(target))]
 
 
 def restore(datasets: Datasets, asset: str, version: int) -> dict[str, int]:

@@ -61,7 +61,6 @@ def test_classifier_exports_the_featurizer_that_computed_the_features(real_run, 
     assert predictor.featurizer_model == stored and predictor.weights_sha256 == WEIGHTS_SHA256
 
 
-
 def test_mixed_or_unrecorded_weights_are_refused():
     """Features from two sets of weights would make a meaningless PCA: a clear failure instead."""
     spark = SparkSession.builder.getOrCreate()

@@ -28,6 +28,8 @@ from fruits_assets_tests.emr_emulator import EmulatedEmr, start_moto
 from fruits_assets_tests.helpers import FRUITS
 from fruits_assets_tests.test_emr_units import _allowed, _certificates
 
+pytestmark = pytest.mark.slow  # spark-submit steps on the emulated EMR
+
 REGION = "eu-west-3"
 DATA_BUCKET, STAGING_BUCKET = "fruits-data", "fruits-staging"
 IMAGES = f"s3://{DATA_BUCKET}/Fruits_Cloud"  # the seed's layout: <root>/<class>/<file>.jpg

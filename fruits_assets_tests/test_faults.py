@@ -366,9 +366,12 @@ def test_hostile_names_and_links_are_kept_exactly_or_reported(tmp_path, fruits36
     from pyspark.sql import SparkSession
 
     spark = SparkSession.builder.getOrCreate()
-    read_back = spark.read.option("header", True).option("multiLine", True).option(
-        "escape", '"'
-    ).csv(str(csv_path))
+    read_back = (
+        spark.read.option("header", True)
+        .option("multiLine", True)
+        .option("escape", '"')
+        .csv(str(csv_path))
+    )
     assert read_back.count() == 31
     assert str(hostile) in {r["path"] for r in read_back.select("path").collect()}
 

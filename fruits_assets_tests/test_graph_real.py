@@ -45,6 +45,15 @@ def test_real_graph_outputs(real_run):
     model = read_parquet(layout.asset_dir(output, layout.PCA_MODEL))
     assert len(model) == 1 and model.k[0] == pca["k"] and len(model.components[0]) == pca["k"]
     assert model.scree_png[0].startswith(b"\x89PNG")
+    # It is the PCA of the Training features, as an independent computation finds it.
+    training = features[features.path.str.contains("/Training/")]
+    x = np.stack(training.features.to_numpy()).astype(np.float64)
+    eigenvalues = np.linalg.svd(x - x.mean(axis=0), compute_uv=False) ** 2
+    ratio = eigenvalues / eigenvalues.sum()
+    np.testing.assert_allclose(list(model.explained_variance_ratio[0]), ratio[:449], atol=1e-9)
+    assert pca["k"] == int(np.argmax(np.cumsum(ratio) >= 0.99)) + 1
+    components = np.stack(model.components[0])
+    np.testing.assert_allclose(components @ components.T, np.eye(pca["k"]), atol=1e-6)
     parquet = read_parquet(layout.asset_dir(output, layout.PCA_FEATURES_PARQUET))
     csv = pd.read_csv(layout.csv_path(output))
     assert len(parquet) == len(csv) == 600

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import pandas as pd
 import pyarrow.dataset as ds
+import pytest
 
 from fruits_assets_tests.helpers import copy_classes, fruits
 from fruits_assets_tests.spark_standalone import master_state, standalone_cluster
+
+pytestmark = pytest.mark.slow
 
 CLASSES = ["Avocado 1", "Banana 1", "Lemon 1", "Pear 1"]
 

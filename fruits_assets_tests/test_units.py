@@ -76,6 +76,60 @@ def test_max_components_bounded_by_rows_and_features():
         pca.max_components(1, 1280)
 
 
+def _rank_deficient_features(rows: int = 40, dim: int = 64) -> np.ndarray:
+    """Fewer rows than dimensions, a large common offset, a few strong directions: what 1280-d
+    MobileNetV2 features of a few hundred photos look like to a PCA."""
+    rng = np.random.default_rng(7)
+    strong = rng.normal(size=(rows, 5)) * [9, 5, 3, 2, 1] @ rng.normal(size=(5, dim))
+    return (3.0 + strong + 0.01 * rng.normal(size=(rows, dim))).astype(np.float32)
+
+
+def test_moments_merged_in_any_order_give_the_covariance():
+    x = _rank_deficient_features().astype(np.float64)
+    parts = [pca.Moments.of(x[i : i + 7]) for i in range(0, len(x), 7)]
+    merged = parts[0]
+    for part in parts[1:]:
+        merged = part + merged
+    np.testing.assert_allclose(merged.scatter / (merged.n - 1), np.cov(x, rowvar=False), atol=1e-9)
+
+
+def test_principal_components_are_the_covariance_eigenvectors_largest_first():
+    x = _rank_deficient_features().astype(np.float64)
+    cov = np.cov(x, rowvar=False)
+    ratio, components = pca.principal_components(cov, 39)
+    expected = np.linalg.svd(x - x.mean(axis=0), compute_uv=False) ** 2
+    np.testing.assert_allclose(ratio, (expected / expected.sum())[:39], atol=1e-9)
+    assert ratio[0] > 0.5 and np.all(np.diff(ratio) <= 1e-12)
+    # Orthonormal, and each one an eigenvector of its eigenvalue.
+    np.testing.assert_allclose(components @ components.T, np.eye(39), atol=1e-8)
+    np.testing.assert_allclose(cov @ components[0], ratio[0] * np.trace(cov) * components[0])
+    # The sign is fixed, so a refit on the same features gives the same projections.
+    again = pca.principal_components(cov.copy(), 39)[1]
+    np.testing.assert_array_equal(components, again)
+    with pytest.raises(ValueError, match="no variance"):
+        pca.principal_components(np.zeros((4, 4)), 3)
+
+
+def test_spark_covariance_matches_numpy_whatever_the_partitioning():
+    from pyspark.sql import SparkSession
+
+    from fruits_assets.resources.spark import local_spark_config
+    from fruits_assets.settings import FruitsSettings
+
+    builder = SparkSession.builder
+    for key, value in local_spark_config(FruitsSettings()).items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    x = _rank_deficient_features()
+    df = spark.createDataFrame([(row.tolist(),) for row in x], "features array<float>")
+    expected = np.cov(x.astype(np.float64), rowvar=False)
+    for parts in (1, 3, 8):
+        n, cov = pca.covariance(df.repartition(parts), "features")
+        assert n == len(x)
+        np.testing.assert_allclose(cov, expected, atol=1e-9)
+    assert pca.covariance(df.limit(0), "features")[0] == 0
+
+
 def test_scree_plot_is_a_png():
     assert plots.scree_png([0.6, 0.3, 0.1], 0.99, 3).startswith(b"\x89PNG")
 

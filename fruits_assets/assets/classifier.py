@@ -1,6 +1,5 @@
 """fruit_classifier: softmax regression on PCA features + colour histograms, scored honestly."""
 
-
 import time
 from collections.abc import Iterator
 from typing import Any

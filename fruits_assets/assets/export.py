@@ -73,9 +73,9 @@ def features_csv(
     table = features.select("path", "label", *columns).orderBy("label", "path")
 
     staging = layout.staging_dir(storage.output, context.run.run_id, layout.FEATURES_CSV)
-    table.coalesce(1).write.option("header", True).option("quote", '"').option(
-        "escape", '"'
-    ).csv(storage.spark_path(staging))
+    table.coalesce(1).write.option("header", True).option("quote", '"').option("escape", '"').csv(
+        storage.spark_path(staging)
+    )
     part = next(
         filesystem.to_uri(staging, info.path)
         for info in filesystem.list_files(staging)

@@ -1,6 +1,5 @@
 """mobilenet_features: MobileNetV2's 1280-d penultimate layer (and a colour histogram) per image."""
 
-
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -114,9 +113,7 @@ def mobilenet_features(
         )
         .collect()
     }
-    images_per_class = {
-        r["label"]: r["count"] for r in images.groupBy("label").count().collect()
-    }
+    images_per_class = {r["label"]: r["count"] for r in images.groupBy("label").count().collect()}
     for label in labels:
         row = by_class.get(label)
         context.add_asset_metadata(

@@ -1,6 +1,5 @@
 """raw_images and labeled_images: find every file of a class, then decode and validate it."""
 
-
 from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -144,9 +143,7 @@ def labeled_images(
     # Accepted and rejected images are written aside together, audited, then published apart.
     staged = datasets.stage(decoded, layout.LABELED_IMAGES)
     summary = (
-        staged.df.groupBy(
-            "label", "converted", F.substring_index("reason", ":", 1).alias("kind")
-        )
+        staged.df.groupBy("label", "converted", F.substring_index("reason", ":", 1).alias("kind"))
         .count()
         .collect()
     )

@@ -22,9 +22,7 @@ def counts_table(counts: Mapping[str, int], header: str = "images") -> dg.Metada
 def rows_table(rows: list[tuple], columns: tuple[str, ...], limit: int = 50) -> dg.MetadataValue:
     """A markdown table of the first `limit` rows (with the total when cut)."""
     lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
-    lines += [
-        "| " + " | ".join(_cell(v) for v in row) + " |" for row in rows[:limit]
-    ]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows[:limit]]
     if len(rows) > limit:
         lines.append(f"\n… and {len(rows) - limit} more")
     return dg.MetadataValue.md("\n".join(lines))

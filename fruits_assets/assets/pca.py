@@ -7,8 +7,6 @@ from typing import Any
 import dagster as dg
 import numpy as np
 from dagster_pyspark import LazyPySparkResource
-from pyspark.ml.feature import PCA
-from pyspark.ml.functions import array_to_vector
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -23,10 +21,7 @@ from fruits_assets.resources.storage import FruitsStorage
 from fruits_assets.storage import layout
 from fruits_assets.storage.datasets import Datasets
 
-VECTOR_COLUMN = "features_vector"
-PCA_COLUMN = "pca_vector"
-
-# One row per published model: the fitted Spark ML PCA's components and how k was chosen.
+# One row per published model: the PCA's components and how k was chosen.
 PCA_MODEL_SCHEMA = T.StructType(
     [
         T.StructField("k", T.IntegerType(), False),
@@ -78,22 +73,19 @@ def pca_model(
     pca_settings: PcaSettings,
     step_launcher: dg.ResourceParam[Any],
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
-    """Spark ML PCA on every class's features, with the smallest k reaching the target variance."""
+    """The PCA of every class's features (Spark computes the covariance, numpy its eigenvectors),
+    with the smallest k reaching the target variance."""
     spark = pyspark.spark_session
     datasets = Datasets(spark, storage, context.run.run_id)
     current = current_features(context, datasets)
     weights_sha256 = features_weights(current.df)
     fit_rows, fit_on = splits.training_rows(current.df)
-    vectors = fit_rows.select(array_to_vector("features").alias(VECTOR_COLUMN)).cache()
-    n_rows = vectors.count()
-    k_max = pca.max_components(n_rows, featurizer.FEATURE_DIM)
-    # One fit at k_max: the first k of its components are the k-component PCA.
-    fitted = PCA(k=k_max, inputCol=VECTOR_COLUMN, outputCol=PCA_COLUMN).fit(vectors)
-    vectors.unpersist()
-    explained = fitted.explainedVariance.toArray()
+    n_rows, cov = pca.covariance(fit_rows, "features")
+    k_max = pca.max_components(n_rows, featurizer.FEATURE_DIM)  # fails on fewer than 2 rows
+    explained, components = pca.principal_components(cov, k_max)
     target = pca_settings.target_variance
     k, achieved = pca.choose_k(explained, target)
-    components = fitted.pc.toArray().T[:k]  # (k, 1280)
+    components = components[:k]  # (k, 1280)
     scree = plots.scree_png(explained, target, k)
     context.log.info(f"PCA: k={k} of at most {k_max} reaches {achieved:.4f} (target {target})")
     row = (

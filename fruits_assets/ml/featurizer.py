@@ -1,7 +1,6 @@
 """The MobileNetV2 featurizer: weights, the cached TFLite conversion, preprocessing, the XNNPACK
 interpreter (one per Spark Python worker) and the pandas UDF that runs it."""
 
-
 import hashlib
 import io
 import os
@@ -76,7 +75,7 @@ def resolve_weights(spec: str) -> WeightsInfo:
                 "Could not download the ImageNet weights for MobileNetV2 "
                 f"({IMAGENET_URL + IMAGENET_FILE}): {exc}. Offline, set the `weights` setting to "
                 "a local .h5 file of MobileNetV2 1.0/224 with its top: `--weights PATH` (fruits "
-                "run, fruits ui), FRUITS_WEIGHTS=PATH, or `weights = \"PATH\"` in fruits.toml."
+                'run, fruits ui), FRUITS_WEIGHTS=PATH, or `weights = "PATH"` in fruits.toml.'
             ) from exc
         finally:
             socket.setdefaulttimeout(previous)

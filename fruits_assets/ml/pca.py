@@ -1,8 +1,87 @@
-"""The PCA: how many components the data allows, the smallest k reaching the target, projections."""
+"""The PCA: the covariance on the Spark workers, its eigenvectors, the smallest k reaching the
+target variance, projections."""
 
-from collections.abc import Sequence
+from __future__ import annotations
+
+import pickle
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class Moments:
+    """Row count, mean and centred scatter matrix (sum of (x - mean)(x - mean)^T) of some rows."""
+
+    n: int
+    mean: np.ndarray
+    scatter: np.ndarray
+
+    @classmethod
+    def of(cls, x: np.ndarray) -> Moments:
+        mean = x.mean(axis=0)
+        centred = x - mean
+        return cls(len(x), mean, centred.T @ centred)
+
+    def __add__(self, other: Moments) -> Moments:
+        # Chan et al.'s pairwise update: each part is centred on its own mean, so no large
+        # sum-of-squares minus square-of-sums cancellation, whatever the features' offset.
+        n = self.n + other.n
+        delta = other.mean - self.mean
+        return Moments(
+            n,
+            self.mean + delta * (other.n / n),
+            self.scatter + other.scatter + np.outer(delta, delta) * (self.n * other.n / n),
+        )
+
+
+def covariance(df, column: str) -> tuple[int, np.ndarray]:  # a Spark DataFrame
+    """(rows, sample covariance) of an array<float> column: each partition's moments are computed
+    by numpy on the Spark workers and merged in a tree, so the driver receives a few matrices."""
+
+    def moments(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        total = None
+        for batch in batches:
+            if len(batch):
+                part = Moments.of(np.stack(batch[column].to_numpy()).astype(np.float64))
+                total = part if total is None else total + part
+        if total is not None:
+            yield pd.DataFrame({"moments": [pickle.dumps(total)]})
+
+    partial = df.select(column).mapInPandas(moments, "moments binary").rdd
+    if partial.isEmpty():
+        return 0, np.zeros((0, 0))
+    merged = partial.map(lambda row: pickle.loads(row.moments)).treeReduce(
+        lambda a, b: a + b, depth=2
+    )
+    return merged.n, merged.scatter / max(merged.n - 1, 1)
+
+
+def principal_components(cov: np.ndarray, k_max: int) -> tuple[np.ndarray, np.ndarray]:
+    """The explained-variance ratio of the first k_max components and those components (k_max,
+    dim), largest first, as Spark ML's PCA defines them (eigenvectors of the covariance, ratios
+    of its eigenvalues to their sum).
+
+    numpy's LAPACK (a symmetric eigensolver) decomposes the covariance on the driver: Spark's
+    own PCA falls back to a pure-Java SVD where no native LAPACK is installed (EMR, most
+    machines), and on these rank-deficient covariances (fewer images than 1280 dimensions) it
+    returned eigenvalues several times too small, changing with the rounding of the input.
+    """
+    eigenvalues, vectors = np.linalg.eigh(cov)
+    order = np.argsort(eigenvalues)[::-1][:k_max]
+    # Eigenvalues of a covariance are >= 0; rounding leaves the null space at about -1e-16.
+    eigenvalues = np.clip(eigenvalues, 0.0, None)
+    total = eigenvalues.sum()
+    if not np.isfinite(total) or total <= 0:
+        raise ValueError("The features have no variance: every image has the same features")
+    components = vectors[:, order].T
+    # An eigenvector's sign is arbitrary: fix it (largest loading positive) so a refit on the
+    # same features gives the same projections.
+    largest = components[np.arange(len(order)), np.abs(components).argmax(axis=1)]
+    components *= np.where(largest < 0, -1.0, 1.0)[:, None]
+    return eigenvalues[order] / total, components
 
 
 def max_components(n_rows: int, n_features: int) -> int:

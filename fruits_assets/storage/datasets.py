@@ -245,9 +245,7 @@ def clean_staging(output_root: str, keep_run: str = "", keep_failed_days: float 
             continue
         run_dir = filesystem.join(root, run_id)
         markers = [
-            info
-            for info in filesystem.list_files(run_dir)
-            if info.base_name == FAILED_MARKER
+            info for info in filesystem.list_files(run_dir) if info.base_name == FAILED_MARKER
         ]
         if markers and max(m.mtime.timestamp() for m in markers if m.mtime) > horizon:
             continue
