@@ -14,6 +14,7 @@ from fruits_assets_tests.helpers import FRUITS, copy_classes, fruits
 from fruits_assets_tests.images import noisy_jpeg
 
 
+@pytest.mark.slow
 def test_demo_run_works_offline_and_lands_in_the_instance(tmp_path, monkeypatch):
     home, output = tmp_path / "dagster_home", tmp_path / "out"
     done = fruits("run", "--output", str(output), home=home)

@@ -82,6 +82,7 @@ def test_random_weights_are_recorded(mixed_run):
     assert len(meta["weights_sha256"]) == 64
 
 
+@pytest.mark.slow
 def test_classifier_cross_validates_only_when_classes_or_search_change(mixed_run):
     """A rerun with the same classes refits with the L2 strength chosen before; asking for it
     (or new classes) cross-validates again."""

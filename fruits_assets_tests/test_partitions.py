@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 import pandas as pd
+import pytest
 
 from fruits_assets.definitions import build_definitions
 from fruits_assets.ml import demo_data
@@ -59,6 +60,7 @@ def test_stale_partition_key_fails_clearly(tmp_path):
     assert "no images under" in failure.step_failure_data.error.message
 
 
+@pytest.mark.slow
 def test_another_input_root_never_mixes_into_outputs(tmp_path):
     """Two datasets through one output root: the second run's outputs hold only its classes."""
     first, second = tmp_path / "first", tmp_path / "second"
