@@ -1,4 +1,4 @@
-"""The plain-TensorFlow featurizer that defines the issue's ceiling (c): Keras, tf.function."""
+"""Plain TensorFlow (Keras, tf.function): the featurization benchmark's ceiling (c)."""
 
 from __future__ import annotations
 
