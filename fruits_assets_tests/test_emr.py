@@ -25,8 +25,8 @@ from fruits_assets.resources.spark import s3a_jars
 from fruits_assets.settings import FruitsSettings
 from fruits_assets.storage import filesystem, layout
 from fruits_assets_tests.emr_emulator import EmulatedEmr, start_moto
+from fruits_assets_tests.emr_helpers import allowed, certificates_zip
 from fruits_assets_tests.helpers import FRUITS
-from fruits_assets_tests.test_emr_units import _allowed, _certificates
 
 pytestmark = pytest.mark.slow  # spark-submit steps on the emulated EMR
 
@@ -83,7 +83,7 @@ def cloud(tmp_path_factory, fruits360, shared_weights):
         )
         session.events.register("before-call.emr", lambda model, **_: emr_calls.append(model.name))
         said: list[str] = []
-        certificates = _certificates(tmp_path_factory.mktemp("tls") / "fruits-tls.zip")
+        certificates = certificates_zip(tmp_path_factory.mktemp("tls") / "fruits-tls.zip")
         spec = ClusterSpec.load(staging_bucket=STAGING_BUCKET, tls_certificates=str(certificates))
         cluster_id = emr_cluster.create(spec, say=said.append)
         create_calls = list(emr_calls)
@@ -275,10 +275,10 @@ def test_steps_events_and_operator_files_lie_apart_as_the_policies_say(cloud):
     for key in keys:
         arn = f"arn:aws:s3:::{STAGING_BUCKET}/{key}"
         node_written = key.startswith((staging.events + "/", spec.log_prefix + "/"))
-        assert _allowed(nodes, "s3:PutObject", arn) is node_written, key
+        assert allowed(nodes, "s3:PutObject", arn) is node_written, key
         if not node_written:  # steps/, bootstrap/, tls/: the operator's, read by the nodes
             assert key.startswith((staging.steps, staging.bootstrap, staging.tls)), key
-            assert _allowed(nodes, "s3:GetObject", arn), key
+            assert allowed(nodes, "s3:GetObject", arn), key
 
 
 def test_one_class_reruns_through_the_step_launcher(cloud):

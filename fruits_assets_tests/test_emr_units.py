@@ -3,7 +3,6 @@ the events transport (against moto's S3, in process) and the IAM policy document
 
 from __future__ import annotations
 
-import fnmatch
 import importlib.metadata as md
 import json
 import logging
@@ -13,7 +12,6 @@ import shlex
 import subprocess
 import sys
 import time
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +40,7 @@ from fruits_assets.emr.spec import (
 from fruits_assets.resources.environments import emr_resources
 from fruits_assets.resources.spark import emr_spark_config, s3a_spark_config
 from fruits_assets.settings import FruitsSettings
+from fruits_assets_tests.emr_helpers import allowed, certificates_zip, listed
 
 REPO = Path(__file__).resolve().parents[1]
 REGION, STAGING = "eu-west-3", "fruits-staging"
@@ -128,23 +127,15 @@ def test_s3a_settings_follow_the_aws_environment(monkeypatch):
 # --- Encryption in transit -------------------------------------------------------------------
 
 
-def _certificates(path: Path, names: tuple[str, ...] = TLS_PEM_FILES) -> Path:
-    """A zip shaped as EMR's PEM provider wants it (the contents are not checked here)."""
-    with zipfile.ZipFile(path, "w") as archive:
-        for name in names:
-            archive.writestr(name, "-----BEGIN CERTIFICATE-----\n")
-    return path
-
-
 def test_in_transit_encryption_needs_certificates_or_an_explicit_opt_out(tmp_path):
     spec = ClusterSpec.load(staging_bucket="b")
     with pytest.raises(ValueError, match="--no-in-transit-encryption"):
         spec.check_encryption()
-    partial = _certificates(tmp_path / "partial.zip", TLS_PEM_FILES[:2])
+    partial = certificates_zip(tmp_path / "partial.zip", TLS_PEM_FILES[:2])
     with pytest.raises(ValueError, match="lacks trustedCertificates.pem"):
         ClusterSpec.load(staging_bucket="b", tls_certificates=str(partial)).check_encryption()
     ClusterSpec.load(staging_bucket="b", in_transit_encryption=False).check_encryption()
-    good = _certificates(tmp_path / "certs.zip")
+    good = certificates_zip(tmp_path / "certs.zip")
     ClusterSpec.load(staging_bucket="b", tls_certificates=str(good)).check_encryption()
 
 
@@ -341,28 +332,6 @@ def _rendered(name: str) -> dict[str, Any]:
     return policies.render(name, policies.placeholders(spec, ACCOUNT, DATA, OUTPUT))
 
 
-def _listed(value: str | list[str]) -> list[str]:
-    return [value] if isinstance(value, str) else list(value)
-
-
-def _matches(statement: dict[str, Any], action: str, resource: str) -> bool:
-    actions = [a.lower() for a in _listed(statement["Action"])]
-    return any(fnmatch.fnmatchcase(action.lower(), a) for a in actions) and any(
-        fnmatch.fnmatchcase(resource, r) for r in _listed(statement["Resource"])
-    )
-
-
-def _allowed(policy: dict[str, Any], action: str, resource: str) -> bool:
-    """IAM's verdict for one policy alone: an explicit deny wins; Allow conditions are ignored
-    (that over-grants, so "not allowed" here is not allowed on AWS either)."""
-    statements = policy["Statement"]
-    denies = [s for s in statements if s["Effect"] == "Deny"]
-    assert all("Condition" not in s for s in denies), "denies here hold without conditions"
-    if any(_matches(s, action, resource) for s in denies):
-        return False
-    return any(_matches(s, action, resource) for s in statements if s["Effect"] == "Allow")
-
-
 def _object(key: str) -> str:
     return f"arn:aws:s3:::{STAGING}/{key}"
 
@@ -372,8 +341,8 @@ def test_every_policy_placeholder_has_a_value_and_no_s3_statement_is_on_any_reso
         policy = _rendered(name)
         assert "<" not in json.dumps(policy), name
         for statement in policy["Statement"]:
-            if any(a.startswith("s3:") for a in _listed(statement["Action"])):
-                assert "*" not in _listed(statement["Resource"]), (name, statement["Sid"])
+            if any(a.startswith("s3:") for a in listed(statement["Action"])):
+                assert "*" not in listed(statement["Resource"]), (name, statement["Sid"])
 
 
 def test_nodes_write_only_events_logs_and_outputs():
@@ -384,19 +353,19 @@ def test_nodes_write_only_events_logs_and_outputs():
         for name in ("step_run_ref.pkl", "code.zip", "step_main.py", "fruits_step.json")
     ] + [spec.bootstrap_key(), spec.layout.tls_key("0123456789abcdef")]
     for key in operator_files:
-        assert _allowed(nodes, "s3:GetObject", _object(key)), key
+        assert allowed(nodes, "s3:GetObject", _object(key)), key
         for action in WRITES:
-            assert not _allowed(nodes, action, _object(key)), (action, key)
+            assert not allowed(nodes, action, _object(key)), (action, key)
     # dagster-aws's flat layout, and anywhere else in the staging bucket: not writable either.
     for key in (f"fruits_staging/{RUN_ID}/{STEP}/events.pkl", "elsewhere/x", "fruits_staging/x"):
-        assert not _allowed(nodes, "s3:PutObject", _object(key)), key
-    assert not _allowed(nodes, "s3:PutBucketPolicy", f"arn:aws:s3:::{STAGING}")
+        assert not allowed(nodes, "s3:PutObject", _object(key)), key
+    assert not allowed(nodes, "s3:PutBucketPolicy", f"arn:aws:s3:::{STAGING}")
     for key in (launcher._events_s3_key(RUN_ID, STEP), "emr-logs/j-1/steps/s-1/stdout.gz"):
-        assert _allowed(nodes, "s3:PutObject", _object(key)), key
-        assert not _allowed(nodes, "s3:GetObject", _object(key)), key
-    assert _allowed(nodes, "s3:PutObject", f"arn:aws:s3:::{DATA}/{OUTPUT}/features/x.parquet")
-    assert not _allowed(nodes, "s3:PutObject", f"arn:aws:s3:::{DATA}/Fruits_Cloud/a.jpg")
-    assert all("*" not in _listed(s["Resource"]) for s in nodes["Statement"]), (
+        assert allowed(nodes, "s3:PutObject", _object(key)), key
+        assert not allowed(nodes, "s3:GetObject", _object(key)), key
+    assert allowed(nodes, "s3:PutObject", f"arn:aws:s3:::{DATA}/{OUTPUT}/features/x.parquet")
+    assert not allowed(nodes, "s3:PutObject", f"arn:aws:s3:::{DATA}/Fruits_Cloud/a.jpg")
+    assert all("*" not in listed(s["Resource"]) for s in nodes["Statement"]), (
         "the nodes' policy names every resource"
     )
 
@@ -407,7 +376,7 @@ def test_operator_acts_only_on_tagged_clusters_and_documents_each_wildcard():
     readme = (REPO / "README.md").read_text()
     security = readme[readme.index("### Security and trust model") :]
     for statement in operator["Statement"]:
-        emr_actions = [a for a in _listed(statement["Action"]) if a.startswith("elasticmapreduce:")]
+        emr_actions = [a for a in listed(statement["Action"]) if a.startswith("elasticmapreduce:")]
         if not emr_actions:
             continue
         conditions = statement["Condition"]["StringEquals"]
@@ -432,9 +401,9 @@ def test_operator_acts_only_on_tagged_clusters_and_documents_each_wildcard():
     }
     # The operator stages steps, bootstrap and certificates, and only reads the nodes' events.
     launcher = _launcher()
-    assert _allowed(operator, "s3:PutObject", _object(launcher._artifact_s3_key(RUN_ID, STEP, "a")))
-    assert not _allowed(operator, "s3:PutObject", _object(launcher._events_s3_key(RUN_ID, STEP)))
-    assert _allowed(operator, "s3:GetObject", _object(launcher._events_s3_key(RUN_ID, STEP)))
+    assert allowed(operator, "s3:PutObject", _object(launcher._artifact_s3_key(RUN_ID, STEP, "a")))
+    assert not allowed(operator, "s3:PutObject", _object(launcher._events_s3_key(RUN_ID, STEP)))
+    assert allowed(operator, "s3:GetObject", _object(launcher._events_s3_key(RUN_ID, STEP)))
 
 
 def test_cluster_iam_prints_the_three_policies_filled_in(capsys):
