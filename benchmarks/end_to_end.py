@@ -112,7 +112,7 @@ def compare(reps: int, against: str | None) -> None:
                                      "seed-style": []}  # fmt: skip
     if against:
         walls["--against"] = []
-    budgets: list[dict[str, float]] = []
+    budgets: dict[str, list[dict[str, float]]] = {"fruits run": [], "--against": []}
     cache = tempfile.mkdtemp(prefix="e2e_cache_")
     for rep in range(reps):
         with tempfile.TemporaryDirectory(prefix="e2e_") as tmp:
@@ -127,8 +127,8 @@ def compare(reps: int, against: str | None) -> None:
                     env={"FRUITS_CACHE_DIR": cold},
                 )  # fmt: skip
                 walls[name].append(wall)
-                if name == "fruits run":
-                    budgets.append(budget)
+                if name in budgets:
+                    budgets[name].append(budget)
                 print(f"rep {rep + 1} {name:30} {wall:7.1f} s  peak {mib(peak)}  k={k}",
                       flush=True)  # fmt: skip
             wall, peak = seed_run(images, Path(tmp), k)
@@ -141,9 +141,16 @@ def compare(reps: int, against: str | None) -> None:
     for name, values in walls.items():
         median = statistics.median(values)
         print(f"| {name} | {median:.1f} | {median / seed:.0%} |")
+    for name, runs in budgets.items():
+        if runs:
+            print_budget(name, runs)
+
+
+def print_budget(name: str, budgets: list[dict[str, float]]) -> None:
+    """Where the seconds of one kind of run went, medians over its repetitions."""
     parts = ["start-up", *[s for s in STEPS if any(s in b for b in budgets)], "end"]
     total = statistics.median(sum(b.values()) for b in budgets)
-    print("\nwhere the seconds of `fruits run` go (medians over repetitions):")
+    print(f"\nwhere the seconds of `{name}` go (medians over repetitions):")
     print("| part | s | share |")
     print("| --- | ---: | ---: |")
     for part in parts:
