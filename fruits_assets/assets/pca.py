@@ -58,7 +58,7 @@ class PcaModel:
     automation_condition=dg.AutomationCondition.eager(),
     deps=[mobilenet_features],
     group_name="pca",
-    kinds={"spark", "sparkml"},
+    kinds={"spark", "numpy"},
     check_specs=[
         checks.spec(checks.PCA_K_BOUNDS, "pca_model", "1 <= k <= min(n_images - 1, 1280)."),
         checks.spec(
