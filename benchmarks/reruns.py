@@ -111,15 +111,50 @@ def _launch_one_run(url: str) -> float:
     launched = graphql(url, LAUNCH_RUN, {"params": params})["launchRun"]
     if launched["__typename"] != "LaunchRunSuccess":
         raise RuntimeError(f"run not launched: {launched}")
-    run_id = launched["run"]["runId"]
+    status = wait_until_ended(
+        lambda: graphql(url, RUN_STATUS, {"id": launched["run"]["runId"]})["runOrError"]["status"],
+        ended=("SUCCESS", "FAILURE", "CANCELED"),
+    )
+    return timed_outcome(started, status, "SUCCESS", "run")
+
+
+def _launch_backfill(url: str) -> float:
+    """A backfill of the one partition and everything downstream, as "Launch backfill" does."""
+    params = {
+        "partitionsByAssets": [
+            {"assetKey": {"path": [name]},
+             "partitions": {"range": {"start": CLASS, "end": CLASS}} if name in PER_CLASS
+             else None}
+            for name in ALL_ASSETS
+        ],
+        "fromFailure": False,
+    }  # fmt: skip
+    started = time.perf_counter()
+    launched = graphql(url, LAUNCH, {"params": params})["launchPartitionBackfill"]
+    if launched["__typename"] != "LaunchBackfillSuccess":
+        raise RuntimeError(f"backfill not launched: {launched}")
+    status = wait_until_ended(
+        lambda: graphql(url, STATUS, {"id": launched["backfillId"]})["partitionBackfillOrError"][
+            "status"
+        ],
+        running=("REQUESTED",),
+    )
+    return timed_outcome(started, status, "COMPLETED_SUCCESS", "backfill")
+
+
+def wait_until_ended(status_now, ended: tuple[str, ...] = (), running: tuple[str, ...] = ()) -> str:
+    """Poll a status every second until it is one of `ended` (or no longer one of `running`)."""
     while True:
-        status = graphql(url, RUN_STATUS, {"id": run_id})["runOrError"]["status"]
-        if status in ("SUCCESS", "FAILURE", "CANCELED"):
-            break
+        status = status_now()
+        if (ended and status in ended) or (running and status not in running):
+            return status
         time.sleep(1)
+
+
+def timed_outcome(started: float, status: str, success: str, what: str) -> float:
     seconds = time.perf_counter() - started
-    if status != "SUCCESS":
-        raise RuntimeError(f"the UI's run ended {status}")
+    if status != success:
+        raise RuntimeError(f"the UI's {what} ended {status}")
     return seconds
 
 
@@ -143,31 +178,7 @@ def ui_rerun(env: dict, images: Path, output: Path, as_run: bool = False) -> flo
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(1)
-        if as_run:
-            return _launch_one_run(url)
-        params = {
-            "partitionsByAssets": [
-                {"assetKey": {"path": [name]},
-                 "partitions": {"range": {"start": CLASS, "end": CLASS}} if name in PER_CLASS
-                 else None}
-                for name in ALL_ASSETS
-            ],
-            "fromFailure": False,
-        }  # fmt: skip
-        started = time.perf_counter()
-        launched = graphql(url, LAUNCH, {"params": params})["launchPartitionBackfill"]
-        if launched["__typename"] != "LaunchBackfillSuccess":
-            raise RuntimeError(f"backfill not launched: {launched}")
-        while True:
-            status = graphql(url, STATUS, {"id": launched["backfillId"]})
-            status = status["partitionBackfillOrError"]["status"]
-            if status not in ("REQUESTED",):
-                break
-            time.sleep(1)
-        seconds = time.perf_counter() - started
-        if status != "COMPLETED_SUCCESS":
-            raise RuntimeError(f"the UI's backfill ended {status}")
-        return seconds
+        return _launch_one_run(url) if as_run else _launch_backfill(url)
     finally:
         ui.send_signal(signal.SIGTERM)
         ui.wait(timeout=120)

@@ -51,12 +51,17 @@ def covariance(df, column: str) -> tuple[int, np.ndarray]:  # a Spark DataFrame
             yield pd.DataFrame({"moments": [pickle.dumps(total)]})
 
     partial = df.select(column).mapInPandas(moments, "moments binary").rdd
-    if partial.isEmpty():
-        return 0, np.zeros((0, 0))
-    merged = partial.map(lambda row: pickle.loads(row.moments)).treeReduce(
-        lambda a, b: a + b, depth=2
+    # One pass: an aggregate from "nothing" rather than an emptiness check that reruns the stage.
+    merged = partial.map(lambda row: pickle.loads(row.moments)).treeAggregate(
+        None, _merge, _merge, depth=2
     )
+    if merged is None:
+        return 0, np.zeros((0, 0))
     return merged.n, merged.scatter / max(merged.n - 1, 1)
+
+
+def _merge(a: Moments | None, b: Moments | None) -> Moments | None:
+    return b if a is None else a if b is None else a + b
 
 
 def principal_components(cov: np.ndarray, k_max: int) -> tuple[np.ndarray, np.ndarray]:
