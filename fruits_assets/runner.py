@@ -178,10 +178,10 @@ def _materialize(
         raise UsageError(str(exc)) from exc
     if on_plan is not None:
         on_plan(run_plan)
-    spark_start = None
+    spark_ready = None
     if settings.env == "local" and not resource_overrides:
         # Checks passed: the JVM boots (seconds) while the definitions and the run are set up.
-        spark_start = start_in_background(local_spark_config(settings, s3=settings.uses_s3))
+        spark_ready = start_in_background(local_spark_config(settings, s3=settings.uses_s3))
     try:
         defs = build_definitions(settings, **(resource_overrides or {}))
     except ValueError as exc:  # e.g. FRUITS_ENV=emr without a cluster id
@@ -193,8 +193,8 @@ def _materialize(
         if with_classifier or name != layout.FRUIT_CLASSIFIER
     ]
     outcome = RunOutcome()
-    if spark_start is not None:
-        spark_start.join()
+    if spark_ready is not None:
+        spark_ready.wait()
 
     def execute(selection: list[dg.AssetKey], keys: tuple[str, str] | None) -> None:
         # Where the run executes: a run left STARTED by a killed process is found by these.

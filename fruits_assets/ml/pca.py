@@ -50,7 +50,10 @@ def covariance(df, column: str) -> tuple[int, np.ndarray]:  # a Spark DataFrame
         if total is not None:
             yield pd.DataFrame({"moments": [pickle.dumps(total)]})
 
-    partial = df.select(column).mapInPandas(moments, "moments binary").rdd
+    # One task per core: each partition's result is a full dim x dim matrix (13 MB at 1280),
+    # so more partitions than cores would only ship and merge more matrices.
+    parts = df.sparkSession.sparkContext.defaultParallelism
+    partial = df.select(column).coalesce(parts).mapInPandas(moments, "moments binary").rdd
     # One pass: an aggregate from "nothing" rather than an emptiness check that reruns the stage.
     merged = partial.map(lambda row: pickle.loads(row.moments)).treeAggregate(
         None, _merge, _merge, depth=2

@@ -12,7 +12,12 @@ from fruits_assets.resources.ml_settings import (
     FeaturizerSettings,
     PcaSettings,
 )
-from fruits_assets.resources.spark import COMMON_SPARK_CONFIG, emr_spark_config, local_spark_config
+from fruits_assets.resources.spark import (
+    COMMON_SPARK_CONFIG,
+    LocalSpark,
+    emr_spark_config,
+    local_spark_config,
+)
 from fruits_assets.resources.storage import FruitsStorage
 from fruits_assets.settings import FruitsSettings
 from fruits_assets.storage import filesystem
@@ -43,9 +48,7 @@ def local_resources(settings: FruitsSettings) -> dict[str, Any]:
     """Local Spark in this process, started on first use; s3:// data goes through Hadoop S3A."""
     return {
         **shared_resources(settings),
-        "pyspark": LazyPySparkResource(
-            spark_config=local_spark_config(settings, s3=settings.uses_s3)
-        ),
+        "pyspark": LocalSpark(spark_config=local_spark_config(settings, s3=settings.uses_s3)),
         "step_launcher": dg.ResourceDefinition.none_resource(),
     }
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
+
+from dagster_pyspark import LazyPySparkResource
 
 from fruits_assets.settings import FruitsSettings
 
@@ -130,15 +134,70 @@ def local_spark_config(settings: FruitsSettings, s3: bool = False) -> dict[str, 
     return config
 
 
-def start_in_background(config: dict[str, Any]) -> threading.Thread:
+def start_in_background(config: dict[str, Any]) -> threading.Event:
     """Start the Spark session of `config` in a thread, so that the JVM boots while the caller
-    does other work (listing, checks); the resource's own getOrCreate then finds it running."""
+    does other work (listing, checks); the resource's own getOrCreate then finds it running.
+
+    The returned event is set once the session is up (or failed to start: the resource then
+    reports why). The thread then warms the session up (`warm_up`) while the run begins."""
+    ready = threading.Event()
 
     def start() -> None:
         from pyspark.sql import SparkSession
 
-        SparkSession.builder.config(map={k: str(v) for k, v in config.items()}).getOrCreate()
+        try:
+            spark = SparkSession.builder.config(
+                map={k: str(v) for k, v in config.items()}
+            ).getOrCreate()
+        finally:
+            ready.set()
+        warm_up(spark)
 
-    thread = threading.Thread(target=start, name="spark-start", daemon=True)
-    thread.start()
-    return thread
+    threading.Thread(target=start, name="spark-start", daemon=True).start()
+    return ready
+
+
+class LocalSpark(LazyPySparkResource):
+    """Local Spark, started on first use, then warmed up in the background (`warm_up`) while
+    the first asset runs: runs launched by the UI get what `fruits run` gets."""
+
+    def _init_session(self) -> None:
+        if self._spark_session is None:
+            super()._init_session()
+            threading.Thread(
+                target=warm_up, args=(self._spark_session,), name="spark-warm-up", daemon=True
+            ).start()
+
+
+_WARMED: set[str] = set()  # the Spark applications already warmed up in this process
+_WARMED_LOCK = threading.Lock()
+
+
+def warm_up(spark: Any) -> None:
+    """A tiny Delta write and read and a pandas UDF on every core, so that the JVM has loaded
+    and compiled Delta's code paths, and each Python worker has imported the image and model
+    libraries, before the first asset needs them. Once per application; best effort: never
+    fails a run."""
+    from pyspark.sql import functions as F
+
+    from fruits_assets.ml import workers
+
+    with _WARMED_LOCK:
+        application = spark.sparkContext.applicationId
+        if application in _WARMED:
+            return
+        _WARMED.add(application)
+    scratch = tempfile.mkdtemp(prefix="fruits-warm-up-")
+    try:
+        cores = spark.sparkContext.defaultParallelism
+        table = f"file://{scratch}/table"
+        rows = spark.range(0, 4 * cores, numPartitions=cores).withColumn(
+            "label", (F.col("id") % 2).cast("string")
+        )
+        rows.write.format("delta").partitionBy("label").save(table)
+        spark.read.format("delta").load(table).groupBy("label").count().collect()
+        rows.mapInPandas(workers.warm, "id long").collect()
+    except Exception:  # the run itself reports any real problem with the session
+        pass
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -9,12 +9,14 @@ replaces exactly those classes (`replaceWhere`); earlier versions stay readable 
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -28,11 +30,14 @@ FAILED_MARKER = "_AUDIT_FAILED.json"
 
 @dataclass(frozen=True)
 class Staged:
-    """Data written aside by one run, to be audited, then published or kept for inspection."""
+    """Data set aside by one run, to be audited, then published or kept for inspection at
+    `location` (already there when `written`, written there when its audit fails otherwise)."""
 
     name: str
     location: str
     df: DataFrame
+    written: bool = True
+    partitioned: bool = True
 
 
 def sql_string(value: str) -> str:
@@ -103,14 +108,16 @@ class Datasets:
     # Write, audit, publish.
 
     def stage(self, df: DataFrame, name: str, partitioned: bool = True) -> Staged:
-        """Write `df` aside, in this run's staging folder, and read it back for the audit."""
+        """Compute `df` once and hold it aside for the audit, in this Spark application's
+        memory (spilling to its local disk), so the audit and the publish read the same rows
+        without a write and a read-back in between. It reaches the staging folder only if its
+        audit fails (`keep_failed`); a killed run leaves nothing behind."""
         location = layout.staging_dir(self.output, self.run_id, name)
-        writer = df.write.mode("overwrite")
-        if partitioned:
-            writer = writer.partitionBy(LABEL_COLUMN)
-        with errors.explained(location):
-            writer.parquet(self.storage.spark_path(location))
-        return Staged(name, location, self.spark.read.parquet(self.storage.spark_path(location)))
+        held = df.persist(StorageLevel.MEMORY_AND_DISK)
+        local_dir = self.spark.conf.get("spark.local.dir", None) or tempfile.gettempdir()
+        with errors.explained(f"{local_dir} (Spark's local folder)"):
+            held.count()  # computes every row now, once: the audit and the publish reuse them
+        return Staged(name, location, held, written=False, partitioned=partitioned)
 
     def publish_partitions(self, df: DataFrame, dataset: str, labels: Iterable[str]) -> int:
         """Replace exactly the given classes' rows, in one commit; every other class is kept.
@@ -154,7 +161,15 @@ class Datasets:
         return json.dumps({"run_id": self.run_id, **extra})
 
     def keep_failed(self, staged: Staged, failed_checks: list[str]) -> str:
-        """Leave staged data that failed its audit where it is, marked, for inspection."""
+        """Keep staged data that failed its audit in the staging folder, marked, for
+        inspection (as Parquet, partitioned by class like its table)."""
+        if not staged.written:
+            writer = staged.df.write.mode("overwrite")
+            if staged.partitioned:
+                writer = writer.partitionBy(LABEL_COLUMN)
+            with errors.explained(staged.location):
+                writer.parquet(self.storage.spark_path(staged.location))
+            staged.df.unpersist()
         marker = {
             "run_id": self.run_id,
             "failed_checks": failed_checks,
@@ -166,7 +181,10 @@ class Datasets:
         return staged.location
 
     def discard(self, staged: Staged) -> None:
-        filesystem.delete_dir(staged.location)
+        if staged.written:
+            filesystem.delete_dir(staged.location)
+        else:
+            staged.df.unpersist()
 
     # Versions.
 
