@@ -759,11 +759,14 @@ def wait_for_partition(
     open_asset(page, base_url, asset, tab="Partitions")
     deadline = time.monotonic() + timeout_s
     while True:
-        item = page.get_by_text(key, exact=True)
-        if item.count():
-            expect(item.first).to_be_visible()
+        try:
+            # The tab fetches and renders its list after the page has loaded (slowly on a busy
+            # machine): each load gets time to show the key before the next reload.
+            expect(page.get_by_text(key, exact=True).first).to_be_visible(timeout=15_000)
             return read_partitions(page)
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"partition {key!r} of {asset} not shown within {timeout_s:.0f} s")
-        time.sleep(5)
-        page.reload()
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"partition {key!r} of {asset} not shown within {timeout_s:.0f} s"
+                ) from None
+            page.reload()
