@@ -55,28 +55,30 @@ def timed(command: list[str], env: dict | None = None) -> tuple[float, PeakMemor
     return time.perf_counter() - started, memory, stdout, wall_start
 
 
-def step_budget(home: Path, started: float, wall: float) -> dict[str, float]:
-    """Seconds per part of a `fruits run`, from the Dagster events of its runs in `home`."""
+def step_spans(home: Path) -> dict[str, tuple[float, float]]:
+    """(first start, last end) of each step of the `fruits run` whose Dagster home is `home`."""
     import dagster as dg
 
     instance = dg.DagsterInstance.from_config(str(home))
-    budget: dict[str, float] = {}
-    first = last = None
+    spans: dict[str, tuple[float, float]] = {}
     for run in instance.get_runs():
-        spans: dict[str, list[float]] = {}
         for record in instance.all_logs(run.run_id):
             event = record.dagster_event
             if event is None or event.step_key is None:
                 continue
             if event.event_type_value in ("STEP_START", "STEP_SUCCESS", "STEP_FAILURE"):
-                spans.setdefault(event.step_key, []).append(record.timestamp)
-        for step, times in spans.items():
-            budget[step] = budget.get(step, 0.0) + max(times) - min(times)
-            first = min(times) if first is None else min(first, min(times))
-            last = max(times) if last is None else max(last, max(times))
-    if first is not None:
-        budget["start-up"] = first - started
-        budget["end"] = started + wall - last
+                start, end = spans.get(event.step_key, (record.timestamp, record.timestamp))
+                spans[event.step_key] = (min(start, record.timestamp), max(end, record.timestamp))
+    return spans
+
+
+def step_budget(home: Path, started: float, wall: float) -> dict[str, float]:
+    """Seconds per part of a `fruits run`, from the Dagster events of its runs in `home`."""
+    spans = step_spans(home)
+    budget = {step: end - start for step, (start, end) in spans.items()}
+    if spans:
+        budget["start-up"] = min(start for start, _ in spans.values()) - started
+        budget["end"] = started + wall - max(end for _, end in spans.values())
     return budget
 
 
@@ -161,28 +163,46 @@ def print_budget(name: str, budgets: list[dict[str, float]]) -> None:
     print(f"\nassets other than mobilenet_features: {rest:.1f} s, {rest / total:.0%} of the run")
 
 
-def memory(sizes: list[int]) -> None:
+def memory(sizes: list[int], against: str | None) -> None:
     files = sorted(DATA.glob("*/*/*.jpg"))
     print("machine:", json.dumps(describe()))
     print(f"driver heap: {os.environ.get('FRUITS_DRIVER_MEMORY', '4g (default)')}")
-    print("| images | wall s | images/s end to end | peak RSS MiB: whole tree | JVM | Spark Python "
-          "workers | `fruits` driver |")  # fmt: skip
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| fruits | images | wall s | images/s end to end | peak RSS MiB: whole tree | JVM "
+          "| Spark Python workers | `fruits` driver |")  # fmt: skip
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    runs = [("this", FRUITS)] + ([("against", against)] if against else [])
+    by_step: dict[tuple[str, int], dict[str, tuple[int, int]]] = {}
     for size in sizes:
         step = len(files) / size
         chosen = [files[int(i * step)] for i in range(min(size, len(files)))]
-        with tempfile.TemporaryDirectory(prefix="mem_") as tmp:
-            root = Path(tmp) / "images"
-            for file in chosen:  # keep split and class folders
-                target = root / file.parent.parent.name / file.parent.name / file.name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy(file, target)
-            wall, peak, _, _ = fruits_run(root, Path(tmp))
-        kinds = peak.peak_by_kind
-        print(f"| {len(chosen)} | {wall:.1f} | {len(chosen) / wall:.1f} | {peak.peak / 2**20:.0f} "
-              f"| {kinds.get('java', 0) / 2**20:.0f} | {kinds.get('python', 0) / 2**20:.0f} "
-              f"| {kinds.get('other', 0) / 2**20:.0f} |",
-              flush=True)  # fmt: skip
+        for which, fruits in runs:
+            with tempfile.TemporaryDirectory(prefix="mem_") as tmp:
+                root = Path(tmp) / "images"
+                for file in chosen:  # keep split and class folders
+                    target = root / file.parent.parent.name / file.parent.name / file.name
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(file, target)
+                wall, peak, _, _ = fruits_run(root, Path(tmp), fruits=fruits)
+                spans = step_spans(Path(tmp) / "home")
+            by_step[(which, len(chosen))] = {
+                name: (peak.peak_between(*span, "java"), peak.peak_between(*span, "other"))
+                for name, span in spans.items()
+            }
+            kinds = peak.peak_by_kind
+            print(f"| {which} | {len(chosen)} | {wall:.1f} | {len(chosen) / wall:.1f} "
+                  f"| {peak.peak / 2**20:.0f} | {kinds.get('java', 0) / 2**20:.0f} "
+                  f"| {kinds.get('python', 0) / 2**20:.0f} | {kinds.get('other', 0) / 2**20:.0f} |",
+                  flush=True)  # fmt: skip
+    print("\npeak RSS MiB during each step, JVM / `fruits` driver:")
+    columns = list(by_step)
+    print("| step | " + " | ".join(f"{w} {n}" for w, n in columns) + " |")
+    print("| --- |" + " ---: |" * len(columns))
+    for name in STEPS:
+        cells = [by_step[c].get(name) for c in columns]
+        if any(cells):
+            print(f"| {name} | " + " | ".join(
+                f"{j / 2**20:.0f} / {d / 2**20:.0f}" if (j, d) != (0, 0) else "-"
+                for j, d in (cell or (0, 0) for cell in cells)) + " |")  # fmt: skip
 
 
 def main() -> None:
@@ -191,14 +211,14 @@ def main() -> None:
     compare_parser = sub.add_parser("compare")
     compare_parser.add_argument("--reps", type=int, default=3)
     compare_parser.add_argument("--against", help="another `fruits` executable to time alike")
-    sub.add_parser("memory").add_argument(
-        "--sizes", type=int, nargs="+", default=[1000, 4000, 8000]
-    )
+    memory_parser = sub.add_parser("memory")
+    memory_parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 4000, 8000])
+    memory_parser.add_argument("--against", help="another `fruits` executable to measure alike")
     args = parser.parse_args()
     if args.mode == "compare":
         compare(args.reps, args.against)
     else:
-        memory(args.sizes)
+        memory(args.sizes, args.against)
 
 
 if __name__ == "__main__":

@@ -43,10 +43,10 @@ def describe() -> dict:
     }
 
 
-def _tree_rss_bytes(root_pid: int) -> dict[str, int]:
+def _tree_rss_bytes(root_pid: int, counted: set[int]) -> tuple[dict[str, int], set[int]]:
     """Resident memory of a process and all its descendants (Spark's JVM and Python workers),
-    by kind: `java` (the JVM), `python` (processes named python*: Spark's Python workers, or a
-    driver started as `python …`), `other` (e.g. the `fruits` driver, named after its script)."""
+    by kind: `java` (the JVM), `python` (the other processes named python*: Spark's Python
+    workers), `other` (the root process, e.g. the `fruits` driver, and anything else)."""
     children: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
     kinds: dict[int, str] = {}
@@ -63,12 +63,16 @@ def _tree_rss_bytes(root_pid: int) -> dict[str, int]:
             children.setdefault(ppid, []).append(pid)
         except (OSError, IndexError, ValueError):
             continue
+    kinds[root_pid] = "other"  # the driver, however it was started (`fruits`, `python -m …`)
     totals, stack = {"java": 0, "python": 0, "other": 0}, [root_pid]
+    alive = set()
     while stack:
         pid = stack.pop()
-        totals[kinds.get(pid, "other")] += rss.get(pid, 0)
+        alive.add(pid)
+        if pid in counted or pid == root_pid:
+            totals[kinds.get(pid, "other")] += rss.get(pid, 0)
         stack.extend(children.get(pid, []))
-    return totals
+    return totals, alive
 
 
 class PeakMemory:
@@ -78,12 +82,17 @@ class PeakMemory:
     def __init__(self, pid: int, interval: float = 0.25):
         self.pid, self.interval, self.peak = pid, interval, 0
         self.peak_by_kind: dict[str, int] = {}
+        self.samples: list[tuple[float, dict[str, int]]] = []  # (time.time(), RSS by kind)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
+        seen: set[int] = set()
         while not self._stop.is_set():
-            sample = _tree_rss_bytes(self.pid)
+            # A process counts from its second sample on: a child caught between fork and exec
+            # shares its parent's pages and would count them twice.
+            sample, seen = _tree_rss_bytes(self.pid, seen)
+            self.samples.append((time.time(), sample))
             self.peak = max(self.peak, sum(sample.values()))
             for kind, value in sample.items():
                 self.peak_by_kind[kind] = max(self.peak_by_kind.get(kind, 0), value)
@@ -96,3 +105,7 @@ class PeakMemory:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+
+    def peak_between(self, start: float, end: float, kind: str) -> int:
+        """The peak RSS of one kind between two `time.time()` instants (0 if none sampled)."""
+        return max((s.get(kind, 0) for t, s in self.samples if start <= t <= end), default=0)

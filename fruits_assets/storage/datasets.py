@@ -108,12 +108,14 @@ class Datasets:
     # Write, audit, publish.
 
     def stage(self, df: DataFrame, name: str, partitioned: bool = True) -> Staged:
-        """Compute `df` once and hold it aside for the audit, in this Spark application's
-        memory (spilling to its local disk), so the audit and the publish read the same rows
-        without a write and a read-back in between. It reaches the staging folder only if its
+        """Compute `df` once and hold it aside for the audit, on this Spark application's local
+        disk, so the audit and the publish read the same rows without a write, a listing and a
+        read-back of the staging folder in between. It reaches the staging folder only if its
         audit fails (`keep_failed`); a killed run leaves nothing behind."""
         location = layout.staging_dir(self.output, self.run_id, name)
-        held = df.persist(StorageLevel.MEMORY_AND_DISK)
+        # Disk only: held in memory, the rows (decoded images, feature vectors) would make the
+        # JVM's peak grow with the run's size; on local disk it stays flat.
+        held = df.persist(StorageLevel.DISK_ONLY)
         local_dir = self.spark.conf.get("spark.local.dir", None) or tempfile.gettempdir()
         with errors.explained(f"{local_dir} (Spark's local folder)"):
             held.count()  # computes every row now, once: the audit and the publish reuse them
