@@ -20,12 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -163,37 +165,62 @@ def print_budget(name: str, budgets: list[dict[str, float]]) -> None:
     print(f"\nassets other than mobilenet_features: {rest:.1f} s, {rest / total:.0%} of the run")
 
 
+GC_LINE = re.compile(r"^\[(?P<time>[^\]]+)\].* (?P<before>\d+)M->(?P<after>\d+)M\(\d+M\)")
+
+
+def heap_after_gc(gc_dir: Path) -> list[tuple[float, int]]:
+    """(time, MiB of JVM heap still in use right after a collection) for every collection the
+    JVMs logged: an upper bound of the live data then, whatever the heap's own size."""
+    points = []
+    for log in gc_dir.glob("gc-*.log"):
+        for line in log.read_text(errors="replace").splitlines():
+            match = GC_LINE.match(line)
+            if match:
+                when = datetime.strptime(match["time"], "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
+                points.append((when, int(match["after"])))
+    return points
+
+
 def memory(sizes: list[int], against: str | None) -> None:
     files = sorted(DATA.glob("*/*/*.jpg"))
     print("machine:", json.dumps(describe()))
     print(f"driver heap: {os.environ.get('FRUITS_DRIVER_MEMORY', '4g (default)')}")
     print("| fruits | images | wall s | images/s end to end | peak RSS MiB: whole tree | JVM "
-          "| Spark Python workers | `fruits` driver |")  # fmt: skip
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+          "| JVM heap after GC | Spark Python workers | `fruits` driver |")  # fmt: skip
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     runs = [("this", FRUITS)] + ([("against", against)] if against else [])
-    by_step: dict[tuple[str, int], dict[str, tuple[int, int]]] = {}
+    by_step: dict[tuple[str, int], dict[str, tuple[float, float, float]]] = {}
     for size in sizes:
         step = len(files) / size
         chosen = [files[int(i * step)] for i in range(min(size, len(files)))]
         for which, fruits in runs:
             with tempfile.TemporaryDirectory(prefix="mem_") as tmp:
-                root = Path(tmp) / "images"
+                root, gc_dir = Path(tmp) / "images", Path(tmp) / "gc"
+                gc_dir.mkdir()
                 for file in chosen:  # keep split and class folders
                     target = root / file.parent.parent.name / file.parent.name / file.name
                     target.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy(file, target)
-                wall, peak, _, _ = fruits_run(root, Path(tmp), fruits=fruits)
+                # Every JVM of the run logs its collections (the heap in use after each).
+                env = {"JAVA_TOOL_OPTIONS": f"-Xlog:gc:file={gc_dir}/gc-%p.log:time"}
+                wall, peak, _, _ = fruits_run(root, Path(tmp), fruits=fruits, env=env)
                 spans = step_spans(Path(tmp) / "home")
+                heap = heap_after_gc(gc_dir)
             by_step[(which, len(chosen))] = {
-                name: (peak.peak_between(*span, "java"), peak.peak_between(*span, "other"))
+                name: (
+                    peak.peak_between(*span, "java") / 2**20,
+                    max((mib for t, mib in heap if span[0] <= t <= span[1]), default=0),
+                    peak.peak_between(*span, "other") / 2**20,
+                )
                 for name, span in spans.items()
             }
-            kinds = peak.peak_by_kind
+            kinds = {k: v / 2**20 for k, v in peak.peak_by_kind.items()}
             print(f"| {which} | {len(chosen)} | {wall:.1f} | {len(chosen) / wall:.1f} "
-                  f"| {peak.peak / 2**20:.0f} | {kinds.get('java', 0) / 2**20:.0f} "
-                  f"| {kinds.get('python', 0) / 2**20:.0f} | {kinds.get('other', 0) / 2**20:.0f} |",
+                  f"| {peak.peak / 2**20:.0f} | {kinds.get('java', 0):.0f} "
+                  f"| {max((mib for _, mib in heap), default=0)} "
+                  f"| {kinds.get('python', 0):.0f} | {kinds.get('other', 0):.0f} |",
                   flush=True)  # fmt: skip
-    print("\npeak RSS MiB during each step, JVM / `fruits` driver:")
+    print("\npeak MiB during each step: JVM RSS / JVM heap after GC / `fruits` driver RSS:")
     columns = list(by_step)
     print("| step | " + " | ".join(f"{w} {n}" for w, n in columns) + " |")
     print("| --- |" + " ---: |" * len(columns))
@@ -201,8 +228,8 @@ def memory(sizes: list[int], against: str | None) -> None:
         cells = [by_step[c].get(name) for c in columns]
         if any(cells):
             print(f"| {name} | " + " | ".join(
-                f"{j / 2**20:.0f} / {d / 2**20:.0f}" if (j, d) != (0, 0) else "-"
-                for j, d in (cell or (0, 0) for cell in cells)) + " |")  # fmt: skip
+                " / ".join(f"{v:.0f}" if v else "-" for v in cell) if cell else "-"
+                for cell in cells) + " |")  # fmt: skip
 
 
 def main() -> None:

@@ -113,8 +113,8 @@ class Datasets:
         read-back of the staging folder in between. It reaches the staging folder only if its
         audit fails (`keep_failed`); a killed run leaves nothing behind."""
         location = layout.staging_dir(self.output, self.run_id, name)
-        # Disk only: held in memory, the rows (decoded images, feature vectors) would make the
-        # JVM's peak grow with the run's size; on local disk it stays flat.
+        # Disk only: held in memory, the rows (decoded images, feature vectors) would take JVM
+        # heap in proportion to the run's size; on local disk they take none.
         held = df.persist(StorageLevel.DISK_ONLY)
         local_dir = self.spark.conf.get("spark.local.dir", None) or tempfile.gettempdir()
         with errors.explained(f"{local_dir} (Spark's local folder)"):
