@@ -57,30 +57,34 @@ def timed(command: list[str], env: dict | None = None) -> tuple[float, PeakMemor
     return time.perf_counter() - started, memory, stdout, wall_start
 
 
-def step_spans(home: Path) -> dict[str, tuple[float, float]]:
-    """(first start, last end) of each step of the `fruits run` whose Dagster home is `home`."""
+def step_spans(home: Path) -> dict[str, list[tuple[float, float]]]:
+    """(start, end) of each step in each run of the `fruits run` whose Dagster home is `home`
+    (a run of classes that are not neighbours is several Dagster runs)."""
     import dagster as dg
 
     instance = dg.DagsterInstance.from_config(str(home))
-    spans: dict[str, tuple[float, float]] = {}
+    spans: dict[str, list[tuple[float, float]]] = {}
     for run in instance.get_runs():
+        times: dict[str, list[float]] = {}
         for record in instance.all_logs(run.run_id):
             event = record.dagster_event
             if event is None or event.step_key is None:
                 continue
             if event.event_type_value in ("STEP_START", "STEP_SUCCESS", "STEP_FAILURE"):
-                start, end = spans.get(event.step_key, (record.timestamp, record.timestamp))
-                spans[event.step_key] = (min(start, record.timestamp), max(end, record.timestamp))
+                times.setdefault(event.step_key, []).append(record.timestamp)
+        for step, stamps in times.items():
+            spans.setdefault(step, []).append((min(stamps), max(stamps)))
     return spans
 
 
 def step_budget(home: Path, started: float, wall: float) -> dict[str, float]:
     """Seconds per part of a `fruits run`, from the Dagster events of its runs in `home`."""
     spans = step_spans(home)
-    budget = {step: end - start for step, (start, end) in spans.items()}
-    if spans:
-        budget["start-up"] = min(start for start, _ in spans.values()) - started
-        budget["end"] = started + wall - max(end for _, end in spans.values())
+    budget = {step: sum(end - start for start, end in runs) for step, runs in spans.items()}
+    every = [span for runs in spans.values() for span in runs]
+    if every:
+        budget["start-up"] = min(start for start, _ in every) - started
+        budget["end"] = started + wall - max(end for _, end in every)
     return budget
 
 
@@ -165,7 +169,7 @@ def print_budget(name: str, budgets: list[dict[str, float]]) -> None:
     print(f"\nassets other than mobilenet_features: {rest:.1f} s, {rest / total:.0%} of the run")
 
 
-GC_LINE = re.compile(r"^\[(?P<time>[^\]]+)\].* (?P<before>\d+)M->(?P<after>\d+)M\(\d+M\)")
+GC_LINE = re.compile(r"^\[(?P<time>[^\]]+)\].* \d+M->(?P<after>\d+)M\(\d+M\)")
 
 
 def heap_after_gc(gc_dir: Path) -> list[tuple[float, int]]:
@@ -208,11 +212,11 @@ def memory(sizes: list[int], against: str | None) -> None:
                 heap = heap_after_gc(gc_dir)
             by_step[(which, len(chosen))] = {
                 name: (
-                    peak.peak_between(*span, "java") / 2**20,
-                    max((mib for t, mib in heap if span[0] <= t <= span[1]), default=0),
-                    peak.peak_between(*span, "other") / 2**20,
+                    max(peak.peak_between(*span, "java") for span in runs) / 2**20,
+                    max((mib for t, mib in heap for a, b in runs if a <= t <= b), default=0),
+                    max(peak.peak_between(*span, "other") for span in runs) / 2**20,
                 )
-                for name, span in spans.items()
+                for name, runs in spans.items()
             }
             kinds = {k: v / 2**20 for k, v in peak.peak_by_kind.items()}
             print(f"| {which} | {len(chosen)} | {wall:.1f} | {len(chosen) / wall:.1f} "
