@@ -46,7 +46,7 @@ class FruitsSettings(BaseModel):
     )
     variance: float = Field(0.99, gt=0, le=1, description="PCA target explained variance")
     accuracy_floor: float = Field(0.9, ge=0, le=1, description="classifier top-1 floor (WARN)")
-    classifier_max_iter: int = Field(200, ge=1, description="logistic regression iterations")
+    classifier_max_iter: int = Field(100, ge=1, description="logistic regression iterations")
     lock_wait_seconds: float = Field(
         1800.0, ge=0, description="how long a run launched by the UI waits for the output root"
     )

@@ -7,6 +7,7 @@ from typing import Any
 import dagster as dg
 import numpy as np
 from dagster_pyspark import LazyPySparkResource
+from pyspark import StorageLevel
 from pyspark.ml import PipelineModel
 from pyspark.ml.classification import LogisticRegression
 from pyspark.ml.evaluation import MulticlassClassificationEvaluator
@@ -16,7 +17,7 @@ from pyspark.ml.tuning import CrossValidator, ParamGridBuilder
 from pyspark.sql import functions as F
 
 from fruits_assets.assets import checks
-from fruits_assets.assets.current_features import current_features, features_weights
+from fruits_assets.assets.current_features import current_features
 from fruits_assets.assets.metadata import png_markdown, rows_table
 from fruits_assets.assets.pca import PcaModel, pca_features_parquet
 from fruits_assets.assets.publishing import FilePublication, publish_or_fail
@@ -66,13 +67,14 @@ def fruit_classifier(
     spark = pyspark.spark_session
     settings = classifier_settings
     datasets = Datasets(spark, storage, context.run.run_id)
-    features = current_features(context, datasets).df
+    current = current_features(context, datasets)
+    features = current.df
     if "color_histogram" not in features.columns:
         raise dg.Failure(
             description="mobilenet_features has no colour histograms (written by an older "
             "fruits_assets): rematerialize it, e.g. `fruits run` without --downstream-only"
         )
-    weights_sha256 = features_weights(features)
+    weights_sha256 = current.weights_sha256()
     serving_model_path = layout.featurizer_model_path(storage.output, weights_sha256)
     if not filesystem.exists(serving_model_path):
         raise dg.Failure(
@@ -81,16 +83,22 @@ def fruit_classifier(
         )
     histograms = features.select("path", "color_histogram", "features")
     pca_rows = datasets.read(layout.PCA_FEATURES_PARQUET)
-    data, split_source = splits.with_split(pca_rows.join(histograms, "path"))
-    indexer = StringIndexer(inputCol="label", outputCol="y", stringOrderType="alphabetAsc")
+    # The split, the class index, the fit and the scoring all read these rows: joined once,
+    # kept on local disk (not in the JVM's heap, whatever the number of images).
+    joined = pca_rows.join(histograms, "path").persist(StorageLevel.DISK_ONLY)
+    data, split_source = splits.with_split(joined)
+    by_class = StringIndexer(inputCol="label", outputCol="y", stringOrderType="alphabetAsc")
+    indexer = by_class.fit(data)
+    label_names = list(indexer.labelsArray[0])
     data = (
-        indexer.fit(data)
-        .transform(data)
+        indexer.transform(data)
         .withColumn("x", array_to_vector("pca_features"))
         .withColumn("h", array_to_vector("color_histogram"))
     )
-    label_names = sorted(r["label"] for r in data.select("label").distinct().collect())
-    train = data.where(F.col("split") == splits.TRAIN).select("y", "x", "h").cache()
+    # One partition per core: each optimizer iteration is a Spark job whose tasks each return
+    # a full gradient, so more partitions than cores only add tasks and gradients to merge.
+    cores = spark.sparkContext.defaultParallelism
+    train = data.where(F.col("split") == splits.TRAIN).select("y", "x", "h").coalesce(cores).cache()
     test = data.where(F.col("split") == splits.TEST)
 
     started = time.perf_counter()
@@ -198,6 +206,7 @@ def fruit_classifier(
     )
     gap = float(np.abs(served - np.array([r["p"] for r in sample])).max())
 
+    joined.unpersist()
     confusion = plots.confusion_png(predicted, truth, label_names, worst)
     floor = settings.accuracy_floor
     yield from publish_or_fail(

@@ -23,6 +23,14 @@ class CurrentFeatures:
     classes: list[str]  # the fruit_class partitions: the class folders of the input root
     stale: list[str]  # stored classes not under the input root (another dataset's leftovers)
     without_features: list[str]  # registered classes with no feature rows (not yet materialized)
+    # For each set of weights in `df`, the classes computed with it (None: not recorded).
+    weights: dict[str | None, set[str]]
+    rows: int  # the number of rows in `df`
+
+    def weights_sha256(self) -> str:
+        """The sha256 of the weights every current row was computed with (see
+        `features_weights`), from the facts gathered with the rows: no further Spark job."""
+        return _one_set_of_weights(self.weights)
 
 
 def current_features(context: dg.AssetExecutionContext, datasets: Datasets) -> CurrentFeatures:
@@ -32,12 +40,27 @@ def current_features(context: dg.AssetExecutionContext, datasets: Datasets) -> C
     to EMR steps), so they stand for a listing of the input root.
     """
     classes = registered_classes(context.instance)
-    stored = datasets.labels(layout.MOBILENET_FEATURES)
+    table = datasets.read(layout.MOBILENET_FEATURES)
+    # One pass over the table gives its classes and the weights of each: the stale classes and
+    # the weights check need no job of their own.
+    recorded = WEIGHTS_COLUMN in table.columns
+    weights_column = F.col(WEIGHTS_COLUMN) if recorded else F.lit(None).cast("string")
+    pairs = table.groupBy(layout.LABEL_COLUMN, weights_column.alias("w")).count().collect()
+    stored = {r[layout.LABEL_COLUMN] for r in pairs}
+    registered = set(classes)
+    weights: dict[str | None, set[str]] = {}
+    rows = 0
+    for r in pairs:
+        if r[layout.LABEL_COLUMN] in registered:
+            weights.setdefault(r["w"], set()).add(r[layout.LABEL_COLUMN])
+            rows += r["count"]
     return CurrentFeatures(
-        df=datasets.read(layout.MOBILENET_FEATURES, classes),
+        df=table.where(F.col(layout.LABEL_COLUMN).isin(sorted(registered))),
         classes=classes,
-        stale=sorted(stored - set(classes)),
-        without_features=sorted(set(classes) - stored),
+        stale=sorted(stored - registered),
+        without_features=sorted(registered - stored),
+        weights=weights if recorded else {None: registered & stored},
+        rows=rows,
     )
 
 
@@ -45,17 +68,23 @@ def features_weights(features: DataFrame) -> str:
     """The sha256 of the weights every feature row was computed with; mixed weights (or rows
     from a version that did not record them) fail, as a PCA over them would mean nothing."""
     if WEIGHTS_COLUMN not in features.columns:
+        return _one_set_of_weights({None: set()})
+    rows = features.groupBy(WEIGHTS_COLUMN).agg(F.collect_set("label").alias("labels")).collect()
+    return _one_set_of_weights({r[WEIGHTS_COLUMN]: set(r["labels"]) for r in rows})
+
+
+def _one_set_of_weights(weights: dict[str | None, set[str]]) -> str:
+    if None in weights:
         raise dg.Failure(
             description="mobilenet_features does not record its weights (written by an older "
             "fruits_assets): rematerialize it, e.g. `fruits run` without --downstream-only"
         )
-    rows = features.groupBy(WEIGHTS_COLUMN).agg(F.collect_set("label").alias("labels")).collect()
-    if len(rows) != 1:
+    if len(weights) != 1:
         detail = "; ".join(
-            f"{r[WEIGHTS_COLUMN][:12]}…: {', '.join(sorted(r['labels'])[:5])}" for r in rows
+            f"{sha[:12]}…: {', '.join(sorted(labels)[:5])}" for sha, labels in weights.items()
         )
         raise dg.Failure(
-            description=f"mobilenet_features mixes {len(rows)} sets of weights across classes "
+            description=f"mobilenet_features mixes {len(weights)} sets of weights across classes "
             f"({detail}): rerun the classes with one --weights"
         )
-    return rows[0][WEIGHTS_COLUMN]
+    return next(iter(weights))

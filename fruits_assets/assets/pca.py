@@ -11,7 +11,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from fruits_assets.assets import checks
-from fruits_assets.assets.current_features import current_features, features_weights
+from fruits_assets.assets.current_features import current_features
 from fruits_assets.assets.features import mobilenet_features
 from fruits_assets.assets.metadata import counts_table, png_markdown
 from fruits_assets.assets.publishing import Publication, publish_or_fail
@@ -78,7 +78,7 @@ def pca_model(
     spark = pyspark.spark_session
     datasets = Datasets(spark, storage, context.run.run_id)
     current = current_features(context, datasets)
-    weights_sha256 = features_weights(current.df)
+    weights_sha256 = current.weights_sha256()
     fit_rows, fit_on = splits.training_rows(current.df)
     n_rows, cov = pca.covariance(fit_rows, "features")
     k_max = pca.max_components(n_rows, featurizer.FEATURE_DIM)  # fails on fewer than 2 rows
@@ -184,7 +184,7 @@ def pca_features_parquet(
     per_class = {r["label"]: r["rows"] for r in collected}
     rows = sum(per_class.values())
     bad_length = sum(r["bad"] or 0 for r in collected)
-    n_features = current.df.count()
+    n_features = current.rows
     yield from publish_or_fail(
         context,
         datasets,

@@ -80,12 +80,6 @@ class Datasets:
             reader = reader.option("versionAsOf", version)
         return reader.load(self.spark_path(dataset))
 
-    def labels(self, dataset: str) -> set[str]:
-        """Classes with rows in a label-partitioned table (empty if it does not exist)."""
-        if not self.exists(dataset):
-            return set()
-        return {r[0] for r in self._table(dataset).select(LABEL_COLUMN).distinct().collect()}
-
     def read(self, dataset: str, labels: Iterable[str] | None = None) -> DataFrame:
         """The published rows, or those of the given classes only (classes with none add none)."""
         table = self._table(dataset)
