@@ -57,14 +57,18 @@ def timed(command: list[str], env: dict | None = None) -> tuple[float, PeakMemor
     return time.perf_counter() - started, memory, stdout, wall_start
 
 
-def step_spans(home: Path) -> dict[str, list[tuple[float, float]]]:
+def step_spans(home: Path, since: float = 0.0) -> dict[str, list[tuple[float, float]]]:
     """(start, end) of each step in each run of the `fruits run` whose Dagster home is `home`
-    (a run of classes that are not neighbours is several Dagster runs)."""
+    (a run of classes that are not neighbours is several Dagster runs); only the runs created
+    at or after `since` (epoch seconds)."""
     import dagster as dg
 
     instance = dg.DagsterInstance.from_config(str(home))
     spans: dict[str, list[tuple[float, float]]] = {}
-    for run in instance.get_runs():
+    for run in instance.get_run_records():
+        if run.create_timestamp.timestamp() < since:
+            continue
+        run = run.dagster_run
         times: dict[str, list[float]] = {}
         for record in instance.all_logs(run.run_id):
             event = record.dagster_event
@@ -79,7 +83,7 @@ def step_spans(home: Path) -> dict[str, list[tuple[float, float]]]:
 
 def step_budget(home: Path, started: float, wall: float) -> dict[str, float]:
     """Seconds per part of a `fruits run`, from the Dagster events of its runs in `home`."""
-    spans = step_spans(home)
+    spans = step_spans(home, since=started)
     budget = {step: sum(end - start for start, end in runs) for step, runs in spans.items()}
     every = [span for runs in spans.values() for span in runs]
     if every:

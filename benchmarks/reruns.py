@@ -14,7 +14,8 @@ backfill's last run (the UI's own start-up is not counted: it is already open fo
 two more photos, and the class rerun as one run tagged with its partition, as the launch dialog
 starts a single partition ("Launch 1 run").
 `--against` adds another `fruits` (e.g. an earlier checkout's): its full run and CLI rerun, in
-the same repetitions, on their own copy of the images.
+the same repetitions, on their own copy of the images. The CLI rerun's seconds are split into
+start-up, each asset's step and the end, from its Dagster events.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
+from end_to_end import step_budget  # noqa: E402
 from machine import describe  # noqa: E402
 
 SHARED = Path(os.environ.get("FRUITS_SHARED_DIR", HERE.parent.parent / "shared"))
@@ -198,6 +200,8 @@ def main() -> None:
     args = parser.parse_args()
     print("machine:", json.dumps(describe()))
     full, cli, ui, ui_run, other_full, other_cli = [], [], [], [], [], []
+    budgets: list[dict[str, float]] = []
+    other_budgets: list[dict[str, float]] = []
     for rep in range(args.reps):
         if args.against:
             with tempfile.TemporaryDirectory(prefix="reruns_other_") as tmp:
@@ -208,8 +212,10 @@ def main() -> None:
                           "--weights", str(WEIGHTS)]  # fmt: skip
                 other_full.append(run("run", *common, env=env, fruits=args.against))
                 add_photos(images, 2, 0)
+                since = time.time()
                 other_cli.append(run("run", *common, "--classes", CLASS, env=env,
                                      fruits=args.against))  # fmt: skip
+                other_budgets.append(step_budget(Path(tmp) / "home", since, other_cli[-1]))
             print(f"rep {rep + 1}: --against full {other_full[-1]:.1f} s, CLI rerun "
                   f"{other_cli[-1]:.1f} s", flush=True)  # fmt: skip
         with tempfile.TemporaryDirectory(prefix="reruns_") as tmp:
@@ -219,7 +225,9 @@ def main() -> None:
             common = ["--images", str(images), "--output", str(output), "--weights", str(WEIGHTS)]
             full.append(run("run", *common, env=env))
             add_photos(images, 2, 0)
+            since = time.time()
             cli.append(run("run", *common, "--classes", CLASS, env=env))
+            budgets.append(step_budget(home, since, cli[-1]))
             add_photos(images, 2, 2)
             if not args.no_backfill:
                 ui.append(ui_rerun(env, images, output))
@@ -244,6 +252,15 @@ def main() -> None:
         f"\nCLI rerun / full run: {c / f:.0%}; UI backfill / CLI rerun: {u / c:.2f}; "
         f"UI run / CLI rerun: {r / c:.2f}"
     )
+    print("\nWhere the CLI rerun's seconds go (medians):\n")
+    print("| part | s |" + (" --against s |" if other_budgets else ""))
+    print("| --- | ---: |" + (" ---: |" if other_budgets else ""))
+    for part in ["start-up", *ALL_ASSETS, "end"]:
+        cells = [
+            f"{statistics.median(x):.1f}" if x else "—"
+            for x in ([b[part] for b in group if part in b] for group in (budgets, other_budgets))
+        ]
+        print(f"| {part} | {cells[0]} |" + (f" {cells[1]} |" if other_budgets else ""))
 
 
 if __name__ == "__main__":

@@ -95,10 +95,13 @@ def fruit_classifier(
         .withColumn("x", array_to_vector("pca_features"))
         .withColumn("h", array_to_vector("color_histogram"))
     )
-    # One partition per core: each optimizer iteration is a Spark job whose tasks each return
-    # a full gradient, so more partitions than cores only add tasks and gradients to merge.
-    cores = spark.sparkContext.defaultParallelism
-    train = data.where(F.col("split") == splits.TRAIN).select("y", "x", "h").coalesce(cores).cache()
+    train = data.where(F.col("split") == splits.TRAIN).select("y", "x", "h")
+    if spark.sparkContext.master.startswith("local"):
+        # One partition per core: each optimizer iteration is a Spark job whose tasks each
+        # return a full gradient, so more partitions than cores only add tasks and gradients
+        # to merge. (On a cluster the executors come and go: its partitioning is left alone.)
+        train = train.coalesce(spark.sparkContext.defaultParallelism)
+    train = train.cache()
     test = data.where(F.col("split") == splits.TEST)
 
     started = time.perf_counter()
