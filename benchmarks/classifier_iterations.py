@@ -32,8 +32,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from pyspark.ml import PipelineModel
-    from pyspark.ml.classification import LogisticRegression
-    from pyspark.ml.feature import StringIndexer, VectorAssembler
+    from pyspark.ml.feature import StringIndexer
     from pyspark.ml.functions import array_to_vector
     from pyspark.sql import SparkSession
     from pyspark.sql import functions as F
@@ -62,40 +61,23 @@ def main() -> None:
     cores = spark.sparkContext.defaultParallelism
     train = data.where(F.col("split") == splits.TRAIN).select("y", "x", "h").coalesce(cores)
     train = train.cache()
-    shrinkage = ClassifierSettings().variance_shrinkage
     preparation = PipelineModel(
-        stages=[
-            stage
-            for column in ("x", "h")
-            for stage in training.centre_and_shrink(train, column, f"{column}s", shrinkage)
-        ]
-        + [VectorAssembler(inputCols=["xs", "hs"], outputCol="z")]
+        stages=training.input_stages(train, ClassifierSettings().variance_shrinkage)
     )
     prepared = preparation.transform(train).select("y", "z").cache()
     test = data.where(F.col("split") == splits.TEST)
     held_out = preparation.transform(test).select("y", "z").cache()
     n_train, n_test = prepared.count(), held_out.count()
     print(f"split: {source}; {n_train} training rows, {n_test} held out")
-    LogisticRegression(featuresCol="z", labelCol="y", family="multinomial", maxIter=20).fit(
-        prepared
-    )  # warm-up, untimed
+    training.softmax_regression(20).fit(prepared)  # warm-up, untimed
 
     print("\n| max_iter | L2 | s | iterations run | objective | held-out top-1 |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: |")
     for reg_param in args.reg_params:
         for iterations in args.iters:
-            regression = LogisticRegression(
-                featuresCol="z",
-                labelCol="y",
-                family="multinomial",
-                standardization=False,
-                elasticNetParam=0.0,
-                maxIter=iterations,
-                tol=1e-7,
-                regParam=reg_param,
-            )
+            regression = training.softmax_regression(iterations)
             started = time.perf_counter()
-            model = regression.fit(prepared)
+            model = regression.fit(prepared, {regression.regParam: reg_param})
             seconds = time.perf_counter() - started
             hits = model.transform(held_out).where("prediction = y").count()
             summary = model.summary

@@ -68,9 +68,8 @@ def step_spans(home: Path, since: float = 0.0) -> dict[str, list[tuple[float, fl
     for run in instance.get_run_records():
         if run.create_timestamp.timestamp() < since:
             continue
-        run = run.dagster_run
         times: dict[str, list[float]] = {}
-        for record in instance.all_logs(run.run_id):
+        for record in instance.all_logs(run.dagster_run.run_id):
             event = record.dagster_event
             if event is None or event.step_key is None:
                 continue

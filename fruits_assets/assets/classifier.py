@@ -9,9 +9,8 @@ import numpy as np
 from dagster_pyspark import LazyPySparkResource
 from pyspark import StorageLevel
 from pyspark.ml import PipelineModel
-from pyspark.ml.classification import LogisticRegression
 from pyspark.ml.evaluation import MulticlassClassificationEvaluator
-from pyspark.ml.feature import StringIndexer, VectorAssembler
+from pyspark.ml.feature import StringIndexer
 from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.ml.tuning import CrossValidator, ParamGridBuilder
 from pyspark.sql import functions as F
@@ -105,24 +104,9 @@ def fruit_classifier(
     test = data.where(F.col("split") == splits.TEST)
 
     started = time.perf_counter()
-    # Both inputs centred, then rescaled without blowing up near-empty dimensions.
-    preparation = [
-        stage
-        for column in ("x", "h")
-        for stage in training.centre_and_shrink(
-            train, column, f"{column}s", settings.variance_shrinkage
-        )
-    ] + [VectorAssembler(inputCols=["xs", "hs"], outputCol="z")]
+    preparation = training.input_stages(train, settings.variance_shrinkage)
     prepared = PipelineModel(stages=preparation).transform(train).select("y", "z").cache()
-    regression = LogisticRegression(
-        featuresCol="z",
-        labelCol="y",
-        family="multinomial",
-        standardization=False,  # done above, without the blow-up
-        elasticNetParam=0.0,
-        maxIter=settings.max_iter,
-        tol=1e-7,
-    )
+    regression = training.softmax_regression(settings.max_iter)
     previous = _published(storage.output)
     reuse = (
         settings.cross_validate == "auto"

@@ -43,23 +43,14 @@ def current_features(context: dg.AssetExecutionContext, datasets: Datasets) -> C
     table = datasets.read(layout.MOBILENET_FEATURES)
     # One pass over the table gives its classes and the weights of each: the stale classes and
     # the weights check need no job of their own.
-    recorded = WEIGHTS_COLUMN in table.columns
-    weights_column = F.col(WEIGHTS_COLUMN) if recorded else F.lit(None).cast("string")
-    pairs = table.groupBy(layout.LABEL_COLUMN, weights_column.alias("w")).count().collect()
-    stored = {r[layout.LABEL_COLUMN] for r in pairs}
     registered = set(classes)
-    weights: dict[str | None, set[str]] = {}
-    rows = 0
-    for r in pairs:
-        if r[layout.LABEL_COLUMN] in registered:
-            weights.setdefault(r["w"], set()).add(r[layout.LABEL_COLUMN])
-            rows += r["count"]
+    stored, weights, rows = _weights_by_class(table, registered)
     return CurrentFeatures(
         df=table.where(F.col(layout.LABEL_COLUMN).isin(sorted(registered))),
         classes=classes,
         stale=sorted(stored - registered),
         without_features=sorted(registered - stored),
-        weights=weights if recorded else {None: registered & stored},
+        weights=weights,
         rows=rows,
     )
 
@@ -67,10 +58,27 @@ def current_features(context: dg.AssetExecutionContext, datasets: Datasets) -> C
 def features_weights(features: DataFrame) -> str:
     """The sha256 of the weights every feature row was computed with; mixed weights (or rows
     from a version that did not record them) fail, as a PCA over them would mean nothing."""
-    if WEIGHTS_COLUMN not in features.columns:
-        return _one_set_of_weights({None: set()})
-    rows = features.groupBy(WEIGHTS_COLUMN).agg(F.collect_set("label").alias("labels")).collect()
-    return _one_set_of_weights({r[WEIGHTS_COLUMN]: set(r["labels"]) for r in rows})
+    _, weights, _ = _weights_by_class(features, None)
+    return _one_set_of_weights(weights)
+
+
+def _weights_by_class(
+    table: DataFrame, classes: set[str] | None
+) -> tuple[set[str], dict[str | None, set[str]], int]:
+    """One aggregate over `table`: the classes it holds, then for `classes` (None: all) the
+    classes of each set of weights (all under None when the table does not record them) and
+    their number of rows."""
+    recorded = WEIGHTS_COLUMN in table.columns
+    weights_column = F.col(WEIGHTS_COLUMN) if recorded else F.lit(None).cast("string")
+    pairs = table.groupBy(layout.LABEL_COLUMN, weights_column.alias("w")).count().collect()
+    stored = {r[layout.LABEL_COLUMN] for r in pairs}
+    weights: dict[str | None, set[str]] = {} if recorded else {None: set()}
+    rows = 0
+    for r in pairs:
+        if classes is None or r[layout.LABEL_COLUMN] in classes:
+            weights.setdefault(r["w"], set()).add(r[layout.LABEL_COLUMN])
+            rows += r["count"]
+    return stored, weights, rows
 
 
 def _one_set_of_weights(weights: dict[str | None, set[str]]) -> str:

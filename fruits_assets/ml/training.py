@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-from pyspark.ml.feature import ElementwiseProduct, StandardScaler
+from pyspark.ml.classification import LogisticRegression
+from pyspark.ml.feature import ElementwiseProduct, StandardScaler, VectorAssembler
 from pyspark.ml.linalg import Vectors
 from pyspark.sql import DataFrame
 
@@ -24,6 +25,29 @@ def centre_and_shrink(train: DataFrame, column: str, output: str, shrinkage: flo
         scalingVec=Vectors.dense(scale), inputCol=f"{column}_centred", outputCol=output
     )
     return [centre, shrink]
+
+
+def input_stages(train: DataFrame, shrinkage: float) -> list:
+    """Fitted stages turning the PCA features `x` and colour histogram `h` into the classifier's
+    input `z`: both centred, then rescaled without blowing up near-empty dimensions."""
+    return [
+        stage
+        for column in ("x", "h")
+        for stage in centre_and_shrink(train, column, f"{column}s", shrinkage)
+    ] + [VectorAssembler(inputCols=["xs", "hs"], outputCol="z")]
+
+
+def softmax_regression(max_iter: int) -> LogisticRegression:
+    """The classifier's multinomial logistic regression on `z` (class index `y`), L2 set later."""
+    return LogisticRegression(
+        featuresCol="z",
+        labelCol="y",
+        family="multinomial",
+        standardization=False,  # done by `input_stages`, without the blow-up
+        elasticNetParam=0.0,
+        maxIter=max_iter,
+        tol=1e-7,
+    )
 
 
 def top_k_accuracy(probabilities: np.ndarray, truth: np.ndarray, k: int) -> float:
