@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from deltalake import DeltaTable
 
-from fruits_assets.ml import featurizer
+from fruits_assets.ml import color, featurizer
 from fruits_assets.storage import filesystem, layout
 from fruits_assets_tests.conftest import REAL_CLASSES as CLASSES
 from fruits_assets_tests.conftest import WEIGHTS_SHA256
@@ -37,6 +38,12 @@ def test_real_graph_outputs(real_run):
     assert outcome.checks and all(outcome.checks.values())
     features = read_parquet(layout.asset_dir(output, layout.MOBILENET_FEATURES))
     assert len(features) == 600 and set(features.label) == set(CLASSES)
+    # Each class of each per-class table is one file (small files cost more than their bytes).
+    for dataset in (layout.RAW_IMAGES, layout.ACCEPTED_IMAGES, layout.MOBILENET_FEATURES):
+        files = DeltaTable(layout.dataset_dir(output, dataset)).file_uris()
+        assert sorted(f.split("/")[-2] for f in files) == sorted(
+            layout.partition_dir_name(c) for c in CLASSES
+        )
     meta = outcome.metadata["mobilenet_features"]
     assert meta["weights_sha256"] == WEIGHTS_SHA256
     pca = outcome.metadata["pca_model"]
@@ -75,6 +82,10 @@ def test_asset_features_are_keras_mobilenet_v2_features(real_run, shared_weights
     photos = [Path(filesystem.normalize_uri(p)).read_bytes() for p in sample.path]
     expected = keras_features(shared_weights, photos)
     np.testing.assert_allclose(np.stack(sample.features.to_numpy()), expected, atol=1e-3, rtol=1e-3)
+    # The colour histograms, computed from the same decoded pixels, are those of the photos.
+    np.testing.assert_array_equal(
+        np.stack(sample.color_histogram.to_numpy()), [color.histogram(p) for p in photos]
+    )
     # Each row names its weights; the model that computed them is stored beside them.
     assert set(features.weights_sha256) == {WEIGHTS_SHA256}
     model = Path(layout.featurizer_model_path(output, WEIGHTS_SHA256)).read_bytes()

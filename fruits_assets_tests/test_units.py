@@ -110,7 +110,7 @@ def test_principal_components_are_the_covariance_eigenvectors_largest_first():
         pca.principal_components(np.zeros((4, 4)), 3)
 
 
-def test_spark_covariance_matches_numpy_whatever_the_partitioning():
+def _local_spark():
     from pyspark.sql import SparkSession
 
     from fruits_assets.resources.spark import local_spark_config
@@ -119,7 +119,11 @@ def test_spark_covariance_matches_numpy_whatever_the_partitioning():
     builder = SparkSession.builder
     for key, value in local_spark_config(FruitsSettings()).items():
         builder = builder.config(key, value)
-    spark = builder.getOrCreate()
+    return builder.getOrCreate()
+
+
+def test_spark_covariance_matches_numpy_whatever_the_partitioning():
+    spark = _local_spark()
     x = _rank_deficient_features()
     df = spark.createDataFrame([(row.tolist(),) for row in x], "features array<float>")
     expected = np.cov(x.astype(np.float64), rowvar=False)
@@ -213,3 +217,31 @@ def test_scan_never_follows_links_and_reports_each_with_its_reason(tmp_path):
     assert reasons["broken.jpg"] == discovery.IGNORED_LINK_BROKEN
     assert reasons["b.jpg"] == discovery.IGNORED_LONG_CLASS
     assert reasons["caf\ufffd.jpg"] == discovery.IGNORED_NOT_UTF8
+
+
+def test_publish_writes_one_file_per_class_and_a_small_rerun_still_uses_every_core(tmp_path):
+    """Rows spread over many tasks still land in one file per class; reading back one class
+    for expensive per-row work gives every core its share; the staged audit is collected with
+    the rows and the published table holds exactly them."""
+    from deltalake import DeltaTable
+    from pyspark.sql import functions as F
+
+    from fruits_assets.resources.storage import FruitsStorage
+    from fruits_assets.storage.datasets import Datasets
+
+    spark = _local_spark()
+    storage = FruitsStorage(images_root=str(tmp_path / "in"), output_root=str(tmp_path / "out"))
+    datasets = Datasets(spark, storage, "run-1")
+    rows = [(f"/p/{label}/{i}.jpg", label, i) for label in "abc" for i in range(200)]
+    df = spark.createDataFrame(rows, "path string, label string, n int").repartition(8)
+    staged = datasets.stage(df, "t", audit=lambda held: held.groupBy("label").count())
+    assert {r["label"]: r["count"] for r in staged.audit} == {"a": 200, "b": 200, "c": 200}
+    datasets.publish_partitions(staged.df, "t", {"a", "b", "c"})
+    files = DeltaTable(datasets.location("t")).file_uris()
+    assert sorted(f.split("/")[-2] for f in files) == ["label=a", "label=b", "label=c"]
+
+    slots = spark.sparkContext.defaultParallelism
+    with datasets.spread("t", {"b"}) as one_class:
+        assert one_class.rdd.getNumPartitions() >= slots
+        assert one_class.agg(F.sum("n")).first()[0] == sum(range(200))
+    datasets.discard(staged)

@@ -81,10 +81,14 @@ def mobilenet_features(
     featurize = featurizer.featurize_udf(
         spark, model, sha256, settings.batch_size, settings.threads_per_task
     )
+    bad_vector = (
+        (F.size("features") != featurizer.FEATURE_DIM)
+        | F.exists("features", lambda x: F.isnan(x) | (F.abs(x) == float("inf")))
+        | (F.size("color_histogram") != color.HISTOGRAM_DIM)
+    )
     context.log.info(f"featurizing {len(labels)} classes with MobileNetV2 weights {info.source}")
     started = time.perf_counter()
-    with datasets.small_splits(layout.ACCEPTED_IMAGES, labels):
-        images = datasets.read(layout.ACCEPTED_IMAGES, labels)
+    with datasets.spread(layout.ACCEPTED_IMAGES, labels) as images:
         staged = datasets.stage(
             images.select("path", "label", featurize("content").alias("out")).select(
                 "path",
@@ -94,26 +98,17 @@ def mobilenet_features(
                 F.lit(sha256).alias(WEIGHTS_COLUMN),
             ),
             layout.MOBILENET_FEATURES,
+            # Every count the checks and metadata need, from the job that featurizes.
+            audit=lambda rows: rows.groupBy("label").agg(
+                F.count("*").alias("rows"),
+                F.sum(bad_vector.cast("int")).alias("bad"),
+                F.countDistinct("path").alias("paths"),
+            ),
         )
     seconds = time.perf_counter() - started
-
-    bad_vector = (
-        (F.size("features") != featurizer.FEATURE_DIM)
-        | F.exists("features", lambda x: F.isnan(x) | (F.abs(x) == float("inf")))
-        | (F.size("color_histogram") != color.HISTOGRAM_DIM)
-    )
-    # One pass over the staged rows for every count the checks and metadata need.
-    by_class = {
-        r["label"]: r
-        for r in staged.df.groupBy("label")
-        .agg(
-            F.count("*").alias("rows"),
-            F.sum(bad_vector.cast("int")).alias("bad"),
-            F.countDistinct("path").alias("paths"),
-        )
-        .collect()
-    }
-    images_per_class = {r["label"]: r["count"] for r in images.groupBy("label").count().collect()}
+    by_class = {r["label"]: r for r in staged.audit}
+    accepted = datasets.read(layout.ACCEPTED_IMAGES, labels).groupBy("label").count().collect()
+    images_per_class = {r["label"]: r["count"] for r in accepted}
     for label in labels:
         row = by_class.get(label)
         context.add_asset_metadata(

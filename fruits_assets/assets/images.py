@@ -141,12 +141,14 @@ def labeled_images(
     parallelism = max(spark.sparkContext.defaultParallelism, n_raw // 2000 + 1)
     decoded = raw.repartition(parallelism).mapInPandas(decoding.decode_batches, DECODED_SCHEMA)
     # Accepted and rejected images are written aside together, audited, then published apart.
-    staged = datasets.stage(decoded, layout.LABELED_IMAGES)
-    summary = (
-        staged.df.groupBy("label", "converted", F.substring_index("reason", ":", 1).alias("kind"))
-        .count()
-        .collect()
+    staged = datasets.stage(
+        decoded,
+        layout.LABELED_IMAGES,
+        audit=lambda rows: rows.groupBy(
+            "label", "converted", F.substring_index("reason", ":", 1).alias("kind")
+        ).count(),
     )
+    summary = staged.audit
     accepted_per_class, rejected_per_class = Counter(), Counter()
     converted_per_class, reasons = Counter(), {label: Counter() for label in labels}
     for row in summary:

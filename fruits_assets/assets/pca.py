@@ -92,20 +92,23 @@ def pca_model(
         k, k_max, float(target), float(achieved), explained.tolist(), components.tolist(),
         n_rows, fit_on, weights_sha256, scree,
     )  # fmt: skip
+    # The audit reads back what was staged: k, the components' shape, the variance reached.
     staged = datasets.stage(
-        spark.createDataFrame([row], PCA_MODEL_SCHEMA), layout.PCA_MODEL, partitioned=False
+        spark.createDataFrame([row], PCA_MODEL_SCHEMA),
+        layout.PCA_MODEL,
+        partitioned=False,
+        audit=lambda rows: rows.select(
+            "k",
+            "explained_variance",
+            F.size("components").alias("rows"),
+            F.aggregate(
+                "components",
+                F.lit(True),
+                lambda ok, c: ok & (F.size(c) == featurizer.FEATURE_DIM),
+            ).alias("widths_ok"),
+        ),
     )
-    # The audit reads back what was written: k, the components' shape, the variance reached.
-    audit = staged.df.select(
-        "k",
-        "explained_variance",
-        F.size("components").alias("rows"),
-        F.aggregate(
-            "components",
-            F.lit(True),
-            lambda ok, c: ok & (F.size(c) == featurizer.FEATURE_DIM),
-        ).alias("widths_ok"),
-    ).first()
+    (audit,) = staged.audit
     cumulative = explained.cumsum()
     milestones = {
         f"variance_at_k_{m}": float(cumulative[m - 1]) for m in (10, 50, 100, 200) if m <= k_max
@@ -176,11 +179,15 @@ def pca_features_parquet(
     k = model.k
     project = pca.project_udf(spark, model.components)
     projected = current.df.select("path", "label", project("features").alias("pca_features"))
-    staged = datasets.stage(projected, layout.PCA_FEATURES_PARQUET)
-    counts = staged.df.groupBy("label").agg(
-        F.count("*").alias("rows"), F.sum((F.size("pca_features") != k).cast("int")).alias("bad")
+    staged = datasets.stage(
+        projected,
+        layout.PCA_FEATURES_PARQUET,
+        audit=lambda rows: rows.groupBy("label").agg(
+            F.count("*").alias("rows"),
+            F.sum((F.size("pca_features") != k).cast("int")).alias("bad"),
+        ),
     )
-    collected = counts.collect()
+    collected = staged.audit
     per_class = {r["label"]: r["rows"] for r in collected}
     rows = sum(per_class.values())
     bad_length = sum(r["bad"] or 0 for r in collected)

@@ -13,11 +13,17 @@ _BACKGROUND_BIN = HISTOGRAM_DIM - 1
 
 
 def histogram(content: bytes) -> np.ndarray:
-    """Square roots of the fractions of non-background pixels in each of 8x8x8 RGB bins."""
+    """The histogram of an encoded photo (see `histogram_of`)."""
     from PIL import Image
 
     with Image.open(io.BytesIO(content)) as image:
-        pixels = np.asarray(image.convert("RGB"), dtype=np.int32) // (256 // BINS_PER_CHANNEL)
+        return histogram_of(np.asarray(image.convert("RGB")))
+
+
+def histogram_of(rgb: np.ndarray) -> np.ndarray:
+    """Square roots of the fractions of non-background pixels in each of 8x8x8 RGB bins, from
+    decoded (height, width, 3) uint8 pixels."""
+    pixels = rgb.astype(np.int32) // (256 // BINS_PER_CHANNEL)
     bins = (pixels[..., 0] * BINS_PER_CHANNEL + pixels[..., 1]) * BINS_PER_CHANNEL + pixels[..., 2]
     counts = np.bincount(bins.ravel(), minlength=HISTOGRAM_DIM).astype(np.float64)
     counts[_BACKGROUND_BIN] = 0.0

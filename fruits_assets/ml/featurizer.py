@@ -169,13 +169,26 @@ def tflite_model(info: WeightsInfo, batch_size: int) -> tuple[bytes, str]:
     return data, info.sha256
 
 
-def preprocess(content: bytes) -> np.ndarray:
-    """Decode, resize to 224x224 (PIL's default filter, as the seed) and scale to [-1, 1]."""
+def _decode_rgb(content: bytes):
     from PIL import Image
 
     with Image.open(io.BytesIO(content)) as image:
-        resized = image.convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE))
-    return np.asarray(resized, dtype=np.float32) / 127.5 - 1.0
+        return image.convert("RGB")
+
+
+def _scale_into(image, out: np.ndarray) -> None:
+    """Resize to 224x224 (PIL's default filter, as the seed) and scale to [-1, 1] in `out`,
+    in place: the same float32 arithmetic as `x / 127.5 - 1`, without two temporary arrays."""
+    resized = np.asarray(image.resize((IMAGE_SIZE, IMAGE_SIZE)))
+    np.divide(resized, np.float32(127.5), out=out, dtype=np.float32)
+    out -= np.float32(1.0)
+
+
+def preprocess(content: bytes) -> np.ndarray:
+    """Decode, resize to 224x224 (PIL's default filter, as the seed) and scale to [-1, 1]."""
+    out = np.empty((IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.float32)
+    _scale_into(_decode_rgb(content), out)
+    return out
 
 
 def _interpreter_class():
@@ -192,14 +205,27 @@ class BatchedFeaturizer:
     batch_size: int
 
     def __call__(self, contents: Sequence[bytes]) -> np.ndarray:
+        return self.with_histograms(contents, histograms=False)[0]
+
+    def with_histograms(
+        self, contents: Sequence[bytes], histograms: bool = True
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Features and, from the same decoded pixels, colour histograms (each photo is
+        decoded once)."""
+        from fruits_assets.ml import color
+
         out = np.empty((len(contents), FEATURE_DIM), dtype=np.float32)
+        hist = np.empty((len(contents), color.HISTOGRAM_DIM), np.float32) if histograms else None
         batch = np.zeros((self.batch_size, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.float32)
         for start in range(0, len(contents), self.batch_size):
             chunk = contents[start : start + self.batch_size]
             for i, content in enumerate(chunk):
-                batch[i] = preprocess(content)
+                image = _decode_rgb(content)
+                _scale_into(image, batch[i])
+                if hist is not None:
+                    hist[start + i] = color.histogram_of(np.asarray(image))
             out[start : start + len(chunk)] = self.run_batch(batch)[: len(chunk)]
-        return out
+        return out, hist
 
     def run_batch(self, pixels: np.ndarray) -> np.ndarray:
         """Features of exactly `batch_size` preprocessed images (a copy the caller may keep)."""
@@ -247,8 +273,6 @@ def featurize_udf(spark, model: bytes, sha256: str, batch_size: int, threads: in
     import pandas as pd
     from pyspark.sql import functions as F
 
-    from fruits_assets.ml import color
-
     broadcast = spark.sparkContext.broadcast(model)
     key = f"{sha256}:{batch_size}"
 
@@ -256,13 +280,8 @@ def featurize_udf(spark, model: bytes, sha256: str, batch_size: int, threads: in
     def featurize(contents: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
         model = worker_featurizer(key, lambda: broadcast.value, threads)
         for batch in contents:
-            images = batch.tolist()
-            # The histogram rides along: the image bytes cross to Python once, not twice.
-            yield pd.DataFrame(
-                {
-                    "features": list(model(images)),
-                    "color_histogram": [color.histogram(image) for image in images],
-                }
-            )
+            # The histogram rides along: the image bytes cross to Python and are decoded once.
+            features, histograms = model.with_histograms(batch.tolist())
+            yield pd.DataFrame({"features": list(features), "color_histogram": list(histograms)})
 
     return featurize

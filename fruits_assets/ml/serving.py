@@ -106,7 +106,7 @@ class FruitPredictor:
 
     def answer(self, paths: list[str], top: int = 3) -> list[Answer]:
         """Top classes per photo; an unreadable photo gets its error, the others their answer."""
-        from fruits_assets.ml import color, decoding
+        from fruits_assets.ml import decoding
 
         answers: list[Answer] = []
         good: list[tuple[int, bytes]] = []
@@ -121,8 +121,8 @@ class FruitPredictor:
                 good.append((index, decoded.content))
         if good:
             contents = [content for _, content in good]
-            histograms = np.stack([color.histogram(content) for content in contents])
-            probabilities = self.predictor.probabilities(self.featurizer(contents), histograms)
+            features, histograms = self.featurizer.with_histograms(contents)
+            probabilities = self.predictor.probabilities(features, histograms)
             labels = self.predictor.labels
             for (index, _), row in zip(good, probabilities, strict=True):
                 best = row.argsort()[::-1][:top]

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 from pyspark import StorageLevel
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 
 from fruits_assets.resources.storage import FruitsStorage
@@ -38,6 +38,7 @@ class Staged:
     df: DataFrame
     written: bool = True
     partitioned: bool = True
+    audit: list[Row] = field(default_factory=list)
 
 
 def sql_string(value: str) -> str:
@@ -101,19 +102,34 @@ class Datasets:
 
     # Write, audit, publish.
 
-    def stage(self, df: DataFrame, name: str, partitioned: bool = True) -> Staged:
+    def stage(
+        self,
+        df: DataFrame,
+        name: str,
+        partitioned: bool = True,
+        audit: Callable[[DataFrame], DataFrame] | None = None,
+    ) -> Staged:
         """Compute `df` once and hold it aside for the audit, on this Spark application's local
         disk, so the audit and the publish read the same rows without a write, a listing and a
         read-back of the staging folder in between. It reaches the staging folder only if its
-        audit fails (`keep_failed`); a killed run leaves nothing behind."""
+        audit fails (`keep_failed`); a killed run leaves nothing behind.
+
+        `audit` turns the held rows into the (small) aggregate the checks need; it is collected
+        by the same Spark job that computes the rows (`Staged.audit`), not by a second pass.
+        """
         location = layout.staging_dir(self.output, self.run_id, name)
         # Disk only: held in memory, the rows (decoded images, feature vectors) would take JVM
         # heap in proportion to the run's size; on local disk they take none.
         held = df.persist(StorageLevel.DISK_ONLY)
         local_dir = self.spark.conf.get("spark.local.dir", None) or tempfile.gettempdir()
         with errors.explained(f"{local_dir} (Spark's local folder)"):
-            held.count()  # computes every row now, once: the audit and the publish reuse them
-        return Staged(name, location, held, written=False, partitioned=partitioned)
+            # Either action computes every row now, once: the audit and the publish reuse them.
+            if audit is None:
+                held.count()
+                rows = []
+            else:
+                rows = audit(held).collect()
+        return Staged(name, location, held, written=False, partitioned=partitioned, audit=rows)
 
     def publish_partitions(self, df: DataFrame, dataset: str, labels: Iterable[str]) -> int:
         """Replace exactly the given classes' rows, in one commit; every other class is kept.
@@ -122,7 +138,8 @@ class Datasets:
         """
         labels = set(labels)
         writer = (
-            df.write.format("delta")
+            one_file_per_class(df)
+            .write.format("delta")
             .mode("overwrite")
             .option("replaceWhere", labels_predicate(labels))
             .option("userMetadata", self._commit_note(classes=len(labels)))
@@ -136,7 +153,8 @@ class Datasets:
     def publish_whole(self, df: DataFrame, dataset: str, partitioned: bool = True) -> int:
         """Replace the whole table, in one commit (tables rebuilt from every class)."""
         writer = (
-            df.write.format("delta")
+            (one_file_per_class(df) if partitioned else df)
+            .write.format("delta")
             .mode("overwrite")
             .option("overwriteSchema", "true")
             .option("userMetadata", self._commit_note())
@@ -215,18 +233,23 @@ class Datasets:
         return self._published_version(dataset)
 
     @contextmanager
-    def small_splits(
-        self, dataset: str, labels: Iterable[str], per_slot: int = 4
-    ) -> Iterator[None]:
-        """Scan the classes' files in about `per_slot` splits per task slot, without a shuffle.
+    def spread(self, dataset: str, labels: Iterable[str], per_slot: int = 4) -> Iterator[DataFrame]:
+        """The classes' rows, in about `per_slot` splits per task slot, for expensive per-row
+        work (reading the rows inside this block plans them with those splits).
 
         Spark's default packs small files into 128 MiB splits: a few thousand images become one
         task on one core. A few splits per slot keep every core busy to the end (a free worker
-        takes the next split), and each Python worker keeps its model across them.
+        takes the next split), and each Python worker keeps its model across them. A class is
+        one file, so when there are fewer files than splits (a rerun of a class or two), the rows
+        are dealt round robin instead: a shuffle of those few files.
         """
-        files = self.read(dataset, labels).inputFiles()
-        total = filesystem.total_size(files)
-        split = max(1 << 16, -(-total // (self.spark.sparkContext.defaultParallelism * per_slot)))
+        rows = self.read(dataset, labels)
+        files = rows.inputFiles()
+        splits = self.spark.sparkContext.defaultParallelism * per_slot
+        if len(files) < splits:
+            yield rows.repartition(splits)
+            return
+        split = max(1 << 16, -(-filesystem.total_size(files) // splits))
         with spark_conf(
             self.spark,
             {
@@ -235,7 +258,14 @@ class Datasets:
                 "spark.sql.files.openCostInBytes": "0",
             },
         ):
-            yield
+            yield rows
+
+
+def one_file_per_class(df: DataFrame) -> DataFrame:
+    """Each class's rows in one task, so a publish writes one file per class: a task writes a
+    file for every class it holds, and small files cost more to write, list and read than
+    their bytes (rows spread over every task made 4-5 files per class)."""
+    return df.repartition(LABEL_COLUMN)
 
 
 def finish_staging(output_root: str, run_id: str) -> None:
