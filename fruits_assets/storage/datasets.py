@@ -262,9 +262,9 @@ class Datasets:
 
 
 def one_file_per_class(df: DataFrame) -> DataFrame:
-    """Each class's rows in one task, so a publish writes one file per class: a task writes a
-    file for every class it holds, and small files cost more to write, list and read than
-    their bytes (rows spread over every task made 4-5 files per class)."""
+    """Each class's rows in one task, so that a publish writes one file per class: a task
+    writes a file for every class it holds, and small files cost more to write, list and read
+    than their bytes (rows spread over every task would give a file per class per task)."""
     return df.repartition(LABEL_COLUMN)
 
 
