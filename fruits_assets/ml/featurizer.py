@@ -205,27 +205,31 @@ class BatchedFeaturizer:
     batch_size: int
 
     def __call__(self, contents: Sequence[bytes]) -> np.ndarray:
-        return self.with_histograms(contents, histograms=False)[0]
+        return self._featurize(contents, None)
 
-    def with_histograms(
-        self, contents: Sequence[bytes], histograms: bool = True
-    ) -> tuple[np.ndarray, np.ndarray | None]:
+    def with_histograms(self, contents: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
         """Features and, from the same decoded pixels, colour histograms (each photo is
         decoded once)."""
         from fruits_assets.ml import color
 
+        histograms = np.empty((len(contents), color.HISTOGRAM_DIM), dtype=np.float32)
+        return self._featurize(contents, histograms), histograms
+
+    def _featurize(self, contents: Sequence[bytes], histograms: np.ndarray | None) -> np.ndarray:
+        """Features of `contents`; fills `histograms` (one row per photo) when given."""
+        from fruits_assets.ml import color
+
         out = np.empty((len(contents), FEATURE_DIM), dtype=np.float32)
-        hist = np.empty((len(contents), color.HISTOGRAM_DIM), np.float32) if histograms else None
         batch = np.zeros((self.batch_size, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.float32)
         for start in range(0, len(contents), self.batch_size):
             chunk = contents[start : start + self.batch_size]
             for i, content in enumerate(chunk):
                 image = _decode_rgb(content)
                 _scale_into(image, batch[i])
-                if hist is not None:
-                    hist[start + i] = color.histogram_of(np.asarray(image))
+                if histograms is not None:
+                    histograms[start + i] = color.histogram_of(np.asarray(image))
             out[start : start + len(chunk)] = self.run_batch(batch)[: len(chunk)]
-        return out, hist
+        return out
 
     def run_batch(self, pixels: np.ndarray) -> np.ndarray:
         """Features of exactly `batch_size` preprocessed images (a copy the caller may keep)."""
