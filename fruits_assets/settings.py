@@ -55,6 +55,9 @@ class FruitsSettings(BaseModel):
     driver_memory: str = Field("4g", **_local("local Spark driver heap"))
     spark_ui: bool = Field(False, **_local("serve Spark's own web UI"))
     spark_master: str = Field("", **_local("a spark:// master instead of local[N]"))
+    spark_codegen: bool = Field(
+        False, **_local("compile Spark SQL plans to JVM bytecode (pays off on big tables only)")
+    )
     cache_dir: str = Field(str(CACHE_ROOT), **_local("downloaded weights, converted models"))
     jars_dir: str = Field(str(CACHE_ROOT / "jars"), **_local("S3A and Delta jars"))
     remote_step: bool = Field(False, **_local("set by the EMR step main: the step of a run"))

@@ -122,6 +122,23 @@ def _local_spark():
     return builder.getOrCreate()
 
 
+def test_local_spark_interprets_queries_unless_told_to_compile_them():
+    from fruits_assets.resources.spark import INTERPRETED_SQL_CONFIG, local_spark_config
+    from fruits_assets.settings import FruitsSettings
+
+    spark = _local_spark()
+    rows = spark.range(0, 1000, numPartitions=2).selectExpr("id % 7 AS k", "id * 2 AS v")
+    query = rows.where("v > 10").groupBy("k").sum("v")
+    expected = {k: sum(2 * i for i in range(1000) if i % 7 == k and 2 * i > 10) for k in range(7)}
+    assert {row["k"]: row["sum(v)"] for row in query.collect()} == expected
+    # The final plan, once run: compiled stages would show as "*(1) HashAggregate ...".
+    plan = query._jdf.queryExecution().executedPlan().toString()
+    assert "HashAggregate" in plan and "*(" not in plan, plan
+    assert spark.conf.get("spark.sql.codegen.factoryMode") == "NO_CODEGEN"
+    compiled = local_spark_config(FruitsSettings(spark_codegen=True))
+    assert not set(INTERPRETED_SQL_CONFIG) & set(compiled)
+
+
 def test_spark_covariance_matches_numpy_whatever_the_partitioning():
     spark = _local_spark()
     x = _rank_deficient_features()

@@ -104,6 +104,17 @@ def emr_spark_config(python: str) -> dict[str, Any]:
     }
 
 
+# Spark SQL compiles every query to JVM bytecode (Janino, then the JIT's own compilers): seconds
+# of CPU in every fresh JVM, on a machine whose cores the run needs. This pipeline's queries carry
+# one row per photo (the heavy work is in the Python featurizer and in Spark ML, which this does
+# not touch), so evaluating them interpreted finishes sooner: a one-class rerun about 15 %, a full
+# run about 7 % (BENCHMARKS.md, "Interpreted Spark SQL"). EMR steps keep Spark's defaults.
+INTERPRETED_SQL_CONFIG = {
+    "spark.sql.codegen.wholeStage": "false",
+    "spark.sql.codegen.factoryMode": "NO_CODEGEN",
+}
+
+
 def local_spark_config(settings: FruitsSettings, s3: bool = False) -> dict[str, Any]:
     """local[N] Spark (or the configured master) whose Python workers run this interpreter."""
     # Spark's Python workers must be this interpreter, with this package and its pins.
@@ -127,6 +138,8 @@ def local_spark_config(settings: FruitsSettings, s3: bool = False) -> dict[str, 
         "spark.driver.extraJavaOptions": "-Dderby.system.home=/tmp/derby "
         "--add-modules=jdk.incubator.vector",
     }
+    if not settings.spark_codegen:
+        config.update(INTERPRETED_SQL_CONFIG)
     jars = delta_jars(settings.jars_dir) + (s3a_jars(settings.jars_dir) if s3 else [])
     config.update(jars_config(jars))
     if s3:
