@@ -107,8 +107,9 @@ def emr_spark_config(python: str) -> dict[str, Any]:
 # Spark SQL compiles every query to JVM bytecode (Janino, then the JIT's own compilers): seconds
 # of CPU in every fresh JVM, on a machine whose cores the run needs. This pipeline's queries carry
 # one row per photo (the heavy work is in the Python featurizer and in Spark ML, which this does
-# not touch), so evaluating them interpreted finishes sooner: a one-class rerun about 15 %, a full
-# run about 7 % (BENCHMARKS.md, "Interpreted Spark SQL"). EMR steps keep Spark's defaults.
+# not touch), so evaluating them interpreted finishes sooner: a one-class rerun 9-16 %, a full
+# run up to 7 % on 2 cores (BENCHMARKS.md, "Interpreted Spark SQL"). EMR steps keep Spark's
+# defaults.
 INTERPRETED_SQL_CONFIG = {
     "spark.sql.codegen.wholeStage": "false",
     "spark.sql.codegen.factoryMode": "NO_CODEGEN",
