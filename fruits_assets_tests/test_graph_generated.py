@@ -84,8 +84,8 @@ def test_random_weights_are_recorded(mixed_run):
 
 @pytest.mark.slow
 def test_classifier_cross_validates_only_when_classes_or_search_change(mixed_run):
-    """A rerun with the same classes refits with the L2 strength chosen before; asking for it
-    (or new classes) cross-validates again."""
+    """A rerun with the same classes refits with the L2 strength chosen before, from the
+    published coefficients; asking for it (or new classes) cross-validates again, from zero."""
     root, output, _, _, _ = mixed_run
     instance = DagsterInstance.ephemeral()
     search = ClassifierSettings(reg_params=[1e-4, 1e-3], max_iter=50, cv_folds=2)
@@ -102,11 +102,20 @@ def test_classifier_cross_validates_only_when_classes_or_search_change(mixed_run
 
     reused = rerun(search)
     assert reused["cross_validated"] is False and reused["chosen_reg_param"] == 1e-4
+    # ...starting from the published coefficients, for warm_start_iter (20) iterations, not 50
+    # (L-BFGS may record one more when it restarts its history after a failed line search).
+    assert reused["fit_started_from"] == "the published classifier"
+    assert 1 <= reused["fit_iterations"] <= search.warm_start_iter + 1 < search.max_iter
+    from_zero = rerun(
+        ClassifierSettings(reg_params=[1e-4, 1e-3], max_iter=50, cv_folds=2, warm_start_iter=0)
+    )
+    assert from_zero["fit_started_from"] == "zero" and from_zero["cross_validated"] is False
     always = ClassifierSettings(
         reg_params=[1e-4, 1e-3], max_iter=50, cv_folds=2, cross_validate="always"
     )
     forced = rerun(always)
     assert forced["cross_validated"] is True and len(forced["cv_accuracy"]) == 2
+    assert forced["fit_started_from"] == "zero"
 
 
 def test_each_class_partition_carries_its_own_facts(mixed_run):

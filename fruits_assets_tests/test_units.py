@@ -139,6 +139,74 @@ def test_local_spark_interprets_queries_unless_told_to_compile_them():
     assert not set(INTERPRETED_SQL_CONFIG) & set(compiled)
 
 
+def _predictor(rng, pc, n_classes=4, hist_dims=6, reg_param=1e-3):
+    from fruits_assets.ml.serving import Predictor
+
+    k = pc.shape[1]
+    return Predictor(
+        pc=pc,
+        pca_mean=rng.normal(size=k),
+        pca_scale=rng.uniform(0.5, 2.0, size=k),
+        hist_mean=rng.normal(size=hist_dims),
+        hist_scale=rng.uniform(0.5, 2.0, size=hist_dims),
+        coefficients=rng.normal(size=(n_classes, k + hist_dims)),
+        intercepts=rng.normal(size=n_classes),
+        labels=[f"c{i}" for i in range(n_classes)],
+        weights_sha256="0" * 64,
+        featurizer_model=b"",
+        reg_param=reg_param,
+    )
+
+
+def test_carried_over_coefficients_keep_the_published_predictions_on_a_refitted_pca():
+    """A refitted PCA may turn, flip and reorder its components and the scalers move: the
+    carried-over model still gives the published one's probabilities."""
+    from dataclasses import replace
+
+    rng = np.random.default_rng(3)
+    basis = np.linalg.qr(rng.normal(size=(20, 5)))[0]  # the features live in a 5-d subspace
+    old = _predictor(rng, basis)
+    turn = np.linalg.qr(rng.normal(size=(5, 5)))[0] * np.array([1, -1, 1, -1, 1])
+    new_pc = basis @ turn
+    fresh = _predictor(rng, new_pc)  # new centres and scales
+    coefficients, intercepts = training.carried_over(
+        old, new_pc, fresh.pca_mean, fresh.pca_scale, fresh.hist_mean, fresh.hist_scale
+    )
+    carried = replace(fresh, coefficients=coefficients, intercepts=intercepts)
+    features = rng.normal(size=(50, 5)) @ basis.T * 3
+    histograms = rng.uniform(size=(50, 6))
+    np.testing.assert_allclose(
+        carried.probabilities(features, histograms),
+        old.probabilities(features, histograms),
+        atol=1e-10,
+    )
+
+
+def test_spark_regression_starts_from_given_coefficients():
+    """The starting point reaches Spark's optimizer: started at a converged fit's coefficients,
+    the first objective is that fit's last, well below the start from zero."""
+    from pyspark.ml.linalg import Vectors
+
+    spark = _local_spark()
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 4)) * 2
+    rows = [
+        (float(c), Vectors.dense(centres[c] + rng.normal(size=4))) for c in rng.integers(0, 3, 300)
+    ]
+    data = spark.createDataFrame(rows, ["y", "z"]).cache()
+    regression = training.softmax_regression(50).setRegParam(1e-3)
+    converged = regression.fit(data)
+    cold = converged.summary.objectiveHistory
+    warm = training.start_from(
+        training.softmax_regression(2).setRegParam(1e-3),
+        converged.coefficientMatrix.toArray(),
+        converged.interceptVector.toArray(),
+    ).fit(data)
+    history = warm.summary.objectiveHistory
+    assert history[0] == pytest.approx(cold[-1], rel=1e-6) and history[0] < cold[0] / 2
+    assert history[-1] <= history[0]
+
+
 def test_spark_covariance_matches_numpy_whatever_the_partitioning():
     spark = _local_spark()
     x = _rank_deficient_features()

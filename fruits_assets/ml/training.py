@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 from pyspark.ml.classification import LogisticRegression
+from pyspark.ml.common import _py2java
 from pyspark.ml.feature import ElementwiseProduct, StandardScaler, VectorAssembler
-from pyspark.ml.linalg import Vectors
-from pyspark.sql import DataFrame
+from pyspark.ml.linalg import DenseMatrix, DenseVector, Vectors
+from pyspark.sql import DataFrame, SparkSession
+
+from fruits_assets.ml.serving import Predictor
 
 
 def centre_and_shrink(train: DataFrame, column: str, output: str, shrinkage: float) -> list:
@@ -48,6 +51,60 @@ def softmax_regression(max_iter: int) -> LogisticRegression:
         maxIter=max_iter,
         tol=1e-7,
     )
+
+
+def carried_over(
+    previous: Predictor,
+    pc: np.ndarray,
+    pca_mean: np.ndarray,
+    pca_scale: np.ndarray,
+    hist_mean: np.ndarray,
+    hist_scale: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A published classifier's coefficients and intercepts re-expressed on new inputs.
+
+    The new inputs are a refitted PCA `pc` (1280, k) and refitted centres and scales. Its
+    logits stay those of `previous` for features in the span of the new components: the
+    components may have turned, flipped sign or changed in number, so the old PCA coordinates
+    are taken through `previous.pc.T @ pc` rather than assumed equal.
+    """
+    k_old = previous.pc.shape[1]
+    old_pca, old_hist = previous.coefficients[:, :k_old], previous.coefficients[:, k_old:]
+    # logits = W (P.T x - mean) * scale + b, per input block; solve for the new W and b.
+    new_pca = (old_pca * previous.pca_scale) @ (previous.pc.T @ pc) / pca_scale
+    new_hist = old_hist * previous.hist_scale / hist_scale
+    intercepts = (
+        previous.intercepts
+        - old_pca @ (previous.pca_mean * previous.pca_scale)
+        + new_pca @ (pca_mean * pca_scale)
+        - old_hist @ (previous.hist_mean * previous.hist_scale)
+        + new_hist @ (hist_mean * hist_scale)
+    )
+    return np.hstack([new_pca, new_hist]), intercepts
+
+
+def start_from(
+    regression: LogisticRegression, coefficients: np.ndarray, intercepts: np.ndarray
+) -> LogisticRegression:
+    """`regression` with L-BFGS starting from these multinomial coefficients instead of zero.
+
+    Spark ML takes a starting point only on the JVM side (`setInitialModel`, package-private in
+    Scala, public in its bytecode), so it is handed over through Py4J, the vectors pickled as
+    PySpark ML itself pickles them. Fit the returned estimator without extra params: a copy
+    would not carry the starting point.
+    """
+    sc = SparkSession.active().sparkContext
+    rows, cols = coefficients.shape
+    matrix = DenseMatrix(rows, cols, np.asarray(coefficients, dtype=np.float64).ravel(order="F"))
+    start = sc._jvm.org.apache.spark.ml.classification.LogisticRegressionModel(
+        f"{regression.uid}_start",
+        _py2java(sc, matrix),
+        _py2java(sc, DenseVector(np.asarray(intercepts, dtype=np.float64))),
+        rows,
+        True,
+    )
+    regression._java_obj.setInitialModel(start)
+    return regression
 
 
 def top_k_accuracy(probabilities: np.ndarray, truth: np.ndarray, k: int) -> float:

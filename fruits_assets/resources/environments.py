@@ -38,7 +38,9 @@ def shared_resources(settings: FruitsSettings, check_weights: bool = True) -> di
             check_on_start=check_weights,
         ),
         "classifier_settings": ClassifierSettings(
-            accuracy_floor=settings.accuracy_floor, max_iter=settings.classifier_max_iter
+            accuracy_floor=settings.accuracy_floor,
+            max_iter=settings.classifier_max_iter,
+            warm_start_iter=settings.classifier_warm_start_iter,
         ),
         "pca_settings": PcaSettings(target_variance=settings.variance),
     }
