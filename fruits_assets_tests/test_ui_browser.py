@@ -97,7 +97,7 @@ def wait_for_sensor_run(base_url: str, timeout_s: float = ui_browser.RUN_TIMEOUT
 def check_lineage(page, base_url: str, shots: ui_browser.Screenshots, name: str) -> dict:
     """The lineage page shows the 7 assets, in its asset tree and in the graph."""
     ui_browser.open_lineage(page, base_url)
-    tree = ui_browser.lineage_tree(page)
+    tree = ui_browser.lineage_tree(page, expected=ASSETS)
     labels = ui_browser.lineage_graph_labels(page)
     shots.take(page, name)
     assert sorted(tree) == sorted(ASSETS), tree

@@ -386,9 +386,20 @@ def click_until_visible(target: Locator, shows: Locator, attempts: int = 3) -> N
     expect(shows.first).to_be_visible()
 
 
-def lineage_tree(page: Page) -> dict[str, str]:
+def lineage_tree(page: Page, expected: Sequence[str] = (), timeout_s: float = 30) -> dict[str, str]:
     """The asset tree of the lineage page: asset name -> its status icon's label (e.g.
-    `run_success`), groups left out. Entries carry their full name in `title`."""
+    `run_success`), groups left out. Entries carry their full name in `title`. With `expected`,
+    waits (up to `timeout_s`) until each of those assets shows its icon: the tree lists the
+    names first and draws their status icons once the statuses have loaded."""
+    deadline = time.monotonic() + timeout_s
+    tree = _lineage_tree_now(page)
+    while not set(expected) <= set(tree) and time.monotonic() < deadline:
+        page.wait_for_timeout(500)
+        tree = _lineage_tree_now(page)
+    return tree
+
+
+def _lineage_tree_now(page: Page) -> dict[str, str]:
     entries = page.locator("[title]:is(div, span)").evaluate_all(
         """els => els.map(e => {
             const icon = e.parentElement && e.parentElement.querySelector('[role=img]');
