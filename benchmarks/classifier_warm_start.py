@@ -84,14 +84,7 @@ def main() -> None:
     previous = Predictor.load(str(root))
     if previous.labels != list(indexer.labelsArray[0]):
         sys.exit("the published classifier has other classes: a rerun would cross-validate")
-    carried = training.carried_over(
-        previous,
-        pc,
-        stages[0].mean.toArray(),
-        stages[1].getScalingVec().toArray(),
-        stages[2].mean.toArray(),
-        stages[3].getScalingVec().toArray(),
-    )
+    carried = training.carried_over(previous, pc, **training.input_scaling(stages))
     print(f"published: k={previous.pc.shape[1]}, L2 {previous.reg_param:g}; now k={pc.shape[1]}")
     training.softmax_regression(20).setRegParam(previous.reg_param).fit(prepared)  # warm-up
 

@@ -107,6 +107,7 @@ def fruit_classifier(
     started = time.perf_counter()
     preparation = training.input_stages(train, settings.variance_shrinkage)
     prepared = PipelineModel(stages=preparation).transform(train).select("y", "z").cache()
+    scaling = training.input_scaling(preparation)
     regression = training.softmax_regression(settings.max_iter)
     previous = _published(storage.output)
     reuse = (
@@ -125,7 +126,7 @@ def fruit_classifier(
         why = "same classes" if reuse else "one L2 strength"
         carried = None
         if reuse and settings.warm_start_iter > 0:
-            carried = _carried_over(context, previous, weights_sha256, pca, preparation)
+            carried = _carried_over(context, previous, weights_sha256, pca, scaling)
         if carried is not None:
             # Near its optimum already: a few iterations from there beat max_iter from zero.
             estimator.setMaxIter(settings.warm_start_iter)
@@ -186,15 +187,11 @@ def fruit_classifier(
 
     # The serving export: everything `fruits predict` needs in one file, the featurizer that
     # computed the training features included (whatever --weights says now).
-    pca_centre, pca_scale, hist_centre, hist_scale, _, regression_model = model.stages
     predictor = Predictor(
         pc=pca.components.T,
-        pca_mean=pca_centre.mean.toArray(),
-        pca_scale=pca_scale.getScalingVec().toArray(),
-        hist_mean=hist_centre.mean.toArray(),
-        hist_scale=hist_scale.getScalingVec().toArray(),
-        coefficients=regression_model.coefficientMatrix.toArray(),
-        intercepts=regression_model.interceptVector.toArray(),
+        **scaling,
+        coefficients=fitted.coefficientMatrix.toArray(),
+        intercepts=fitted.interceptVector.toArray(),
         labels=label_names,
         weights_sha256=weights_sha256,
         featurizer_model=filesystem.read_bytes(serving_model_path),
@@ -269,30 +266,22 @@ def _carried_over(
     previous: Predictor,
     weights_sha256: str,
     pca: PcaModel,
-    preparation: list,
+    scaling: dict[str, np.ndarray],
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """The published classifier's coefficients on this fit's inputs, when they describe the
     same features (same featurizer weights, same dimensions); else None, and why is logged."""
-    pca_centre, pca_scale, hist_centre, hist_scale, _ = preparation
-    hist_mean = hist_centre.mean.toArray()
+    hist_dims = len(scaling["hist_mean"])
     same_shape = (
         previous.pc.shape[0] == pca.components.shape[1]
-        and previous.hist_mean.shape == hist_mean.shape
-        and previous.coefficients.shape[1] == previous.pc.shape[1] + len(hist_mean)
+        and previous.hist_mean.shape == (hist_dims,)
+        and previous.coefficients.shape[1] == previous.pc.shape[1] + hist_dims
     )
     if previous.weights_sha256 != weights_sha256 or not same_shape:
         context.log.info(
             "fitting from zero: the published classifier was trained on other features"
         )
         return None
-    return training.carried_over(
-        previous,
-        pca.components.T,
-        pca_centre.mean.toArray(),
-        pca_scale.getScalingVec().toArray(),
-        hist_mean,
-        hist_scale.getScalingVec().toArray(),
-    )
+    return training.carried_over(previous, pca.components.T, **scaling)
 
 
 def _published(output_root: str) -> Predictor | None:

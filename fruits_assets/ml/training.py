@@ -53,6 +53,17 @@ def softmax_regression(max_iter: int) -> LogisticRegression:
     )
 
 
+def input_scaling(stages: list) -> dict[str, np.ndarray]:
+    """The centres and scales of fitted `input_stages`, named as `Predictor` names them."""
+    pca_centre, pca_shrink, hist_centre, hist_shrink = stages[:4]
+    return {
+        "pca_mean": pca_centre.mean.toArray(),
+        "pca_scale": pca_shrink.getScalingVec().toArray(),
+        "hist_mean": hist_centre.mean.toArray(),
+        "hist_scale": hist_shrink.getScalingVec().toArray(),
+    }
+
+
 def carried_over(
     previous: Predictor,
     pc: np.ndarray,
@@ -63,7 +74,8 @@ def carried_over(
 ) -> tuple[np.ndarray, np.ndarray]:
     """A published classifier's coefficients and intercepts re-expressed on new inputs.
 
-    The new inputs are a refitted PCA `pc` (1280, k) and refitted centres and scales. Its
+    The new inputs are a refitted PCA `pc` (1280, k) and refitted centres and scales (as
+    `input_scaling` gives them). Its
     logits stay those of `previous` for features in the span of the new components: the
     components may have turned, flipped sign or changed in number, so the old PCA coordinates
     are taken through `previous.pc.T @ pc` rather than assumed equal.
