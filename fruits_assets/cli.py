@@ -7,6 +7,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Sequence
 
 from fruits_assets.settings import FruitsSettings
@@ -248,6 +250,9 @@ def ui(args: argparse.Namespace) -> int:
         "dev", "-m", "fruits_assets.definitions", "-h", args.host, "-p", str(args.port),
     ]  # fmt: skip
     env = {**os.environ, **settings.to_env()}
+    host = _spark_host(settings)
+    if host is not None:
+        env.update(host.env())
     print(f"Dagster UI on http://{args.host}:{args.port} (images {settings.images}, output "
           f"{settings.output}, weights {settings.weights}); Ctrl-C stops it")  # fmt: skip
     # `dagster dev` treats SIGTERM as it treats SIGINT; started as a background job, SIGINT is
@@ -264,12 +269,38 @@ def ui(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    code = child.wait()
-    try:  # whatever dagster dev left behind in its group
-        os.killpg(child.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    try:
+        code = child.wait()
+    finally:
+        try:  # whatever dagster dev left behind in its group
+            os.killpg(child.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        if host is not None:
+            host.close()
     return EXIT_OK if code in (0, -signal.SIGTERM, -signal.SIGINT, 130, 143) else EXIT_FAILED
+
+
+def _spark_host(settings: FruitsSettings):  # a spark_host.SparkHost, or None
+    """The warm Spark JVM of the UI's local runs, when they run on local[N] Spark."""
+    if settings.env != "local" or settings.spark_master or not settings.ui_warm_spark:
+        return None
+    from fruits_assets.resources.spark import local_spark_config
+    from fruits_assets.resources.spark_host import SparkHost
+
+    try:
+        host = SparkHost(local_spark_config(settings, s3=settings.uses_s3))
+    except Exception as exc:  # runs then start their own Spark, and report what is wrong
+        print(f"warning: no warm Spark for the UI's runs: {exc}", file=sys.stderr)
+        return None
+
+    def say_warm() -> None:
+        started = time.monotonic()
+        host.warm.wait()
+        print(f"Spark: warm for the UI's runs ({time.monotonic() - started:.0f} s)", flush=True)
+
+    threading.Thread(target=say_warm, daemon=True).start()
+    return host
 
 
 def cluster(args: argparse.Namespace) -> int:

@@ -61,6 +61,9 @@ class FruitsSettings(BaseModel):
     spark_codegen: bool = Field(
         False, **_local("compile Spark SQL plans to JVM bytecode (pays off on big tables only)")
     )
+    ui_warm_spark: bool = Field(
+        True, **_local("`fruits ui` keeps one warm Spark JVM for the local runs it launches")
+    )
     cache_dir: str = Field(str(CACHE_ROOT), **_local("downloaded weights, converted models"))
     jars_dir: str = Field(str(CACHE_ROOT / "jars"), **_local("S3A and Delta jars"))
     remote_step: bool = Field(False, **_local("set by the EMR step main: the step of a run"))

@@ -173,14 +173,29 @@ def start_in_background(config: dict[str, Any]) -> threading.Event:
 
 class LocalSpark(LazyPySparkResource):
     """Local Spark, started on first use, then warmed up in the background (`warm_up`) while
-    the first asset runs: runs launched by the UI get what `fruits run` gets."""
+    the first asset runs: runs launched by the UI get what `fruits run` gets. A run launched by
+    `fruits ui` uses the UI's warm JVM instead of starting one (`spark_host`)."""
 
     def _init_session(self) -> None:
         if self._spark_session is None:
-            super()._init_session()
+            import dagster as dg
+
+            from fruits_assets.resources import spark_host
+
+            self._spark_session = spark_host.attach(self.spark_config)
+            if self._spark_session is not None:
+                dg.get_dagster_logger().info("Spark: a context in the UI's warm JVM")
+            else:
+                super()._init_session()
             threading.Thread(
                 target=warm_up, args=(self._spark_session,), name="spark-warm-up", daemon=True
             ).start()
+
+    def teardown_after_execution(self, context: Any) -> None:
+        from fruits_assets.resources import spark_host
+
+        if self._spark_session is not None:
+            spark_host.detach(self._spark_session)
 
 
 _WARMED: set[str] = set()  # the Spark applications already warmed up in this process

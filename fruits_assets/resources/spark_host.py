@@ -1,0 +1,195 @@
+"""A Spark JVM that `fruits ui` keeps warm for the runs it launches.
+
+A fresh JVM spends 10-15 s of CPU loading and compiling Spark's and Delta's code before a run's
+first write, which is most of a one-class rerun. `fruits ui` starts one JVM (PySpark's own
+gateway, with the JVM settings of `local_spark_config`), warms it up once, and hands its address
+to the runs it launches through the environment. A run attaches to it and creates its own Spark
+context there (its own settings and Python workers), one run at a time: the run holds the host's
+lock file (`flock`, which the kernel releases however the run ends) while its context lives.
+Whenever no run holds the lock, the host stops any context still there, cancelling its jobs: a
+run that was killed leaves nothing running. A run that finds the host taken for longer than
+ATTACH_WAIT_SECONDS starts its own JVM, as it does without a host.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from typing import Any
+
+ENV_PORT = "FRUITS_SPARK_HOST_PORT"
+ENV_SECRET = "FRUITS_SPARK_HOST_SECRET"
+ENV_LOCK = "FRUITS_SPARK_HOST_LOCK"
+ATTACH_WAIT_SECONDS = 30.0
+WATCH_SECONDS = 0.5
+
+log = logging.getLogger(__name__)
+
+
+def _take(path: str, wait_seconds: float) -> int | None:
+    """The lock file's descriptor, locked; None if it stayed taken for `wait_seconds`."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                return None
+            time.sleep(0.1)
+
+
+def _release(fd: int) -> None:
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+
+
+def stop_left_over(jvm: Any) -> bool:
+    """Cancel the jobs of the JVM's Spark context, if one is still there, and stop it; forget
+    the Delta table states cached with it (another writer may have moved those tables on)."""
+    active = getattr(jvm.org.apache.spark, "SparkContext$").__getattr__("MODULE$").getActive()
+    stopped = bool(active.isDefined())
+    if stopped:
+        context = active.get()
+        context.cancelAllJobs()
+        context.stop()
+    jvm.org.apache.spark.sql.SparkSession.clearDefaultSession()
+    jvm.org.apache.spark.sql.delta.DeltaLog.clearCache()
+    return stopped
+
+
+class SparkHost:
+    """The JVM of `fruits ui`: started on creation, warmed up and watched in a thread."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        from pyspark import SparkConf
+        from pyspark.java_gateway import launch_gateway
+
+        self._conf = SparkConf(loadDefaults=False).setAll((k, str(v)) for k, v in config.items())
+        self._gateway = launch_gateway(self._conf)  # spark-submit: driver memory, class path
+        self._dir = tempfile.mkdtemp(prefix="fruits-spark-host-")
+        self.lock_path = os.path.join(self._dir, "spark-host.lock")
+        self.warm = threading.Event()
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="spark-host", daemon=True)
+        self._thread.start()
+
+    def env(self) -> dict[str, str]:
+        """What a run needs to attach: the gateway's address and secret, the lock file."""
+        parameters = self._gateway.java_parameters
+        return {
+            ENV_PORT: str(parameters.port),
+            ENV_SECRET: parameters.auth_token,
+            ENV_LOCK: self.lock_path,
+        }
+
+    def _serve(self) -> None:
+        from pyspark import SparkContext
+        from pyspark.sql import SparkSession
+
+        from fruits_assets.resources.spark import warm_up
+
+        fd = _take(self.lock_path, 0)
+        try:  # one context through Delta's and the featurizer's code paths, then stopped
+            spark = SparkSession(SparkContext(conf=self._conf, gateway=self._gateway))
+            warm_up(spark)
+            spark.stop()
+        except Exception:  # a run reports any real problem with Spark; this one stays cold
+            log.exception("warming up the UI's Spark JVM failed")
+        finally:
+            if fd is not None:
+                _release(fd)
+            self.warm.set()
+        while not self._closing.wait(WATCH_SECONDS):
+            fd = _take(self.lock_path, 0)
+            if fd is None:  # a run is attached
+                continue
+            try:
+                if stop_left_over(self._gateway.jvm):
+                    log.info("stopped the Spark context of a run that ended")
+            except Exception:  # the JVM is going away with the UI
+                if not self._closing.is_set():
+                    log.exception("stopping a finished run's Spark context failed")
+            finally:
+                _release(fd)
+
+    def close(self) -> None:
+        """Stop the JVM (it exits when its standard input closes) and its files."""
+        self._closing.set()
+        process = getattr(self._gateway, "proc", None)
+        try:
+            self._gateway.shutdown()
+        except Exception:
+            pass
+        if process is not None:
+            if process.stdin is not None:
+                process.stdin.close()
+            try:
+                process.wait(timeout=30)
+            except Exception:
+                process.kill()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+_ATTACHED: dict[str, int] = {}  # the lock's descriptor while this process uses the host
+
+
+def attach(config: dict[str, Any]) -> Any | None:
+    """A Spark session of `config` in the JVM of the `fruits ui` that launched this run, or None
+    when there is none to use (no host, not local Spark, this process has its own JVM already,
+    the host is taken, or unreachable): the caller then starts Spark itself."""
+    port, secret, lock = (os.environ.get(name) for name in (ENV_PORT, ENV_SECRET, ENV_LOCK))
+    if not (port and secret and lock) or not str(config.get("spark.master", "")).startswith(
+        "local"
+    ):
+        return None
+    from pyspark import SparkConf, SparkContext
+    from pyspark.java_gateway import launch_gateway
+    from pyspark.sql import SparkSession
+
+    if SparkContext._gateway is not None:
+        return None
+    fd = _take(lock, ATTACH_WAIT_SECONDS)
+    if fd is None:
+        log.warning("the UI's Spark is in use by another run: this run starts its own")
+        return None
+    settings = {k: str(v) for k, v in config.items()}
+    os.environ["PYSPARK_GATEWAY_PORT"], os.environ["PYSPARK_GATEWAY_SECRET"] = port, secret
+    try:
+        gateway = launch_gateway()  # connects on first use: a host that is gone fails here
+        stop_left_over(gateway.jvm)
+        SparkContext(conf=SparkConf(loadDefaults=False).setAll(settings.items()), gateway=gateway)
+        session = SparkSession.builder.config(map=settings).getOrCreate()
+    except Exception as exc:
+        _release(fd)
+        if "gateway" in locals():
+            gateway.shutdown()
+        with SparkContext._lock:
+            SparkContext._active_spark_context = None
+            SparkContext._gateway = None
+            SparkContext._jvm = None
+        log.warning("the UI's Spark cannot be reached (%s): this run starts its own", exc)
+        return None
+    finally:
+        for name in ("PYSPARK_GATEWAY_PORT", "PYSPARK_GATEWAY_SECRET"):
+            os.environ.pop(name, None)
+    _ATTACHED["lock"] = fd
+    return session
+
+
+def detach(session: Any) -> None:
+    """Stop this process's context in the host and let the next run have it."""
+    fd = _ATTACHED.pop("lock", None)
+    if fd is None:
+        return
+    try:
+        session.stop()
+    finally:
+        _release(fd)
