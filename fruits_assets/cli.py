@@ -285,11 +285,16 @@ def _spark_host(settings: FruitsSettings):  # a spark_host.SparkHost, or None
     """The warm Spark JVM of the UI's local runs, when they run on local[N] Spark."""
     if settings.env != "local" or settings.spark_master or not settings.ui_warm_spark:
         return None
+    from fruits_assets import runner
     from fruits_assets.resources.spark import local_spark_config
     from fruits_assets.resources.spark_host import SparkHost
 
     try:
-        host = SparkHost(local_spark_config(settings, s3=settings.uses_s3))
+        host = SparkHost(
+            local_spark_config(settings, s3=settings.uses_s3),
+            # The whole graph once on generated photos: every asset's JVM code compiled.
+            rehearsal=lambda: runner.rehearse(settings),
+        )
     except Exception as exc:  # runs then start their own Spark, and report what is wrong
         print(f"warning: no warm Spark for the UI's runs: {exc}", file=sys.stderr)
         return None
@@ -297,7 +302,11 @@ def _spark_host(settings: FruitsSettings):  # a spark_host.SparkHost, or None
     def say_warm() -> None:
         started = time.monotonic()
         host.warm.wait()
-        print(f"Spark: warm for the UI's runs ({time.monotonic() - started:.0f} s)", flush=True)
+        seconds = time.monotonic() - started
+        if host.rehearsed:
+            print(f"Spark: warm for the UI's runs ({seconds:.0f} s)", flush=True)
+        else:  # e.g. offline with ImageNet weights: the runs say why
+            print(f"Spark: started, not warmed up ({seconds:.0f} s)", flush=True)
 
     threading.Thread(target=say_warm, daemon=True).start()
     return host

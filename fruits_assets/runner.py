@@ -14,7 +14,7 @@ from typing import Any
 import dagster as dg
 
 from fruits_assets import partitions, preflight, runs
-from fruits_assets.definitions import ALL_ASSETS_JOB
+from fruits_assets.definitions import ALL_ASSETS_JOB, build_definitions
 from fruits_assets.settings import FruitsSettings
 from fruits_assets.storage import datasets, discovery, layout, lock
 
@@ -164,7 +164,6 @@ def _materialize(
     resource_overrides: dict[str, Any] | None,
     on_plan: Callable[[Plan], None] | None,
 ) -> RunOutcome:
-    from fruits_assets.definitions import build_definitions
     from fruits_assets.resources.spark import local_spark_config, start_in_background
 
     run_plan = plan(settings, instance, classes)
@@ -216,6 +215,33 @@ def _materialize(
 
 
 RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+
+
+def rehearse(settings: FruitsSettings, images_per_class: int = 8) -> bool:
+    """Run the whole graph once on a few generated photos, in a scratch folder and instance, in
+    this process's Spark JVM: what `fruits ui` does so that its JVM has loaded and compiled the
+    code of every asset (Delta, Spark ML, CSV, Arrow) before a user's first run. Quiet; whether
+    every step succeeded."""
+    import tempfile
+
+    from fruits_assets.ml import demo_data
+
+    with tempfile.TemporaryDirectory(prefix="fruits-rehearsal-") as scratch:
+        images = demo_data.generate(os.path.join(scratch, "images"), images_per_class)
+        rehearsal = settings.model_copy(
+            update={"images": str(images), "output": os.path.join(scratch, "output")}
+        )
+        defs = build_definitions(rehearsal)
+        with dg.DagsterInstance.ephemeral() as instance:
+            classes = discovery.scan(rehearsal.images).classes
+            partitions.sync(instance, classes)
+            result = defs.resolve_job_def(ALL_ASSETS_JOB).execute_in_process(
+                instance=instance,
+                tags=partitions.range_tags(classes[0], classes[-1]),
+                raise_on_error=False,
+                run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
+            )
+        return result.success
 
 
 def _execute(

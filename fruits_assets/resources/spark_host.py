@@ -20,12 +20,13 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 ENV_PORT = "FRUITS_SPARK_HOST_PORT"
 ENV_SECRET = "FRUITS_SPARK_HOST_SECRET"
 ENV_LOCK = "FRUITS_SPARK_HOST_LOCK"
-ATTACH_WAIT_SECONDS = 30.0
+ATTACH_WAIT_SECONDS = 180.0
 WATCH_SECONDS = 0.5
 
 log = logging.getLogger(__name__)
@@ -68,15 +69,22 @@ def stop_left_over(jvm: Any) -> bool:
 class SparkHost:
     """The JVM of `fruits ui`: started on creation, warmed up and watched in a thread."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(
+        self, config: dict[str, Any], rehearsal: Callable[[], object] | None = None
+    ) -> None:
+        """`rehearsal`: work that warms the JVM up (by default a tiny Delta table and pandas
+        UDF, `spark.warm_up`), run in this process once the JVM is up, before any run attaches;
+        False when it did not run through."""
         from pyspark import SparkConf
         from pyspark.java_gateway import launch_gateway
 
         self._conf = SparkConf(loadDefaults=False).setAll((k, str(v)) for k, v in config.items())
         self._gateway = launch_gateway(self._conf)  # spark-submit: driver memory, class path
+        self._rehearsal = rehearsal
         self._dir = tempfile.mkdtemp(prefix="fruits-spark-host-")
         self.lock_path = os.path.join(self._dir, "spark-host.lock")
         self.warm = threading.Event()
+        self.rehearsed = False  # the warm-up ran through
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="spark-host", daemon=True)
         self._thread.start()
@@ -97,13 +105,24 @@ class SparkHost:
         from fruits_assets.resources.spark import warm_up
 
         fd = _take(self.lock_path, 0)
-        try:  # one context through Delta's and the featurizer's code paths, then stopped
-            spark = SparkSession(SparkContext(conf=self._conf, gateway=self._gateway))
-            warm_up(spark)
-            spark.stop()
+        try:
+            # Runs create their contexts through this gateway too (`attach`).
+            SparkContext._ensure_initialized(gateway=self._gateway)
+            if self._rehearsal is not None:
+                self.rehearsed = self._rehearsal() is not False
+            else:
+                spark = SparkSession(SparkContext(conf=self._conf, gateway=self._gateway))
+                warm_up(spark)
+                self.rehearsed = True
         except Exception:  # a run reports any real problem with Spark; this one stays cold
             log.exception("warming up the UI's Spark JVM failed")
         finally:
+            try:
+                if SparkContext._active_spark_context is not None:
+                    SparkContext._active_spark_context.stop()
+                stop_left_over(self._gateway.jvm)
+            except Exception:
+                log.exception("stopping the warm-up's Spark context failed")
             if fd is not None:
                 _release(fd)
             self.warm.set()
@@ -156,7 +175,10 @@ def attach(config: dict[str, Any]) -> Any | None:
 
     if SparkContext._gateway is not None:
         return None
-    fd = _take(lock, ATTACH_WAIT_SECONDS)
+    fd = _take(lock, 0)
+    if fd is None:
+        log.info("waiting for the UI's Spark: it is warming up or another run uses it")
+        fd = _take(lock, ATTACH_WAIT_SECONDS)
     if fd is None:
         log.warning("the UI's Spark is in use by another run: this run starts its own")
         return None
