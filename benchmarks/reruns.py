@@ -1,18 +1,20 @@
 """Interactive reruns: two new photos in one class, rerun from the CLI and from the UI, against a
 full run, all with the classifier.
 
-    .venv/bin/python benchmarks/reruns.py --reps 3
+    .venv/bin/python benchmarks/reruns.py --reps 3 --cold-ui
     .venv/bin/python benchmarks/reruns.py --reps 3 --against ../old/.venv/bin/fruits
 
 Per repetition, on a copy of the Fruits-360 Test split (2,115 images, 141 classes) with the
 shared weights: a full `fruits run` into a fresh output root; then two photos of one class are
 added and that class is rerun with `fruits run --classes` (CLI); then two more are added and the
-class is rerun from the Dagster UI's server: `fruits ui` is started on the same instance and a
+class is rerun from the Dagster UI's server: `fruits ui` is started on the same instance and, once
+it is ready for a user (page served, its Spark JVM warmed up: its start-up is not counted), a
 backfill of that one partition and everything downstream is launched through its GraphQL API,
 exactly as the launch dialog's "Launch backfill" does, timed from the launch to the end of the
-backfill's last run (the UI's own start-up is not counted: it is already open for a user); then
-two more photos, and the class rerun as one run tagged with its partition, as the launch dialog
-starts a single partition ("Launch 1 run").
+backfill's last run; then twice two more photos, and the class rerun as one run tagged with its
+partition, as the launch dialog starts a single partition ("Launch 1 run"): the first and the
+next single run of that UI session. `--cold-ui` adds one such run from a UI started with
+`FRUITS_UI_WARM_SPARK=false` (every run starts its own JVM, as before the UI kept one).
 `--against` adds another `fruits` (e.g. an earlier checkout's): its full run and CLI rerun, in
 the same repetitions, on their own copy of the images. The CLI rerun's seconds are split into
 start-up, each asset's step and the end, from its Dagster events.
@@ -160,17 +162,31 @@ def timed_outcome(started: float, status: str, success: str, what: str) -> float
     return seconds
 
 
-def ui_rerun(env: dict, images: Path, output: Path, as_run: bool = False) -> float:
+def ui_session(
+    env: dict, images: Path, backfill: bool, runs: int, warm: bool = True
+) -> tuple[float | None, list[float], list[dict[str, float]]]:
+    """Start `fruits ui` on the instance, wait until it is ready for a user (its page served and,
+    unless `warm` is False, its Spark warmed up), then rerun the class: a backfill if asked, then
+    `runs` single runs, two new photos before each. (backfill s, run s, run budgets)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    output = images.parent / "out"
+    if not warm:
+        env = {**env, "FRUITS_UI_WARM_SPARK": "false"}
     ui = subprocess.Popen(
         [FRUITS, "ui", "--images", str(images), "--output", str(output), "--weights",
          str(WEIGHTS), "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}/graphql"
     try:
+        if warm:
+            while not (line := ui.stdout.readline()).startswith("Spark: "):
+                if not line and ui.poll() is not None:
+                    raise RuntimeError("fruits ui ended before its Spark was warm")
+            if not line.startswith("Spark: warm"):
+                raise RuntimeError(f"fruits ui: {line.strip()}")
         deadline = time.monotonic() + 300
         while True:
             try:
@@ -180,13 +196,25 @@ def ui_rerun(env: dict, images: Path, output: Path, as_run: bool = False) -> flo
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(1)
-        return _launch_one_run(url) if as_run else _launch_backfill(url)
+        backfill_s = None
+        if backfill:
+            add_photos(images, 2)
+            backfill_s = _launch_backfill(url)
+        times, budgets = [], []
+        for _ in range(runs):
+            add_photos(images, 2)
+            since = time.time()
+            times.append(_launch_one_run(url))
+            budgets.append(step_budget(Path(env["DAGSTER_HOME"]), since, times[-1]))
+        return backfill_s, times, budgets
     finally:
         ui.send_signal(signal.SIGTERM)
         ui.wait(timeout=120)
 
 
-def add_photos(images: Path, count: int, skip: int) -> None:
+def add_photos(images: Path, count: int) -> None:
+    """`count` more Training photos of the class, each time others."""
+    skip = len(list((images / CLASS).glob("added_*")))
     extra = sorted((DATA / "Training" / CLASS).glob("*.jpg"))[skip : skip + count]
     for photo in extra:
         shutil.copy(photo, images / CLASS / f"added_{photo.name}")
@@ -197,10 +225,14 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--against", help="another `fruits` executable: full run and CLI rerun")
     parser.add_argument("--no-backfill", action="store_true", help="skip the UI's backfill")
+    parser.add_argument(
+        "--cold-ui", action="store_true", help="also a UI run without the UI's warm Spark JVM"
+    )
     args = parser.parse_args()
     print("machine:", json.dumps(describe()))
-    full, cli, ui, ui_run, other_full, other_cli = [], [], [], [], [], []
+    full, cli, ui, ui_first, ui_run, cold_ui, other_full, other_cli = ([] for _ in range(8))
     budgets: list[dict[str, float]] = []
+    budgets_ui: list[dict[str, float]] = []
     other_budgets: list[dict[str, float]] = []
     for rep in range(args.reps):
         if args.against:
@@ -211,7 +243,7 @@ def main() -> None:
                 common = ["--images", str(images), "--output", str(output),
                           "--weights", str(WEIGHTS)]  # fmt: skip
                 other_full.append(run("run", *common, env=env, fruits=args.against))
-                add_photos(images, 2, 0)
+                add_photos(images, 2)
                 since = time.time()
                 other_cli.append(run("run", *common, "--classes", CLASS, env=env,
                                      fruits=args.against))  # fmt: skip
@@ -224,43 +256,54 @@ def main() -> None:
             env = {**os.environ, "DAGSTER_HOME": str(home), "TF_CPP_MIN_LOG_LEVEL": "3"}
             common = ["--images", str(images), "--output", str(output), "--weights", str(WEIGHTS)]
             full.append(run("run", *common, env=env))
-            add_photos(images, 2, 0)
+            add_photos(images, 2)
             since = time.time()
             cli.append(run("run", *common, "--classes", CLASS, env=env))
             budgets.append(step_budget(home, since, cli[-1]))
-            add_photos(images, 2, 2)
-            if not args.no_backfill:
-                ui.append(ui_rerun(env, images, output))
-            add_photos(images, 2, 4)
-            ui_run.append(ui_rerun(env, images, output, as_run=True))
+            backfill_s, times, ui_budgets = ui_session(env, images, not args.no_backfill, 2)
+            if backfill_s is not None:
+                ui.append(backfill_s)
+            ui_first.append(times[0])
+            ui_run.append(times[1])
+            budgets_ui.append(ui_budgets[1])
+            if args.cold_ui:
+                cold_ui.append(ui_session(env, images, False, 1, warm=False)[1][0])
+        cold = f", UI run without the warm JVM {cold_ui[-1]:.1f} s" if cold_ui else ""
         backfill = f"UI backfill {ui[-1]:.1f} s, " if ui else ""
-        print(f"rep {rep + 1}: full {full[-1]:.1f} s, CLI rerun {cli[-1]:.1f} s, "
-              f"{backfill}UI run {ui_run[-1]:.1f} s", flush=True)  # fmt: skip
-    f, c, r = (statistics.median(x) for x in (full, cli, ui_run))
+        print(f"rep {rep + 1}: full {full[-1]:.1f} s, CLI rerun {cli[-1]:.1f} s, {backfill}"
+              f"UI runs {ui_first[-1]:.1f} s (first), {ui_run[-1]:.1f} s (next){cold}",
+              flush=True)  # fmt: skip
+    f, c, r1, r = (statistics.median(x) for x in (full, cli, ui_first, ui_run))
     u = statistics.median(ui) if ui else float("nan")
-    print("\n| run (with the classifier) | median s |")
-    print("| --- | ---: |")
-    print(f"| full run, 2,115 images | {f:.1f} |")
-    print(f"| one class rerun after 2 new photos, `fruits run --classes` | {c:.1f} |")
-    print(f"| the same from the UI: a backfill of one partition + downstream | {u:.1f} |")
-    print(f"| the same from the UI: one run, as the launch dialog starts one partition | {r:.1f} |")
+    print("\n| run (with the classifier) | median s | / full run |")
+    print("| --- | ---: | ---: |")
+    rows = [
+        ("full run, 2,115 images, `fruits run`", f),
+        ("one class rerun after 2 new photos, `fruits run --classes`", c),
+        ("the same from the UI: a backfill of one partition + downstream", u),
+        ("the same from the UI: one run (launch dialog, one partition), first after start", r1),
+        ("the same from the UI: one run, the next one", r),
+    ]
+    if cold_ui:
+        rows.append(("the same from the UI without its warm JVM (`FRUITS_UI_WARM_SPARK=false`)",
+                     statistics.median(cold_ui)))  # fmt: skip
     if other_full:
-        of, oc = statistics.median(other_full), statistics.median(other_cli)
-        print(f"| --against: full run | {of:.1f} |")
-        print(f"| --against: one class rerun, CLI | {oc:.1f} |")
-    print(
-        f"\nCLI rerun / full run: {c / f:.0%}; UI backfill / CLI rerun: {u / c:.2f}; "
-        f"UI run / CLI rerun: {r / c:.2f}"
-    )
-    print("\nWhere the CLI rerun's seconds go (medians):\n")
-    print("| part | s |" + (" --against s |" if other_budgets else ""))
-    print("| --- | ---: |" + (" ---: |" if other_budgets else ""))
+        rows.append(("--against: full run", statistics.median(other_full)))
+        rows.append(("--against: one class rerun, CLI", statistics.median(other_cli)))
+    for label, seconds in rows:
+        print(f"| {label} | {seconds:.1f} | {seconds / f:.0%} |")
+    print(f"\nUI run (next) / CLI rerun: {r / c:.2f}; UI backfill / CLI rerun: {u / c:.2f}")
+    print("\nWhere a rerun's seconds go (medians):\n")
+    groups = {"CLI rerun": budgets, "UI run (next)": budgets_ui, "--against CLI": other_budgets}
+    groups = {name: group for name, group in groups.items() if group}
+    print("| part | " + " | ".join(f"{name} s" for name in groups) + " |")
+    print("| --- |" + " ---: |" * len(groups))
     for part in ["start-up", *ALL_ASSETS, "end"]:
         cells = [
             f"{statistics.median(x):.1f}" if x else "—"
-            for x in ([b[part] for b in group if part in b] for group in (budgets, other_budgets))
+            for x in ([b[part] for b in group if part in b] for group in groups.values())
         ]
-        print(f"| {part} | {cells[0]} |" + (f" {cells[1]} |" if other_budgets else ""))
+        print(f"| {part} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
