@@ -259,7 +259,12 @@ def ui(args: argparse.Namespace) -> int:
     # ignored and the child would inherit that: give it the default disposition.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     # Its own process group, so that a stop reaches the webserver and daemon it starts.
-    child = subprocess.Popen(command, env=env, start_new_session=True)
+    try:
+        child = subprocess.Popen(command, env=env, start_new_session=True)
+    except BaseException:
+        if host is not None:
+            host.close()
+        raise
 
     def forward(signum: int, _frame: object) -> None:
         try:

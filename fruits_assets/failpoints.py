@@ -11,10 +11,24 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from fruits_assets.storage import filesystem, layout
 
 KILLED_EXIT_CODE = 137
+_suspended = False
+
+
+@contextmanager
+def suspended() -> Iterator[None]:
+    """No failpoint acts in this process meanwhile (`fruits ui`'s rehearsal is not a run)."""
+    global _suspended
+    _suspended = True
+    try:
+        yield
+    finally:
+        _suspended = False
 
 
 def reached(asset: str, output_root: str) -> None:
@@ -22,7 +36,7 @@ def reached(asset: str, output_root: str) -> None:
     from fruits_assets.settings import FruitsSettings
 
     point = FruitsSettings.from_env().failpoint
-    if not point:
+    if not point or _suspended:
         return
     name, _, action = point.partition(":")
     if name != asset:

@@ -13,7 +13,7 @@ from typing import Any
 
 import dagster as dg
 
-from fruits_assets import partitions, preflight, runs
+from fruits_assets import failpoints, partitions, preflight, runs
 from fruits_assets.definitions import ALL_ASSETS_JOB, build_definitions
 from fruits_assets.settings import FruitsSettings
 from fruits_assets.storage import datasets, discovery, layout, lock
@@ -226,7 +226,10 @@ def rehearse(settings: FruitsSettings, images_per_class: int = 8) -> bool:
 
     from fruits_assets.ml import demo_data
 
-    with tempfile.TemporaryDirectory(prefix="fruits-rehearsal-") as scratch:
+    with (
+        tempfile.TemporaryDirectory(prefix="fruits-rehearsal-") as scratch,
+        failpoints.suspended(),
+    ):
         images = demo_data.generate(os.path.join(scratch, "images"), images_per_class)
         rehearsal = settings.model_copy(
             update={"images": str(images), "output": os.path.join(scratch, "output")}

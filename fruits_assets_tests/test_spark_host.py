@@ -19,7 +19,8 @@ from fruits_assets.settings import FruitsSettings
 pytestmark = pytest.mark.slow
 
 # A run's use of Spark, as LocalSpark does it: attach, say which JVM it got, then what the
-# test asks (`write` a Delta table and exit, `hang` in a job, `hold` the host).
+# test asks (`write` a Delta table and exit, `hang` in a job, `hold` the host; `bad`: a
+# configuration its Spark context cannot be created with).
 RUN = textwrap.dedent(
     """
     import os, sys, time
@@ -29,6 +30,8 @@ RUN = textwrap.dedent(
 
     spark_host.ATTACH_WAIT_SECONDS = float(os.environ.get("WAIT", "30"))
     config = local_spark_config(FruitsSettings.from_env())
+    if sys.argv[1] == "bad":  # a context the JVM refuses to create, after connecting to it
+        config["spark.master"] = "local[no such thing]"
     spark = spark_host.attach(config)
     if spark is None:
         print("own JVM", flush=True)
@@ -109,6 +112,12 @@ def test_runs_share_the_ui_jvm_one_at_a_time_and_leave_nothing_running(tmp_path)
         assert run.wait(timeout=180) == 0
         assert (table / "_delta_log").is_dir()
         assert _until(lambda: _active_jobs(host) is None), "a finished run's context stayed"
+
+        # A run whose context cannot be created there starts its own JVM (and fails there by
+        # itself); the host is left as it was for the next run.
+        run = _start_run(host, "bad")
+        assert _line(run, "own JVM")
+        assert run.wait(timeout=60) == 0
 
         # A run killed in the middle of a job: its job is cancelled and its context stopped.
         run = _start_run(host, "hang")

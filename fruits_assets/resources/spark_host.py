@@ -33,8 +33,12 @@ log = logging.getLogger(__name__)
 
 
 def _take(path: str, wait_seconds: float) -> int | None:
-    """The lock file's descriptor, locked; None if it stayed taken for `wait_seconds`."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    """The lock file's descriptor, locked; None if it stayed taken for `wait_seconds` (or
+    cannot be opened: its folder was removed)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return None
     deadline = time.monotonic() + wait_seconds
     while True:
         try:
@@ -52,18 +56,37 @@ def _release(fd: int) -> None:
     os.close(fd)
 
 
-def stop_left_over(jvm: Any) -> bool:
+def stop_left_over(jvm: Any, wait_seconds: float = 60.0) -> bool:
     """Cancel the jobs of the JVM's Spark context, if one is still there, and stop it; forget
-    the Delta table states cached with it (another writer may have moved those tables on)."""
+    the Delta table states cached with it (another writer may have moved those tables on).
+
+    A run killed in a call into the JVM (a Delta commit runs on the driver, not in a job) leaves
+    that call running: wait up to `wait_seconds` for it to end, so that nothing of a dead run
+    lands after the next run has started."""
     active = getattr(jvm.org.apache.spark, "SparkContext$").__getattr__("MODULE$").getActive()
     stopped = bool(active.isDefined())
     if stopped:
         context = active.get()
         context.cancelAllJobs()
         context.stop()
+        deadline = time.monotonic() + wait_seconds
+        while _calls_in_flight(jvm) and time.monotonic() < deadline:
+            time.sleep(0.2)
     jvm.org.apache.spark.sql.SparkSession.clearDefaultSession()
     jvm.org.apache.spark.sql.delta.DeltaLog.clearCache()
     return stopped
+
+
+def _calls_in_flight(jvm: Any) -> int:
+    """JVM threads, other than this caller's, executing a call from a Python driver."""
+    this = jvm.java.lang.Thread.currentThread().getId()
+    traces = jvm.java.lang.Thread.getAllStackTraces()
+    return sum(
+        1
+        for thread in traces.keySet()
+        if thread.getId() != this
+        and "py4j.commands.CallCommand" in jvm.java.util.Arrays.toString(traces.get(thread))
+    )
 
 
 class SparkHost:
@@ -79,13 +102,19 @@ class SparkHost:
         from pyspark.java_gateway import launch_gateway
 
         self._conf = SparkConf(loadDefaults=False).setAll((k, str(v)) for k, v in config.items())
-        self._gateway = launch_gateway(self._conf)  # spark-submit: driver memory, class path
         self._rehearsal = rehearsal
         self._dir = tempfile.mkdtemp(prefix="fruits-spark-host-")
         self.lock_path = os.path.join(self._dir, "spark-host.lock")
         self.warm = threading.Event()
         self.rehearsed = False  # the warm-up ran through
         self._closing = threading.Event()
+        # Taken until the warm-up is over: a run launched meanwhile waits for a warm JVM.
+        self._warming = _take(self.lock_path, 0)
+        try:
+            self._gateway = launch_gateway(self._conf)  # spark-submit: driver memory, class path
+        except BaseException:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            raise
         self._thread = threading.Thread(target=self._serve, name="spark-host", daemon=True)
         self._thread.start()
 
@@ -104,7 +133,6 @@ class SparkHost:
 
         from fruits_assets.resources.spark import warm_up
 
-        fd = _take(self.lock_path, 0)
         try:
             # Runs create their contexts through this gateway too (`attach`).
             SparkContext._ensure_initialized(gateway=self._gateway)
@@ -115,18 +143,24 @@ class SparkHost:
                 warm_up(spark)
                 self.rehearsed = True
         except Exception:  # a run reports any real problem with Spark; this one stays cold
-            log.exception("warming up the UI's Spark JVM failed")
+            if not self._closing.is_set():
+                log.exception("warming up the UI's Spark JVM failed")
         finally:
             try:
                 if SparkContext._active_spark_context is not None:
                     SparkContext._active_spark_context.stop()
                 stop_left_over(self._gateway.jvm)
             except Exception:
-                log.exception("stopping the warm-up's Spark context failed")
-            if fd is not None:
-                _release(fd)
+                if not self._closing.is_set():
+                    log.exception("stopping the warm-up's Spark context failed")
+            if self._warming is not None:
+                _release(self._warming)
             self.warm.set()
         while not self._closing.wait(WATCH_SECONDS):
+            if self._gateway.proc.poll() is not None:  # e.g. a fatal error in a run's task
+                log.error("the UI's Spark JVM exited (%s): runs start their own from now on",
+                          self._gateway.proc.returncode)  # fmt: skip
+                return
             fd = _take(self.lock_path, 0)
             if fd is None:  # a run is attached
                 continue
@@ -154,6 +188,8 @@ class SparkHost:
                 process.wait(timeout=30)
             except Exception:
                 process.kill()
+        # A rehearsal cut short by the JVM's exit fails at once and removes its scratch folder.
+        self._thread.join(timeout=30)
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
@@ -175,29 +211,28 @@ def attach(config: dict[str, Any]) -> Any | None:
 
     if SparkContext._gateway is not None:
         return None
+    import dagster as dg
+
+    say = dg.get_dagster_logger()
     fd = _take(lock, 0)
     if fd is None:
-        log.info("waiting for the UI's Spark: it is warming up or another run uses it")
+        say.info("waiting for the UI's Spark JVM: it is warming up or another run uses it")
         fd = _take(lock, ATTACH_WAIT_SECONDS)
     if fd is None:
-        log.warning("the UI's Spark is in use by another run: this run starts its own")
+        say.warning("the UI's Spark JVM stayed busy or is gone: this run starts its own")
         return None
     settings = {k: str(v) for k, v in config.items()}
     os.environ["PYSPARK_GATEWAY_PORT"], os.environ["PYSPARK_GATEWAY_SECRET"] = port, secret
+    gateway = None
     try:
         gateway = launch_gateway()  # connects on first use: a host that is gone fails here
         stop_left_over(gateway.jvm)
         SparkContext(conf=SparkConf(loadDefaults=False).setAll(settings.items()), gateway=gateway)
         session = SparkSession.builder.config(map=settings).getOrCreate()
     except Exception as exc:
+        _forget(gateway)
         _release(fd)
-        if "gateway" in locals():
-            gateway.shutdown()
-        with SparkContext._lock:
-            SparkContext._active_spark_context = None
-            SparkContext._gateway = None
-            SparkContext._jvm = None
-        log.warning("the UI's Spark cannot be reached (%s): this run starts its own", exc)
+        say.warning(f"the UI's Spark JVM cannot be used ({exc}): this run starts its own")
         return None
     finally:
         for name in ("PYSPARK_GATEWAY_PORT", "PYSPARK_GATEWAY_SECRET"):
@@ -206,12 +241,45 @@ def attach(config: dict[str, Any]) -> Any | None:
     return session
 
 
+def _forget(gateway: Any) -> None:
+    """Undo a failed attach in this process only: its context stopped, its connections closed
+    (not `shutdown`, which would end the host's gateway for every run), PySpark reset so that
+    the run can start its own JVM."""
+    from pyspark import SparkContext
+    from pyspark.sql import SparkSession
+
+    try:
+        if SparkContext._active_spark_context is not None:
+            SparkContext._active_spark_context.stop()
+    except Exception:
+        pass
+    if gateway is not None:
+        try:
+            gateway.close(keep_callback_server=True)
+            gateway.shutdown_callback_server()
+        except Exception:
+            pass
+    with SparkContext._lock:
+        SparkContext._active_spark_context = None
+        SparkContext._gateway = None
+        SparkContext._jvm = None
+    SparkSession._instantiatedSession = None
+    SparkSession._activeSession = None
+
+
 def detach(session: Any) -> None:
-    """Stop this process's context in the host and let the next run have it."""
+    """Stop this process's context in the host and let the next run have it. The context's
+    PySpark folder (broadcast pickles: the featurizer model, the PCA) goes with it; the JVM
+    would keep it until it exits."""
     fd = _ATTACHED.pop("lock", None)
     if fd is None:
         return
+    temp_dir = getattr(session.sparkContext, "_temp_dir", None)
     try:
         session.stop()
+    except Exception:  # the host's JVM is gone: nothing left to stop
+        pass
     finally:
         _release(fd)
+        if temp_dir:
+            shutil.rmtree(temp_dir, ignore_errors=True)
