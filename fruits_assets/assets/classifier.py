@@ -245,6 +245,9 @@ def fruit_classifier(
             "fit_started_from": fit_start,
             **(
                 {
+                    # The budget given; L-BFGS may record more entries than it when its line
+                    # search fails and it restarts its history (a near-optimal start does that).
+                    "fit_max_iter": int(fitted.getMaxIter()),
                     "fit_iterations": summary.totalIterations,
                     "final_objective": float(summary.objectiveHistory[-1]),
                 }
