@@ -72,9 +72,15 @@ def stop_left_over(jvm: Any, wait_seconds: float = 60.0) -> bool:
         deadline = time.monotonic() + wait_seconds
         while _calls_in_flight(jvm) and time.monotonic() < deadline:
             time.sleep(0.2)
+        forget(jvm)
+    return stopped
+
+
+def forget(jvm: Any) -> None:
+    """Drop the JVM's default session and Delta's cached table states (another writer may
+    have moved those tables on since)."""
     jvm.org.apache.spark.sql.SparkSession.clearDefaultSession()
     jvm.org.apache.spark.sql.delta.DeltaLog.clearCache()
-    return stopped
 
 
 def _calls_in_flight(jvm: Any) -> int:
@@ -226,7 +232,8 @@ def attach(config: dict[str, Any]) -> Any | None:
     gateway = None
     try:
         gateway = launch_gateway()  # connects on first use: a host that is gone fails here
-        stop_left_over(gateway.jvm)
+        if not stop_left_over(gateway.jvm):
+            forget(gateway.jvm)  # what the run before this one cached
         SparkContext(conf=SparkConf(loadDefaults=False).setAll(settings.items()), gateway=gateway)
         session = SparkSession.builder.config(map=settings).getOrCreate()
     except Exception as exc:
