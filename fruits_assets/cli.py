@@ -296,7 +296,7 @@ def _spark_host(settings: FruitsSettings):  # a spark_host.SparkHost, or None
 
     try:
         host = SparkHost(
-            local_spark_config(settings, s3=settings.uses_s3),
+            local_spark_config(settings, s3=settings.uses_s3, long_lived=True),
             # The whole graph once on generated photos: every asset's JVM code compiled.
             rehearsal=lambda: runner.rehearse(settings),
         )

@@ -61,6 +61,13 @@ class FruitsSettings(BaseModel):
     spark_codegen: bool = Field(
         False, **_local("compile Spark SQL plans to JVM bytecode (pays off on big tables only)")
     )
+    spark_jit: Literal["ml", "all"] = Field(
+        "ml",
+        **_local(
+            "JVM code a run's local Spark compiles with the optimizing compiler (C2): Spark ML's "
+            "(the rest with the quick one) or all"
+        ),
+    )
     ui_warm_spark: bool = Field(
         True, **_local("`fruits ui` keeps one warm Spark JVM for the local runs it launches")
     )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -137,6 +139,30 @@ def test_local_spark_interprets_queries_unless_told_to_compile_them():
     assert spark.conf.get("spark.sql.codegen.factoryMode") == "NO_CODEGEN"
     compiled = local_spark_config(FruitsSettings(spark_codegen=True))
     assert not set(INTERPRETED_SQL_CONFIG) & set(compiled)
+
+
+def test_a_runs_jvm_keeps_the_optimizing_compiler_for_spark_ml_only():
+    """The compiler directives are accepted by this machine's JVM (a bad file stops the JVM
+    before Spark starts), and only per-run JVMs get them."""
+    from fruits_assets.resources.spark import COMPILER_DIRECTIVES, local_spark_config
+    from fruits_assets.settings import FruitsSettings
+
+    def options(**kwargs) -> str:
+        settings = FruitsSettings(**kwargs.pop("settings", {}))
+        return local_spark_config(settings, **kwargs)["spark.driver.extraJavaOptions"]
+
+    assert f"-XX:CompilerDirectivesFile={COMPILER_DIRECTIVES}" in options()
+    for jit_everywhere in (options(settings={"spark_jit": "all"}), options(long_lived=True)):
+        assert "CompilerDirectives" not in jit_everywhere
+        assert "--add-modules=jdk.incubator.vector" in jit_everywhere
+    java_home = os.environ.get("JAVA_HOME")
+    java = os.path.join(java_home, "bin", "java") if java_home else shutil.which("java")
+    flags = ["-XX:+UnlockDiagnosticVMOptions", f"-XX:CompilerDirectivesFile={COMPILER_DIRECTIVES}"]
+    done = subprocess.run(
+        [java, *flags, "-XX:+CompilerDirectivesPrint", "-version"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "org/apache/spark/ml/" in done.stdout + done.stderr
 
 
 def _predictor(rng, pc, n_classes=4, hist_dims=6, reg_param=1e-3):

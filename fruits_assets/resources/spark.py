@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -116,8 +117,36 @@ INTERPRETED_SQL_CONFIG = {
 }
 
 
-def local_spark_config(settings: FruitsSettings, s3: bool = False) -> dict[str, Any]:
-    """local[N] Spark (or the configured master) whose Python workers run this interpreter."""
+# HotSpot's optimizing compiler (C2) spends seconds of CPU in every fresh JVM on Spark SQL, Delta
+# and Scala code that this pipeline runs a few times per commit or per small table; on a few
+# cores that CPU is taken from the run. A run's JVM compiles that code with the quick compiler
+# (C1) only and keeps C2 for Spark ML's numerical code (the classifier's L-BFGS, BLAS, the Vector
+# API), which is several times slower without it. A one-class rerun ~17 % shorter, a full run
+# unchanged (BENCHMARKS.md, "The JVM's compilers"). The UI's long-lived JVM compiles everything:
+# it pays C2's cost once, not per run.
+COMPILER_DIRECTIVES = Path(__file__).with_name("jvm_compiler_directives.json")
+
+
+def driver_java_options(settings: FruitsSettings, long_lived: bool = False) -> str:
+    """The local Spark JVM's options (`spark.driver.extraJavaOptions`)."""
+    options = [
+        "-Dderby.system.home=/tmp/derby",
+        # The incubator Vector API lets Spark ML's BLAS use SIMD instead of plain Java loops.
+        "--add-modules=jdk.incubator.vector",
+    ]
+    if settings.spark_jit == "ml" and not long_lived:
+        options += [
+            "-XX:+UnlockDiagnosticVMOptions",
+            "-XX:CompilerDirectivesFile=" + shlex.quote(str(COMPILER_DIRECTIVES)),
+        ]
+    return " ".join(options)
+
+
+def local_spark_config(
+    settings: FruitsSettings, s3: bool = False, long_lived: bool = False
+) -> dict[str, Any]:
+    """local[N] Spark (or the configured master) whose Python workers run this interpreter;
+    `long_lived`: a JVM that serves many runs (the UI's)."""
     # Spark's Python workers must be this interpreter, with this package and its pins.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # local Spark listens on loopback only
@@ -135,9 +164,7 @@ def local_spark_config(settings: FruitsSettings, s3: bool = False) -> dict[str, 
         "spark.databricks.delta.snapshotPartitions": str(max(2, cores)),
         "spark.ui.showConsoleProgress": "false",
         "spark.ui.enabled": str(settings.spark_ui).lower(),
-        # The incubator Vector API lets Spark ML's BLAS use SIMD instead of plain Java loops.
-        "spark.driver.extraJavaOptions": "-Dderby.system.home=/tmp/derby "
-        "--add-modules=jdk.incubator.vector",
+        "spark.driver.extraJavaOptions": driver_java_options(settings, long_lived),
     }
     if not settings.spark_codegen:
         config.update(INTERPRETED_SQL_CONFIG)
