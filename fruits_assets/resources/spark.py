@@ -121,9 +121,9 @@ INTERPRETED_SQL_CONFIG = {
 # and Scala code that this pipeline runs a few times per commit or per small table; on a few
 # cores that CPU is taken from the run. A run's JVM compiles that code with the quick compiler
 # (C1) only and keeps C2 for Spark ML's numerical code (the classifier's L-BFGS, BLAS, the Vector
-# API), which is several times slower without it. A one-class rerun ~17 % shorter, a full run
-# unchanged (BENCHMARKS.md, "The JVM's compilers"). The UI's long-lived JVM compiles everything:
-# it pays C2's cost once, not per run.
+# API), which is several times slower without it. A one-class rerun 10-17 % shorter, a full
+# run about the same (BENCHMARKS.md, "The JVM's compilers"). The UI's long-lived JVM compiles
+# everything: it pays C2's cost once, not per run.
 COMPILER_DIRECTIVES = Path(__file__).with_name("jvm_compiler_directives.json")
 
 
