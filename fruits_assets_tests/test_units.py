@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import shlex
 import shutil
 import subprocess
 
@@ -157,7 +158,7 @@ def test_a_runs_jvm_keeps_the_optimizing_compiler_for_spark_ml_only():
         assert "--add-modules=jdk.incubator.vector" in jit_everywhere
     java_home = os.environ.get("JAVA_HOME")
     java = os.path.join(java_home, "bin", "java") if java_home else shutil.which("java")
-    flags = ["-XX:+UnlockDiagnosticVMOptions", f"-XX:CompilerDirectivesFile={COMPILER_DIRECTIVES}"]
+    flags = [option for option in shlex.split(options()) if option.startswith("-XX:")]
     done = subprocess.run(
         [java, *flags, "-XX:+CompilerDirectivesPrint", "-version"], capture_output=True, text=True
     )
