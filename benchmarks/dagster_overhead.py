@@ -25,13 +25,17 @@ from pathlib import Path
 import dagster as dg
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE)]
+sys.path[:0] = [str(HERE), str(HERE.parent)]
 
+from end_to_end import step_spans  # noqa: E402
 from machine import describe  # noqa: E402
 
+from fruits_assets import partitions  # noqa: E402
+from fruits_assets.runner import ALL_CLASSES, PER_CLASS, RUN_CONFIG  # noqa: E402
+from fruits_assets.storage import layout  # noqa: E402
+
 EMPTY_TABLE = dg.MetadataValue.md("| path | reason |\n| --- | --- |")
-PER_CLASS = ("raw_images", "labeled_images", "mobilenet_features")
-WHOLE = ("pca_model", "pca_features_parquet", "features_csv")
+WHOLE = tuple(name for name in ALL_CLASSES if name != layout.FRUIT_CLASSIFIER)
 CHECKS = {"raw_images": 0, "labeled_images": 1, "mobilenet_features": 2, "pca_model": 2,
           "pca_features_parquet": 3, "features_csv": 3}  # fmt: skip
 
@@ -39,8 +43,6 @@ CHECKS = {"raw_images": 0, "labeled_images": 1, "mobilenet_features": 2, "pca_mo
 def one_run(classes: int, class_metadata: bool) -> dict[str, float]:
     """Materialize the empty graph once over `classes` classes in this process (the Dagster
     home is $DAGSTER_HOME); seconds per part, from the run's own events."""
-    partitions = dg.DynamicPartitionsDefinition(name="fruit_class")
-    policy = dg.BackfillPolicy.single_run()
 
     def check_specs(name: str) -> list[dg.AssetCheckSpec]:
         return [dg.AssetCheckSpec(f"check_{i}", asset=name) for i in range(CHECKS[name])]
@@ -50,7 +52,8 @@ def one_run(classes: int, class_metadata: bool) -> dict[str, float]:
                 for i in range(CHECKS[name])]  # fmt: skip
 
     def per_class(name: str, upstream: list) -> dg.AssetsDefinition:
-        @dg.asset(name=name, partitions_def=partitions, backfill_policy=policy, deps=upstream,
+        @dg.asset(name=name, partitions_def=partitions.fruit_class_partitions,
+                  backfill_policy=partitions.ONE_RUN_FOR_ALL_CLASSES, deps=upstream,
                   check_specs=check_specs(name))  # fmt: skip
         def body(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
             if class_metadata:
@@ -78,33 +81,27 @@ def one_run(classes: int, class_metadata: bool) -> dict[str, float]:
         assets.append(whole(name, assets[-1:]))
     instance = dg.DagsterInstance.get()
     keys = [f"Class {i:04d}" for i in range(classes)]
-    instance.add_dynamic_partitions("fruit_class", keys)
+    partitions.sync(instance, keys)
     job = dg.Definitions(
         assets=assets, jobs=[dg.define_asset_job("all", selection="*")]
     ).resolve_job_def("all")
     started = time.time()
     result = job.execute_in_process(
         instance=instance,
-        tags={
-            "dagster/asset_partition_range_start": keys[0],
-            "dagster/asset_partition_range_end": keys[-1],
-        },  # fmt: skip
-        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+        tags=partitions.range_tags(keys[0], keys[-1]),
+        run_config=RUN_CONFIG,
     )
     wall = time.time() - started
     assert result.success
-    stamps: dict[str, list[float]] = {}
-    planned: list[float] = []
-    for record in instance.all_logs(result.run_id):
-        event = record.dagster_event
-        if event is None:
-            continue
-        if event.event_type_value.endswith("_PLANNED"):
-            planned.append(record.timestamp)
-        elif event.step_key:
-            stamps.setdefault(event.step_key, []).append(record.timestamp)
+    planned = [
+        record.timestamp
+        for record in instance.all_logs(result.run_id)
+        if record.dagster_event and record.dagster_event.event_type_value.endswith("_PLANNED")
+    ]
     parts = {"run": wall, "planned events": max(planned) - started}
-    parts.update({step: max(s) - min(s) for step, s in stamps.items()})
+    # Steps timed as `end_to_end.py` times a real run's: from STEP_START to STEP_SUCCESS.
+    home = Path(os.environ["DAGSTER_HOME"])
+    parts.update({step: end - start for step, [(start, end)] in step_spans(home).items()})
     return parts
 
 
