@@ -31,6 +31,7 @@ from end_to_end import step_spans  # noqa: E402
 from machine import describe  # noqa: E402
 
 from fruits_assets import partitions  # noqa: E402
+from fruits_assets.cli import INSTANCE_CONFIG  # noqa: E402
 from fruits_assets.runner import ALL_CLASSES, PER_CLASS, RUN_CONFIG  # noqa: E402
 from fruits_assets.storage import layout  # noqa: E402
 
@@ -120,7 +121,7 @@ def main() -> None:
     for rep in range(args.reps):
         for n in args.classes:
             with tempfile.TemporaryDirectory(prefix="dagster_overhead_") as home:
-                Path(home, "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+                Path(home, "dagster.yaml").write_text(INSTANCE_CONFIG)
                 command = [sys.executable, __file__, "--child", str(n)]
                 if args.no_class_metadata:
                     command.append("--no-class-metadata")

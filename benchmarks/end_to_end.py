@@ -2,13 +2,16 @@
 
     .venv/bin/python benchmarks/end_to_end.py compare --reps 3
     .venv/bin/python benchmarks/end_to_end.py compare --reps 3 --against ../old/.venv/bin/fruits
+    .venv/bin/python benchmarks/end_to_end.py compare --reps 3 --against ../old/.venv/bin/fruits \
+        --no-seed --no-cold
     .venv/bin/python benchmarks/end_to_end.py memory --sizes 1000 4000 8000
 
 `compare` times, back to back in fresh processes, `fruits run --no-classifier` on the Fruits-360
 Test split (the six pipeline assets, Dagster and the checks included; warm model cache, and once
 per repetition with an empty one) and the seed notebook's script doing the same work (featurize,
 PCA with the same k, Parquet); `--against` adds another `fruits` (e.g. an earlier checkout's) to
-the same interleaved repetitions. For each of our runs it prints where the seconds went: start-up
+the same interleaved repetitions (`--no-seed --no-cold`: only the two, in alternating order, for
+a quick before/after). For each of our runs it prints where the seconds went: start-up
 (process start to the first step), each asset's step, and the end (last step to process exit),
 from the run's own Dagster events.
 `memory` runs `fruits run` on growing subsets of Training+Test and reports the peak RSS of the whole
@@ -80,14 +83,39 @@ def step_spans(home: Path, since: float = 0.0) -> dict[str, list[tuple[float, fl
     return spans
 
 
+def queue_waits(home: Path, since: float = 0.0) -> list[float]:
+    """Seconds each run created at or after `since` waited in Dagster's run queue, until the
+    daemon launched it (runs the UI launches; `fruits run` launches its runs directly)."""
+    import dagster as dg
+
+    instance = dg.DagsterInstance.from_config(str(home))
+    waits = []
+    for run in instance.get_run_records():
+        if run.create_timestamp.timestamp() < since:
+            continue
+        stamps = {}
+        for record in instance.all_logs(
+            run.dagster_run.run_id,
+            of_type={dg.DagsterEventType.RUN_ENQUEUED, dg.DagsterEventType.RUN_STARTING},
+        ):
+            stamps.setdefault(record.dagster_event.event_type_value, record.timestamp)
+        if len(stamps) == 2:
+            waits.append(stamps["PIPELINE_STARTING"] - stamps["PIPELINE_ENQUEUED"])
+    return waits
+
+
 def step_budget(home: Path, started: float, wall: float) -> dict[str, float]:
-    """Seconds per part of a `fruits run`, from the Dagster events of its runs in `home`."""
+    """Seconds per part of a `fruits run`, from the Dagster events of its runs in `home`
+    (`queued`, where a run waited in the run queue, is part of `start-up`)."""
     spans = step_spans(home, since=started)
     budget = {step: sum(end - start for start, end in runs) for step, runs in spans.items()}
     every = [span for runs in spans.values() for span in runs]
     if every:
         budget["start-up"] = min(start for start, _ in every) - started
         budget["end"] = started + wall - max(end for _, end in every)
+    waits = queue_waits(home, since=started)
+    if waits:
+        budget["queued"] = sum(waits)
     return budget
 
 
@@ -116,42 +144,67 @@ def mib(memory: PeakMemory) -> str:
     return f"{total:6.0f} MiB (JVM {java:.0f}, python* {python:.0f}, other {other:.0f})"
 
 
-def compare(reps: int, against: str | None) -> None:
+def fill_model_cache(cache: str) -> None:
+    """Convert the weights to the TFLite model once into `cache`, untimed, as `fruits run` does
+    (`FeaturizerSettings().batch_size`): every "warm model cache" run then finds it."""
+    code = (
+        "from fruits_assets import preflight\n"
+        "from fruits_assets.resources.ml_settings import FeaturizerSettings\n"
+        f"preflight.check_weights({str(WEIGHTS)!r}, FeaturizerSettings().batch_size)\n"
+    )
+    env = {**os.environ, "FRUITS_CACHE_DIR": cache, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True)
+
+
+def compare(reps: int, against: str | None, seed: bool = True, cold: bool = True) -> None:
+    """`fruits run --no-classifier` (and `against`'s) vs the seed-style script; without `seed`
+    and `cold`, only the `fruits` runs, in alternating order, against the first one."""
     images = DATA / "Test"
     print("machine:", json.dumps(describe()))
-    walls: dict[str, list[float]] = {"fruits run": [], "fruits run, empty model cache": [],
-                                     "seed-style": []}  # fmt: skip
+    walls: dict[str, list[float]] = {"fruits run": []}
+    if cold:
+        walls["fruits run, empty model cache"] = []
+    if seed:
+        walls["seed-style"] = []
     if against:
         walls["--against"] = []
     budgets: dict[str, list[dict[str, float]]] = {"fruits run": [], "--against": []}
     cache = tempfile.mkdtemp(prefix="e2e_cache_")
+    fill_model_cache(cache)
     for rep in range(reps):
         with tempfile.TemporaryDirectory(prefix="e2e_") as tmp:
-            runs = [("fruits run", FRUITS, cache), ("fruits run, empty model cache", FRUITS, None)]
+            runs = [("fruits run", FRUITS, cache)]
+            if cold:
+                runs.append(("fruits run, empty model cache", FRUITS, None))
             if against:
                 runs.append(("--against", against, cache))
+            if not seed and rep % 2:
+                runs.reverse()
             for name, fruits, run_cache in runs:
                 workdir = Path(tmp) / name.replace(" ", "_").replace(",", "")
-                cold = tempfile.mkdtemp(prefix="e2e_cold_") if run_cache is None else run_cache
+                model_cache = run_cache or tempfile.mkdtemp(prefix="e2e_cold_")
                 wall, peak, k, budget = fruits_run(
                     images, workdir, "--no-classifier", fruits=fruits,
-                    env={"FRUITS_CACHE_DIR": cold},
+                    env={"FRUITS_CACHE_DIR": model_cache},
                 )  # fmt: skip
                 walls[name].append(wall)
                 if name in budgets:
                     budgets[name].append(budget)
                 print(f"rep {rep + 1} {name:30} {wall:7.1f} s  peak {mib(peak)}  k={k}",
                       flush=True)  # fmt: skip
-            wall, peak = seed_run(images, Path(tmp), k)
-            walls["seed-style"].append(wall)
-            print(f"rep {rep + 1} {'seed-style':30} {wall:7.1f} s  peak {mib(peak)}", flush=True)
+            if seed:
+                wall, peak = seed_run(images, Path(tmp), k)
+                walls["seed-style"].append(wall)
+                print(f"rep {rep + 1} {'seed-style':30} {wall:7.1f} s  peak {mib(peak)}",
+                      flush=True)  # fmt: skip
     shutil.rmtree(cache, ignore_errors=True)
-    seed = statistics.median(walls["seed-style"])
-    print("\n| run | median s | of the seed-style wall time |")
+    reference = "seed-style" if seed else "fruits run"
+    base = statistics.median(walls[reference])
+    print(f"\n| run | median s | of the {reference} wall time |")
     print("| --- | ---: | ---: |")
     for name, values in walls.items():
         median = statistics.median(values)
-        print(f"| {name} | {median:.1f} | {median / seed:.0%} |")
+        print(f"| {name} | {median:.1f} | {median / base:.0%} |")
     for name, runs in budgets.items():
         if runs:
             print_budget(name, runs)
@@ -245,12 +298,18 @@ def main() -> None:
     compare_parser = sub.add_parser("compare")
     compare_parser.add_argument("--reps", type=int, default=3)
     compare_parser.add_argument("--against", help="another `fruits` executable to time alike")
+    compare_parser.add_argument(
+        "--no-seed", action="store_true", help="without the seed-style script (before/after)"
+    )
+    compare_parser.add_argument(
+        "--no-cold", action="store_true", help="without the run with an empty model cache"
+    )
     memory_parser = sub.add_parser("memory")
     memory_parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 4000, 8000])
     memory_parser.add_argument("--against", help="another `fruits` executable to measure alike")
     args = parser.parse_args()
     if args.mode == "compare":
-        compare(args.reps, args.against)
+        compare(args.reps, args.against, seed=not args.no_seed, cold=not args.no_cold)
     else:
         memory(args.sizes, args.against)
 

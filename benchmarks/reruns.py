@@ -298,7 +298,7 @@ def main() -> None:
     groups = {name: group for name, group in groups.items() if group}
     print("| part | " + " | ".join(f"{name} s" for name in groups) + " |")
     print("| --- |" + " ---: |" * len(groups))
-    for part in ["start-up", *ALL_ASSETS, "end"]:
+    for part in ["start-up", "queued", *ALL_ASSETS, "end"]:
         cells = [
             f"{statistics.median(x):.1f}" if x else "—"
             for x in ([b[part] for b in group if part in b] for group in groups.values())

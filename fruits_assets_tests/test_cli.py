@@ -107,6 +107,31 @@ def _processes_with(marker: str) -> list[int]:
     return found
 
 
+@pytest.mark.parametrize("existing", [None, "telemetry:\n  enabled: false\n", "mine"])
+def test_the_instance_takes_queued_runs_every_second(tmp_path, monkeypatch, existing):
+    """The Dagster home `fruits` creates (or created before) launches queued runs, as the UI
+    queues them, within a second; a user's own dagster.yaml is left as it is."""
+    from fruits_assets import cli
+
+    home = tmp_path / "home"
+    home.mkdir()
+    config = home / "dagster.yaml"
+    mine = "telemetry:\n  enabled: true\nrun_queue:\n  max_concurrent_runs: 3\n"
+    if existing is not None:
+        config.write_text(mine if existing == "mine" else existing)
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    with cli._instance() as instance:
+        coordinator = instance.run_coordinator
+        assert isinstance(coordinator, dg.QueuedRunCoordinator)
+        if existing == "mine":
+            assert config.read_text() == mine
+            assert coordinator.dequeue_interval_seconds == 5  # Dagster's default
+            assert coordinator.get_run_queue_config().max_concurrent_runs == 3
+        else:
+            assert config.read_text() == cli.INSTANCE_CONFIG
+            assert coordinator.dequeue_interval_seconds == 1
+
+
 def test_ui_serves_the_lineage_and_stops_on_sigterm(tmp_path):
     """`fruits ui` serves the Dagster UI on these definitions, and SIGTERM to it (as a service
     manager sends) stops it with the webserver, daemon and code server it started."""

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pandas as pd
-import pyarrow.dataset as ds
 import pytest
 
-from fruits_assets_tests.helpers import fruits
+from fruits_assets_tests.helpers import fruits, read_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -20,9 +19,9 @@ def test_full_test_split(tmp_path, fruits360, shared_weights):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "images read:        2115" in done.stdout
     assert "classes:            141" in done.stdout
-    parquet = ds.dataset(str(output / "pca_features_parquet"), partitioning="hive").to_table()
+    parquet = read_dataset(output / "pca_features_parquet")
     csv = pd.read_csv(output / "features_csv" / "features.csv")
-    assert parquet.num_rows == len(csv) == 2115
-    k = len(parquet.column("pca_features")[0].as_py())
+    assert len(parquet) == len(csv) == 2115
+    k = len(parquet.pca_features[0])
     assert csv.shape[1] == k + 2 and k <= 1280
     assert csv.label.nunique() == 141

@@ -69,8 +69,10 @@ def features_csv(
     features = datasets.read(layout.PCA_FEATURES_PARQUET)
     facts = features.agg(F.max(F.size("pca_features")).alias("k"), F.count("*").alias("n")).first()
     k, expected_rows = facts["k"] or 0, facts["n"]
-    columns = [F.col("pca_features")[i].alias(f"pca_feature_{i + 1}") for i in range(k)]
-    table = features.select("path", "label", *columns).orderBy("label", "path")
+    # One SQL expression per column, handed to Spark in one call (k Column objects built one
+    # by one from Python would cost a few JVM calls each).
+    columns = [f"pca_features[{i}] AS pca_feature_{i + 1}" for i in range(k)]
+    table = features.selectExpr("path", "label", *columns).orderBy("label", "path")
 
     staging = layout.staging_dir(storage.output, context.run.run_id, layout.FEATURES_CSV)
     table.coalesce(1).write.option("header", True).option("quote", '"').option("escape", '"').csv(

@@ -171,7 +171,11 @@ def pca_features_parquet(
     pyspark: LazyPySparkResource,
     step_launcher: dg.ResourceParam[Any],
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
-    """path, label and the k PCA features as array<float>, Parquet partitioned by label."""
+    """path, label and the k PCA features as array<float>: a Delta table of a few Parquet files.
+
+    Not split into class folders: every run rewrites the whole table (a new PCA changes every
+    row), and one small file per class costs more to write and to read than its bytes.
+    """
     spark = pyspark.spark_session
     datasets = Datasets(spark, storage, context.run.run_id)
     current = current_features(context, datasets)
@@ -182,6 +186,7 @@ def pca_features_parquet(
     staged = datasets.stage(
         projected,
         layout.PCA_FEATURES_PARQUET,
+        partitioned=False,
         audit=lambda rows: rows.groupBy("label").agg(
             F.count("*").alias("rows"),
             F.sum((F.size("pca_features") != k).cast("int")).alias("bad"),
@@ -196,7 +201,7 @@ def pca_features_parquet(
         context,
         datasets,
         staged=[staged],
-        publications=[Publication(layout.PCA_FEATURES_PARQUET, staged.df)],
+        publications=[Publication(layout.PCA_FEATURES_PARQUET, staged.df, partitioned=False)],
         checks=[
             checks.result(
                 checks.ROWS_MATCH_FEATURES, rows == n_features, rows=rows, features=n_features
