@@ -60,60 +60,53 @@ def timed(command: list[str], env: dict | None = None) -> tuple[float, PeakMemor
     return time.perf_counter() - started, memory, stdout, wall_start
 
 
-def step_spans(home: Path, since: float = 0.0) -> dict[str, list[tuple[float, float]]]:
-    """(start, end) of each step in each run of the `fruits run` whose Dagster home is `home`
-    (a run of classes that are not neighbours is several Dagster runs); only the runs created
-    at or after `since` (epoch seconds)."""
+def run_timings(
+    home: Path, since: float = 0.0
+) -> tuple[dict[str, list[tuple[float, float]]], list[float]]:
+    """From one read of the events of each run in the Dagster home `home` created at or after
+    `since` (epoch seconds): (start, end) of each step in each run (a `fruits run` of classes
+    that are not neighbours is several Dagster runs), and the seconds each queued run waited
+    until the daemon launched it (runs the UI launches; `fruits run` launches its own)."""
     import dagster as dg
 
     instance = dg.DagsterInstance.from_config(str(home))
     spans: dict[str, list[tuple[float, float]]] = {}
+    waits: list[float] = []
     for run in instance.get_run_records():
         if run.create_timestamp.timestamp() < since:
             continue
         times: dict[str, list[float]] = {}
+        queue: dict[str, float] = {}
         for record in instance.all_logs(run.dagster_run.run_id):
             event = record.dagster_event
-            if event is None or event.step_key is None:
+            if event is None:
                 continue
-            if event.event_type_value in ("STEP_START", "STEP_SUCCESS", "STEP_FAILURE"):
+            kind = event.event_type_value
+            if kind in ("PIPELINE_ENQUEUED", "PIPELINE_STARTING"):
+                queue.setdefault(kind, record.timestamp)
+            elif event.step_key and kind in ("STEP_START", "STEP_SUCCESS", "STEP_FAILURE"):
                 times.setdefault(event.step_key, []).append(record.timestamp)
         for step, stamps in times.items():
             spans.setdefault(step, []).append((min(stamps), max(stamps)))
-    return spans
+        if len(queue) == 2:
+            waits.append(queue["PIPELINE_STARTING"] - queue["PIPELINE_ENQUEUED"])
+    return spans, waits
 
 
-def queue_waits(home: Path, since: float = 0.0) -> list[float]:
-    """Seconds each run created at or after `since` waited in Dagster's run queue, until the
-    daemon launched it (runs the UI launches; `fruits run` launches its runs directly)."""
-    import dagster as dg
-
-    instance = dg.DagsterInstance.from_config(str(home))
-    waits = []
-    for run in instance.get_run_records():
-        if run.create_timestamp.timestamp() < since:
-            continue
-        stamps = {}
-        for record in instance.all_logs(
-            run.dagster_run.run_id,
-            of_type={dg.DagsterEventType.RUN_ENQUEUED, dg.DagsterEventType.RUN_STARTING},
-        ):
-            stamps.setdefault(record.dagster_event.event_type_value, record.timestamp)
-        if len(stamps) == 2:
-            waits.append(stamps["PIPELINE_STARTING"] - stamps["PIPELINE_ENQUEUED"])
-    return waits
+def step_spans(home: Path, since: float = 0.0) -> dict[str, list[tuple[float, float]]]:
+    """(start, end) of each step in each run created at or after `since` (`run_timings`)."""
+    return run_timings(home, since)[0]
 
 
 def step_budget(home: Path, started: float, wall: float) -> dict[str, float]:
     """Seconds per part of a `fruits run`, from the Dagster events of its runs in `home`
     (`queued`, where a run waited in the run queue, is part of `start-up`)."""
-    spans = step_spans(home, since=started)
+    spans, waits = run_timings(home, since=started)
     budget = {step: sum(end - start for start, end in runs) for step, runs in spans.items()}
     every = [span for runs in spans.values() for span in runs]
     if every:
         budget["start-up"] = min(start for start, _ in every) - started
         budget["end"] = started + wall - max(end for _, end in every)
-    waits = queue_waits(home, since=started)
     if waits:
         budget["queued"] = sum(waits)
     return budget
