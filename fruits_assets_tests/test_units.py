@@ -357,3 +357,71 @@ def test_publish_writes_one_file_per_class_and_a_small_rerun_still_uses_every_co
         assert one_class.rdd.getNumPartitions() >= slots
         assert one_class.agg(F.sum("n")).first()[0] == sum(range(200))
     datasets.discard(staged)
+
+
+def test_a_tables_facts_are_reused_until_its_next_commit(tmp_path):
+    """What a step remembered of a table's latest commit is recalled until another commit,
+    and never for a table deleted and written again from version 0."""
+    import shutil as sh
+
+    from fruits_assets.resources.storage import FruitsStorage
+    from fruits_assets.storage.datasets import Datasets
+
+    spark = _local_spark()
+    storage = FruitsStorage(images_root=str(tmp_path / "in"), output_root=str(tmp_path / "out"))
+    datasets = Datasets(spark, storage, "run-1")
+    df = spark.createDataFrame([("/p/a/1.jpg", "a")], "path string, label string")
+    assert datasets.recall("t", "rows") is None  # no table yet
+    datasets.publish_partitions(df, "t", {"a"})
+    datasets.remember("t", "rows", 1)
+    assert datasets.recall("t", "rows") == 1
+    assert datasets.recall("t", "other fact") is None
+    assert Datasets(spark, storage, "run-2").recall("t", "rows") == 1  # the next step's
+    datasets.publish_partitions(df, "t", {"a"})
+    assert datasets.recall("t", "rows") is None
+    sh.rmtree(datasets.location("t"))
+    datasets.publish_partitions(df, "t", {"a"})
+    datasets.remember("t", "rows", 1)
+    sh.rmtree(datasets.location("t"))
+    datasets.publish_partitions(df, "t", {"a"})
+    assert datasets.version("t") == 0
+    assert datasets.recall("t", "rows") is None
+
+
+def test_the_folders_split_only_when_every_class_has_both_sides():
+    from fruits_assets.ml import splits
+
+    def group(label: str, train: int, test: int, none: int = 0) -> dict:
+        return {"label": label, "train": train, "test": test, "none": none}
+
+    assert splits.folders_split([group("a", 3, 1), group("b", 2, 2)])
+    # One class over two groups (two sets of weights): its sides add up.
+    assert splits.folders_split([group("a", 3, 0), group("a", 0, 1)])
+    assert not splits.folders_split([group("a", 3, 1), group("b", 2, 0)])
+    assert not splits.folders_split([group("a", 3, 1, none=1)])
+    assert splits.folders_split([])  # nothing to split: as the Spark job decides
+
+
+def test_publishing_no_row_commits_only_where_a_class_had_rows(tmp_path):
+    """No row for classes the table never held: no commit (the table already says it); no row
+    for a class that has rows: a commit that removes them. Per-class counts come from what the
+    publishing step remembered, else from the table."""
+    from fruits_assets.resources.storage import FruitsStorage
+    from fruits_assets.storage.datasets import ROWS_PER_CLASS, Datasets
+
+    spark = _local_spark()
+    storage = FruitsStorage(images_root=str(tmp_path / "in"), output_root=str(tmp_path / "out"))
+    datasets = Datasets(spark, storage, "run-1")
+    schema = "path string, label string"
+    rows = spark.createDataFrame([("/p/a/1.jpg", "a"), ("/p/a/2.jpg", "a")], schema)
+    none = spark.createDataFrame([], schema)
+    assert datasets.publish_partitions(none, "t", {"a"}, rows=0) == 0  # creates the table
+    assert datasets.publish_partitions(rows, "t", {"a"}, rows=2) == 1
+    assert datasets.publish_partitions(none, "t", {"b"}, rows=0) == 1  # never held b: no commit
+    assert datasets.rows_per_class("t", {"a", "b"}) == {"a": 2, "b": 0}  # counted
+    datasets.remember("t", ROWS_PER_CLASS, {"a": 7})
+    assert datasets.rows_per_class("t", {"a"}) == {"a": 7}  # as remembered
+    assert datasets.rows_per_class("t", {"a", "b"}) == {"a": 2, "b": 0}  # b not remembered
+    assert datasets.publish_partitions(none, "t", {"a", "b"}, rows=0) == 2  # a had rows
+    assert datasets.read("t").count() == 0
+    assert datasets.rows_per_class("t", {"a"}) == {"a": 0}

@@ -86,7 +86,7 @@ def fruit_classifier(
     # The split, the class index, the fit and the scoring all read these rows: joined once,
     # kept on local disk (not in the JVM's heap, whatever the number of images).
     joined = pca_rows.join(histograms, "path").persist(StorageLevel.DISK_ONLY)
-    data, split_source = splits.with_split(joined)
+    data, split_source = splits.with_split(joined, current.folders_split)
     by_class = StringIndexer(inputCol="label", outputCol="y", stringOrderType="alphabetAsc")
     indexer = by_class.fit(data)
     label_names = list(indexer.labelsArray[0])

@@ -8,6 +8,7 @@ import dagster as dg
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from fruits_assets.ml import splits
 from fruits_assets.partitions import registered_classes
 from fruits_assets.storage import layout
 from fruits_assets.storage.datasets import Datasets
@@ -26,6 +27,8 @@ class CurrentFeatures:
     # For each set of weights in `df`, the classes computed with it (None: not recorded).
     weights: dict[str | None, set[str]]
     rows: int  # the number of rows in `df`
+    # Whether the dataset's Training/Test folders split every class of `df` (`splits.with_split`).
+    folders_split: bool
 
     def weights_sha256(self) -> str:
         """The sha256 of the weights every current row was computed with (see
@@ -41,10 +44,15 @@ def current_features(context: dg.AssetExecutionContext, datasets: Datasets) -> C
     """
     classes = registered_classes(context.instance)
     table = datasets.read(layout.MOBILENET_FEATURES)
-    # One pass over the table gives its classes and the weights of each: the stale classes and
-    # the weights check need no job of their own.
     registered = set(classes)
-    stored, weights, rows = _weights_by_class(table, registered)
+    # One pass over the table gives its classes, the weights of each and their images on each
+    # side of the folders' split: the stale classes, the weights check and the split need no job
+    # of their own. The run's later steps reuse it while the table has no new commit.
+    groups = datasets.recall(layout.MOBILENET_FEATURES, FACTS)
+    if groups is None:
+        groups = _groups(table)
+        datasets.remember(layout.MOBILENET_FEATURES, FACTS, groups)
+    stored, weights, rows = _weights_by_class(groups, registered, WEIGHTS_COLUMN in table.columns)
     return CurrentFeatures(
         df=table.where(F.col(layout.LABEL_COLUMN).isin(sorted(registered))),
         classes=classes,
@@ -52,32 +60,44 @@ def current_features(context: dg.AssetExecutionContext, datasets: Datasets) -> C
         without_features=sorted(registered - stored),
         weights=weights,
         rows=rows,
+        folders_split=splits.folders_split(
+            g for g in groups if g[layout.LABEL_COLUMN] in registered
+        ),
     )
 
 
 def features_weights(features: DataFrame) -> str:
     """The sha256 of the weights every feature row was computed with; mixed weights (or rows
     from a version that did not record them) fail, as a PCA over them would mean nothing."""
-    _, weights, _ = _weights_by_class(features, None)
+    _, weights, _ = _weights_by_class(_groups(features), None, WEIGHTS_COLUMN in features.columns)
     return _one_set_of_weights(weights)
 
 
+FACTS = "rows per class and weights"
+
+
+def _groups(table: DataFrame) -> list[dict]:
+    """One aggregate over `table`: per class and set of weights, its rows and their split."""
+    weights = F.col(WEIGHTS_COLUMN) if WEIGHTS_COLUMN in table.columns else F.lit(None)
+    rows = table.groupBy(layout.LABEL_COLUMN, weights.cast("string").alias("w")).agg(
+        F.count("*").alias("count"), *splits.split_counts(F.col("path"))
+    )
+    return [r.asDict() for r in rows.collect()]
+
+
 def _weights_by_class(
-    table: DataFrame, classes: set[str] | None
+    groups: list[dict], classes: set[str] | None, recorded: bool
 ) -> tuple[set[str], dict[str | None, set[str]], int]:
-    """One aggregate over `table`: the classes it holds, then for `classes` (None: all) the
-    classes of each set of weights (all under None when the table does not record them) and
-    their number of rows."""
-    recorded = WEIGHTS_COLUMN in table.columns
-    weights_column = F.col(WEIGHTS_COLUMN) if recorded else F.lit(None).cast("string")
-    pairs = table.groupBy(layout.LABEL_COLUMN, weights_column.alias("w")).count().collect()
-    stored = {r[layout.LABEL_COLUMN] for r in pairs}
+    """From `_groups`: the classes the table holds, then for `classes` (None: all) the classes of
+    each set of weights (all under None when the table does not record them) and their number
+    of rows."""
+    stored = {g[layout.LABEL_COLUMN] for g in groups}
     weights: dict[str | None, set[str]] = {} if recorded else {None: set()}
     rows = 0
-    for r in pairs:
-        if classes is None or r[layout.LABEL_COLUMN] in classes:
-            weights.setdefault(r["w"], set()).add(r[layout.LABEL_COLUMN])
-            rows += r["count"]
+    for g in groups:
+        if classes is None or g[layout.LABEL_COLUMN] in classes:
+            weights.setdefault(g["w"], set()).add(g[layout.LABEL_COLUMN])
+            rows += g["count"]
     return stored, weights, rows
 
 

@@ -9,7 +9,7 @@ from dagster_pyspark import LazyPySparkResource
 from pyspark.sql import functions as F
 
 from fruits_assets.assets import checks
-from fruits_assets.assets.pca import pca_features_parquet
+from fruits_assets.assets.pca import SIZE_FACT, pca_features_parquet
 from fruits_assets.assets.publishing import FilePublication, publish_or_fail
 from fruits_assets.partitions import registered_classes
 from fruits_assets.resources.storage import FruitsStorage
@@ -67,8 +67,12 @@ def features_csv(
     spark = pyspark.spark_session
     datasets = Datasets(spark, storage, context.run.run_id)
     features = datasets.read(layout.PCA_FEATURES_PARQUET)
-    facts = features.agg(F.max(F.size("pca_features")).alias("k"), F.count("*").alias("n")).first()
-    k, expected_rows = facts["k"] or 0, facts["n"]
+    size = datasets.recall(layout.PCA_FEATURES_PARQUET, SIZE_FACT)
+    if size is None:
+        facts = features.agg(F.max(F.size("pca_features")).alias("k"), F.count("*").alias("n"))
+        row = facts.first()
+        size = (row["k"] or 0, row["n"])
+    k, expected_rows = size
     # One SQL expression per column, handed to Spark in one call (k Column objects built one
     # by one from Python would cost a few JVM calls each).
     columns = [f"pca_features[{i}] AS pca_feature_{i + 1}" for i in range(k)]

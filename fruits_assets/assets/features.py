@@ -107,8 +107,7 @@ def mobilenet_features(
         )
     seconds = time.perf_counter() - started
     by_class = {r["label"]: r for r in staged.audit}
-    accepted = datasets.read(layout.ACCEPTED_IMAGES, labels).groupBy("label").count().collect()
-    images_per_class = {r["label"]: r["count"] for r in accepted}
+    images_per_class = datasets.rows_per_class(layout.ACCEPTED_IMAGES, labels)
     for label in labels:
         row = by_class.get(label)
         context.add_asset_metadata(

@@ -17,7 +17,7 @@ from fruits_assets.ml import decoding
 from fruits_assets.partitions import ONE_RUN_FOR_ALL_CLASSES, fruit_class_partitions
 from fruits_assets.resources.storage import FruitsStorage
 from fruits_assets.storage import discovery, layout
-from fruits_assets.storage.datasets import Datasets
+from fruits_assets.storage.datasets import ROWS_PER_CLASS, Datasets
 
 RAW_SCHEMA = T.StructType(
     [
@@ -107,6 +107,10 @@ def raw_images(
             "ignored_outside": rows_table(outside, ("path", "reason")),
         },
     )
+    # Published: labeled_images, next in this run, need not count them again.
+    datasets.remember(
+        layout.RAW_IMAGES, ROWS_PER_CLASS, {label: per_class[label] for label in labels}
+    )
 
 
 @dg.asset(
@@ -134,7 +138,7 @@ def labeled_images(
     labels = set(context.partition_keys)
     datasets = Datasets(spark, storage, context.run.run_id)
     raw = datasets.read(layout.RAW_IMAGES, labels).select("path", "label")
-    raw_per_class = {r["label"]: r["count"] for r in raw.groupBy("label").count().collect()}
+    raw_per_class = datasets.rows_per_class(layout.RAW_IMAGES, labels)
     n_raw = sum(raw_per_class.values())
     context.log.info(f"decoding and validating {n_raw} images")
     # Spread the (tiny) path rows over every core before the expensive decode.
@@ -183,7 +187,7 @@ def labeled_images(
         staged=[staged],
         publications=[
             Publication(layout.ACCEPTED_IMAGES, accepted, frozenset(labels)),
-            Publication(layout.REJECTED_IMAGES, rejected, frozenset(labels)),
+            Publication(layout.REJECTED_IMAGES, rejected, frozenset(labels), rows=n_rejected),
         ],
         checks=[
             checks.result(
@@ -198,4 +202,9 @@ def labeled_images(
             "classes_in_run": len(labels),
             "rejected_path": dg.MetadataValue.path(datasets.location(layout.REJECTED_IMAGES)),
         },
+    )
+    datasets.remember(
+        layout.ACCEPTED_IMAGES,
+        ROWS_PER_CLASS,
+        {label: accepted_per_class[label] for label in labels},
     )

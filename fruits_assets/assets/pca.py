@@ -21,6 +21,9 @@ from fruits_assets.resources.storage import FruitsStorage
 from fruits_assets.storage import layout
 from fruits_assets.storage.datasets import Datasets
 
+# (k, rows) of a published pca_features_parquet, as `Datasets.remember` keeps them.
+SIZE_FACT = "k and rows"
+
 # One row per published model: the PCA's components and how k was chosen.
 PCA_MODEL_SCHEMA = T.StructType(
     [
@@ -46,12 +49,20 @@ class PcaModel:
     components: np.ndarray
     weights_sha256: str
 
+    FACT = "model"  # as `Datasets.remember` keeps it for the run's next steps
+
     @classmethod
     def load(cls, datasets: Datasets) -> "PcaModel":
+        """The published model (as this process published it, while it is still the latest)."""
+        kept = datasets.recall(layout.PCA_MODEL, cls.FACT)
+        if kept is not None:
+            return kept
         row = datasets.read(layout.PCA_MODEL).select("k", "components", "weights_sha256").first()
         if row is None:
             raise dg.Failure(description="pca_model holds no model: materialize pca_model")
-        return cls(row["k"], np.array(row["components"], dtype=np.float64), row["weights_sha256"])
+        model = cls(row["k"], np.array(row["components"], dtype=np.float64), row["weights_sha256"])
+        datasets.remember(layout.PCA_MODEL, cls.FACT, model)
+        return model
 
 
 @dg.asset(
@@ -79,7 +90,7 @@ def pca_model(
     datasets = Datasets(spark, storage, context.run.run_id)
     current = current_features(context, datasets)
     weights_sha256 = current.weights_sha256()
-    fit_rows, fit_on = splits.training_rows(current.df)
+    fit_rows, fit_on = splits.training_rows(current.df, current.folders_split)
     n_rows, cov = pca.covariance(fit_rows, "features")
     k_max = pca.max_components(n_rows, featurizer.FEATURE_DIM)  # fails on fewer than 2 rows
     explained, components = pca.principal_components(cov, k_max)
@@ -148,6 +159,8 @@ def pca_model(
             "scree_plot": png_markdown(scree, "scree"),
         },
     )
+    # Published (a failed check raised above): the run's next steps need not read it back.
+    datasets.remember(layout.PCA_MODEL, PcaModel.FACT, PcaModel(k, components, weights_sha256))
 
 
 @dg.asset(
@@ -216,3 +229,5 @@ def pca_features_parquet(
             "rows_per_class": counts_table(per_class, "rows"),
         },
     )
+    # Published: features_csv, next in this run, need not count the rows again.
+    datasets.remember(layout.PCA_FEATURES_PARQUET, SIZE_FACT, (k if rows else 0, rows))

@@ -20,6 +20,7 @@ class Publication:
     df: DataFrame
     labels: frozenset[str] | None = None
     partitioned: bool = True
+    rows: int | None = None  # the rows of `df`, when the audit counted them
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ def publish_or_fail(
             )
         else:
             versions[publication.dataset] = datasets.publish_partitions(
-                publication.df, publication.dataset, publication.labels
+                publication.df, publication.dataset, publication.labels, publication.rows
             )
     for item in staged:
         datasets.discard(item)

@@ -8,6 +8,12 @@ from collections.abc import Sequence
 import numpy as np
 
 
+def preload() -> None:
+    """Import matplotlib now (half a second), e.g. in a thread while Spark works, rather than
+    when the first plot is due."""
+    _pyplot()
+
+
 def _pyplot():
     import matplotlib
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
@@ -19,16 +21,37 @@ def split_folder(path: Column) -> Column:
     return mapping[folder]
 
 
-def with_split(df: DataFrame) -> tuple[DataFrame, str]:
-    """Add a `split` column; the second value says where the split came from, for metadata."""
+def split_counts(path: Column) -> list[Column]:
+    """Aggregates of a group of images: how many the folders put on each side, and on neither."""
+    split = split_folder(path)
+    return [
+        F.sum((split == TRAIN).cast("int")).alias("train"),
+        F.sum((split == TEST).cast("int")).alias("test"),
+        F.sum(split.isNull().cast("int")).alias("none"),
+    ]
+
+
+def folders_split(per_class: Iterable[Mapping[str, int]]) -> bool:
+    """Whether the folders are a usable split: every class (a group of `split_counts`, or
+    several groups of one class) has images on both sides and none outside them."""
+    totals: dict[str, list[int]] = {}
+    for group in per_class:
+        counts = totals.setdefault(group["label"], [0, 0, 0])
+        for i, side in enumerate(("train", "test", "none")):
+            counts[i] += group[side] or 0
+    return all(train > 0 and test > 0 and none == 0 for train, test, none in totals.values())
+
+
+def with_split(df: DataFrame, folders: bool | None = None) -> tuple[DataFrame, str]:
+    """Add a `split` column; the second value says where the split came from, for metadata.
+
+    `folders`: whether the folders split `df`'s classes (`folders_split`), when the caller
+    already knows it; otherwise a Spark job finds out."""
     df = df.withColumn("split", split_folder(F.col("path")))
-    per_label = df.groupBy("label").agg(
-        F.sum((F.col("split") == TRAIN).cast("int")).alias("train"),
-        F.sum((F.col("split") == TEST).cast("int")).alias("test"),
-        F.sum(F.col("split").isNull().cast("int")).alias("none"),
-    )
-    # The folders are a usable split only when every class has images on both sides.
-    if not per_label.where("train = 0 OR test = 0 OR none > 0").limit(1).count():
+    if folders is None:
+        per_label = df.groupBy("label").agg(*split_counts(F.col("path")))
+        folders = folders_split(r.asDict() for r in per_label.collect())
+    if folders:
         return df, FOLDER_SPLIT
     # Deterministic and stratified: a hash of the path ranks the images of each class, and every
     # 5th by rank (the first included) is held out, so each class with 2+ images has a test image.
@@ -43,9 +66,10 @@ def with_split(df: DataFrame) -> tuple[DataFrame, str]:
     )
 
 
-def training_rows(df: DataFrame) -> tuple[DataFrame, str]:
-    """The rows a model may learn from: the Training split when the dataset has one, else all."""
-    with_splits, source = with_split(df)
+def training_rows(df: DataFrame, folders: bool | None = None) -> tuple[DataFrame, str]:
+    """The rows a model may learn from: the Training split when the dataset has one, else all
+    (`folders` as for `with_split`)."""
+    with_splits, source = with_split(df, folders)
     if source == FOLDER_SPLIT:
         training = with_splits.where(F.col("split") == TRAIN).drop("split")
         return training, "Training split only (no Test image leaks into the PCA)"

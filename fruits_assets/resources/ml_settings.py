@@ -53,7 +53,7 @@ class ClassifierSettings(dg.ConfigurableResource):
     # coefficients (carried over to the refitted PCA and scalers) and runs this many iterations:
     # 10 already reach the objective of 100 from zero after new photos (BENCHMARKS.md).
     # 0: every fit starts from zero.
-    warm_start_iter: int = 20
+    warm_start_iter: int = 10
     cv_folds: int = 3
     # auto: cross-validate when the classes or reg_params changed since the published
     # classifier, else refit with the L2 strength it chose; always: every time.

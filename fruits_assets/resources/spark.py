@@ -232,11 +232,11 @@ _WARMED_LOCK = threading.Lock()
 def warm_up(spark: Any) -> None:
     """A tiny Delta write and read and a pandas UDF on every core, so that the JVM has loaded
     and compiled Delta's code paths, and each Python worker has imported the image and model
-    libraries, before the first asset needs them. Once per application; best effort: never
-    fails a run."""
+    libraries, before the first asset needs them; then the driver imports its plotting library.
+    Once per application; best effort: never fails a run."""
     from pyspark.sql import functions as F
 
-    from fruits_assets.ml import workers
+    from fruits_assets.ml import plots, workers
 
     with _WARMED_LOCK:
         application = spark.sparkContext.applicationId
@@ -253,6 +253,7 @@ def warm_up(spark: Any) -> None:
         rows.write.format("delta").partitionBy("label").save(table)
         spark.read.format("delta").load(table).groupBy("label").count().collect()
         rows.mapInPandas(workers.warm, "id long").collect()
+        plots.preload()
     except Exception:  # the run itself reports any real problem with the session
         pass
     finally:

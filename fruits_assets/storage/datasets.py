@@ -27,6 +27,15 @@ from fruits_assets.storage.layout import LABEL_COLUMN
 DELTA_LOG = "_delta_log"
 FAILED_MARKER = "_AUDIT_FAILED.json"
 
+# What a step computed from (or published as) one commit of a table, for the next steps of the
+# same process (a run on local Spark): a commit never changes, so while it is still the table's
+# latest they reuse it instead of reading the table again. Keyed by table location and fact;
+# the commit is named by its version and its file's time, so a table deleted and written
+# again from version 0 does not match what was remembered of the old one.
+_FACTS: dict[tuple[str, str], tuple[tuple[int, int], Any]] = {}
+# A fact: {class: rows} for the classes a step published (`Datasets.rows_per_class`).
+ROWS_PER_CLASS = "rows per class"
+
 
 @dataclass(frozen=True)
 class Staged:
@@ -90,15 +99,42 @@ class Datasets:
 
     def version(self, dataset: str) -> int | None:
         """The latest published version of a table (None before its first publish)."""
-        log = filesystem.join(self.location(dataset), DELTA_LOG)
-        if not filesystem.exists(log):
-            return None
+        commit = self._latest_commit(dataset)
+        return commit[0] if commit else None
+
+    def _latest_commit(self, dataset: str) -> tuple[int, int] | None:
+        """(version, file time in ns) of the table's latest commit; None before the first."""
         commits = [
-            int(name[: -len(".json")])
-            for name in filesystem.list_names(log)
-            if name.endswith(".json") and name[: -len(".json")].isdigit()
+            (int(info.base_name[: -len(".json")]), info.mtime_ns or 0)
+            for info in filesystem.list_entries(filesystem.join(self.location(dataset), DELTA_LOG))
+            if info.base_name.endswith(".json") and info.base_name[: -len(".json")].isdigit()
         ]
         return max(commits) if commits else None
+
+    def remember(self, dataset: str, fact: str, value: Any) -> None:
+        """Keep `value`, a fact about the table's latest commit, for `recall` in this process."""
+        commit = self._latest_commit(dataset)
+        if commit is not None:
+            _FACTS[(self.location(dataset), fact)] = (commit, value)
+
+    def recall(self, dataset: str, fact: str) -> Any | None:
+        """What `remember` kept as `fact`, if the table has had no commit since; else None."""
+        kept = _FACTS.get((self.location(dataset), fact))
+        if kept is None:
+            return None
+        commit, value = kept
+        return value if commit == self._latest_commit(dataset) else None
+
+    def rows_per_class(self, dataset: str, labels: Iterable[str]) -> dict[str, int]:
+        """The table's number of rows of each of these classes (0 for none): as the step that
+        published them remembered (`ROWS_PER_CLASS`), else counted."""
+        labels = set(labels)
+        kept = self.recall(dataset, ROWS_PER_CLASS)
+        if kept is not None and labels <= kept.keys():
+            return {label: kept[label] for label in labels}
+        counted = self.read(dataset, labels).groupBy(LABEL_COLUMN).count().collect()
+        found = {r[LABEL_COLUMN]: r["count"] for r in counted}
+        return {label: found.get(label, 0) for label in labels}
 
     # Write, audit, publish.
 
@@ -131,12 +167,19 @@ class Datasets:
                 rows = audit(held).collect()
         return Staged(name, location, held, written=False, partitioned=partitioned, audit=rows)
 
-    def publish_partitions(self, df: DataFrame, dataset: str, labels: Iterable[str]) -> int:
+    def publish_partitions(
+        self, df: DataFrame, dataset: str, labels: Iterable[str], rows: int | None = None
+    ) -> int:
         """Replace exactly the given classes' rows, in one commit; every other class is kept.
 
         A class with no row left loses its rows; a row of another class is refused by Delta.
+        `rows`: the number of rows of `df`, when known. No row, for classes the table has never
+        held (a rerun of a class without rejected images): nothing to commit, the table already
+        says it.
         """
         labels = set(labels)
+        if rows == 0 and self._never_held(dataset, labels):
+            return self._published_version(dataset)
         writer = (
             one_file_per_class(df)
             .write.format("delta")
@@ -164,6 +207,15 @@ class Datasets:
         with errors.explained(self.location(dataset)):
             writer.save(self.spark_path(dataset))
         return self._published_version(dataset)
+
+    def _never_held(self, dataset: str, labels: set[str]) -> bool:
+        """Whether the table exists and has never held a row of these classes: none of their
+        class folders is there (a commit that removes a class's files leaves them until a
+        VACUUM, so a folder may outlive its rows, never the other way round)."""
+        if not self.exists(dataset):
+            return False
+        folders = set(filesystem.list_dirs(self.location(dataset)))
+        return not any(layout.partition_dir_name(label) in folders for label in labels)
 
     def _published_version(self, dataset: str) -> int:
         version = self.version(dataset)

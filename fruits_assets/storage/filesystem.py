@@ -95,11 +95,17 @@ def list_dirs(uri: str) -> list[str]:
     ]
 
 
-def list_names(uri: str) -> list[str]:
-    """Names of the entries directly below `uri` (empty if it does not exist)."""
+def list_entries(uri: str) -> list[pafs.FileInfo]:
+    """The entries directly below `uri`, with their sizes and times (empty if it does not
+    exist)."""
     loc = Location.of(uri)
     selector = pafs.FileSelector(loc.path, recursive=False, allow_not_found=True)
-    return [info.base_name for info in loc.fs.get_file_info(selector)]
+    return loc.fs.get_file_info(selector)
+
+
+def list_names(uri: str) -> list[str]:
+    """Names of the entries directly below `uri` (empty if it does not exist)."""
+    return [info.base_name for info in list_entries(uri)]
 
 
 def total_size(uris: list[str]) -> int:
