@@ -365,7 +365,7 @@ def test_a_tables_facts_are_reused_until_its_next_commit(tmp_path):
     import shutil as sh
 
     from fruits_assets.resources.storage import FruitsStorage
-    from fruits_assets.storage.datasets import Datasets
+    from fruits_assets.storage.datasets import MAX_FACTS, Datasets
 
     spark = _local_spark()
     storage = FruitsStorage(images_root=str(tmp_path / "in"), output_root=str(tmp_path / "out"))
@@ -386,6 +386,10 @@ def test_a_tables_facts_are_reused_until_its_next_commit(tmp_path):
     datasets.publish_partitions(df, "t", {"a"})
     assert datasets.version("t") == 0
     assert datasets.recall("t", "rows") is None
+    for i in range(MAX_FACTS + 1):  # a bounded memory: the oldest facts go first
+        datasets.remember("t", f"fact {i}", i)
+    assert datasets.recall("t", "fact 0") is None
+    assert datasets.recall("t", f"fact {MAX_FACTS}") == MAX_FACTS
 
 
 def test_the_folders_split_only_when_every_class_has_both_sides():

@@ -33,6 +33,7 @@ FAILED_MARKER = "_AUDIT_FAILED.json"
 # the commit is named by its version and its file's time, so a table deleted and written
 # again from version 0 does not match what was remembered of the old one.
 _FACTS: dict[tuple[str, str], tuple[tuple[int, int], Any]] = {}
+MAX_FACTS = 16  # a run keeps about six; a process that serves many output roots, no more
 # A fact: {class: rows} for the classes a step published (`Datasets.rows_per_class`).
 ROWS_PER_CLASS = "rows per class"
 
@@ -114,8 +115,13 @@ class Datasets:
     def remember(self, dataset: str, fact: str, value: Any) -> None:
         """Keep `value`, a fact about the table's latest commit, for `recall` in this process."""
         commit = self._latest_commit(dataset)
-        if commit is not None:
-            _FACTS[(self.location(dataset), fact)] = (commit, value)
+        if commit is None:
+            return
+        key = (self.location(dataset), fact)
+        _FACTS.pop(key, None)
+        _FACTS[key] = (commit, value)
+        while len(_FACTS) > MAX_FACTS:  # the oldest first
+            del _FACTS[next(iter(_FACTS))]
 
     def recall(self, dataset: str, fact: str) -> Any | None:
         """What `remember` kept as `fact`, if the table has had no commit since; else None."""
@@ -173,12 +179,12 @@ class Datasets:
         """Replace exactly the given classes' rows, in one commit; every other class is kept.
 
         A class with no row left loses its rows; a row of another class is refused by Delta.
-        `rows`: the number of rows of `df`, when known. No row, for classes the table has never
-        held (a rerun of a class without rejected images): nothing to commit, the table already
+        `rows`: the number of rows of `df`, when known. No row, for classes the table holds none
+        of (a rerun of a class without rejected images): nothing to commit, the table already
         says it.
         """
         labels = set(labels)
-        if rows == 0 and self._never_held(dataset, labels):
+        if rows == 0 and self._holds_none(dataset, labels):
             return self._published_version(dataset)
         writer = (
             one_file_per_class(df)
@@ -208,10 +214,11 @@ class Datasets:
             writer.save(self.spark_path(dataset))
         return self._published_version(dataset)
 
-    def _never_held(self, dataset: str, labels: set[str]) -> bool:
-        """Whether the table exists and has never held a row of these classes: none of their
-        class folders is there (a commit that removes a class's files leaves them until a
-        VACUUM, so a folder may outlive its rows, never the other way round)."""
+    def _holds_none(self, dataset: str, labels: set[str]) -> bool:
+        """Whether the table exists and holds no row of these classes, seen without reading it:
+        none of their class folders is there (a class's rows live in its folder; a commit that
+        removes them leaves the files until a VACUUM, so a folder may outlive its rows, never
+        the other way round)."""
         if not self.exists(dataset):
             return False
         folders = set(filesystem.list_dirs(self.location(dataset)))
