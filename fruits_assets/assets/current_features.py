@@ -48,10 +48,7 @@ def current_features(context: dg.AssetExecutionContext, datasets: Datasets) -> C
     # One pass over the table gives its classes, the weights of each and their images on each
     # side of the folders' split: the stale classes, the weights check and the split need no job
     # of their own. The run's later steps reuse it while the table has no new commit.
-    groups = datasets.recall(layout.MOBILENET_FEATURES, FACTS)
-    if groups is None:
-        groups = _groups(table)
-        datasets.remember(layout.MOBILENET_FEATURES, FACTS, groups)
+    groups = datasets.remembered(layout.MOBILENET_FEATURES, FACTS, lambda: _groups(table))
     stored, weights, rows = _weights_by_class(groups, registered, WEIGHTS_COLUMN in table.columns)
     return CurrentFeatures(
         df=table.where(F.col(layout.LABEL_COLUMN).isin(sorted(registered))),

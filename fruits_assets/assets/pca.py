@@ -54,15 +54,14 @@ class PcaModel:
     @classmethod
     def load(cls, datasets: Datasets) -> "PcaModel":
         """The published model (as this process published it, while it is still the latest)."""
-        kept = datasets.recall(layout.PCA_MODEL, cls.FACT)
-        if kept is not None:
-            return kept
+        return datasets.remembered(layout.PCA_MODEL, cls.FACT, lambda: cls._read(datasets))
+
+    @classmethod
+    def _read(cls, datasets: Datasets) -> "PcaModel":
         row = datasets.read(layout.PCA_MODEL).select("k", "components", "weights_sha256").first()
         if row is None:
             raise dg.Failure(description="pca_model holds no model: materialize pca_model")
-        model = cls(row["k"], np.array(row["components"], dtype=np.float64), row["weights_sha256"])
-        datasets.remember(layout.PCA_MODEL, cls.FACT, model)
-        return model
+        return cls(row["k"], np.array(row["components"], dtype=np.float64), row["weights_sha256"])
 
 
 @dg.asset(

@@ -131,6 +131,14 @@ class Datasets:
         commit, value = kept
         return value if commit == self._latest_commit(dataset) else None
 
+    def remembered(self, dataset: str, fact: str, compute: Callable[[], Any]) -> Any:
+        """`fact` as recalled, else computed now (from the table's latest commit) and kept."""
+        value = self.recall(dataset, fact)
+        if value is None:
+            value = compute()
+            self.remember(dataset, fact, value)
+        return value
+
     def rows_per_class(self, dataset: str, labels: Iterable[str]) -> dict[str, int]:
         """The table's number of rows of each of these classes (0 for none): as the step that
         published them remembered (`ROWS_PER_CLASS`), else counted."""
