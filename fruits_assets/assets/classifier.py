@@ -8,11 +8,6 @@ import dagster as dg
 import numpy as np
 from dagster_pyspark import LazyPySparkResource
 from pyspark import StorageLevel
-from pyspark.ml import PipelineModel
-from pyspark.ml.evaluation import MulticlassClassificationEvaluator
-from pyspark.ml.feature import StringIndexer
-from pyspark.ml.functions import array_to_vector, vector_to_array
-from pyspark.ml.tuning import CrossValidator, ParamGridBuilder
 from pyspark.sql import functions as F
 
 from fruits_assets.assets import checks
@@ -20,7 +15,7 @@ from fruits_assets.assets.current_features import current_features
 from fruits_assets.assets.metadata import png_markdown, rows_table
 from fruits_assets.assets.pca import PcaModel, pca_features_parquet
 from fruits_assets.assets.publishing import FilePublication, publish_or_fail
-from fruits_assets.ml import plots, splits, training
+from fruits_assets.ml import plots, splits
 from fruits_assets.ml.serving import Predictor
 from fruits_assets.resources.ml_settings import ClassifierSettings
 from fruits_assets.resources.storage import FruitsStorage
@@ -64,6 +59,16 @@ def fruit_classifier(
     classes refits with the L2 strength chosen last time, starting from the published
     coefficients (`warm_start_iter` iterations instead of `max_iter` from zero).
     """
+    # Spark ML's Python side loads here, and meanwhile in the run's background warm-up
+    # (`spark.warm_up`), rather than with the code location: every run would wait for it.
+    from pyspark.ml import PipelineModel
+    from pyspark.ml.evaluation import MulticlassClassificationEvaluator
+    from pyspark.ml.feature import StringIndexer
+    from pyspark.ml.functions import array_to_vector, vector_to_array
+    from pyspark.ml.tuning import CrossValidator, ParamGridBuilder
+
+    from fruits_assets.ml import training
+
     spark = pyspark.spark_session
     settings = classifier_settings
     datasets = Datasets(spark, storage, context.run.run_id)
@@ -284,6 +289,8 @@ def _carried_over(
             "fitting from zero: the published classifier was trained on other features"
         )
         return None
+    from fruits_assets.ml import training
+
     return training.carried_over(previous, pca.components.T, **scaling)
 
 

@@ -11,7 +11,7 @@ from pyspark.sql import functions as F
 from fruits_assets.ml import splits
 from fruits_assets.partitions import registered_classes
 from fruits_assets.storage import layout
-from fruits_assets.storage.datasets import Datasets
+from fruits_assets.storage.datasets import Datasets, labels_filter
 
 WEIGHTS_COLUMN = "weights_sha256"
 
@@ -51,7 +51,7 @@ def current_features(context: dg.AssetExecutionContext, datasets: Datasets) -> C
     groups = datasets.remembered(layout.MOBILENET_FEATURES, FACTS, lambda: _groups(table))
     stored, weights, rows = _weights_by_class(groups, registered, WEIGHTS_COLUMN in table.columns)
     return CurrentFeatures(
-        df=table.where(F.col(layout.LABEL_COLUMN).isin(sorted(registered))),
+        df=table.where(labels_filter(registered)),
         classes=classes,
         stale=sorted(stored - registered),
         without_features=sorted(registered - stored),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import shlex
 import shutil
@@ -232,7 +233,8 @@ _WARMED_LOCK = threading.Lock()
 def warm_up(spark: Any) -> None:
     """A tiny Delta write and read and a pandas UDF on every core, so that the JVM has loaded
     and compiled Delta's code paths, and each Python worker has imported the image and model
-    libraries, before the first asset needs them; then the driver imports its plotting library.
+    libraries, before the first asset needs them; then the driver imports its plotting and
+    Spark ML libraries.
     Once per application; best effort: never fails a run."""
     from pyspark.sql import functions as F
 
@@ -254,6 +256,7 @@ def warm_up(spark: Any) -> None:
         spark.read.format("delta").load(table).groupBy("label").count().collect()
         rows.mapInPandas(workers.warm, "id long").collect()
         plots.preload()
+        importlib.import_module("fruits_assets.ml.training")  # Spark ML's Python side
     except Exception:  # the run itself reports any real problem with the session
         pass
     finally:

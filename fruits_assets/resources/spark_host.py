@@ -283,10 +283,23 @@ def detach(session: Any) -> None:
         return
     temp_dir = getattr(session.sparkContext, "_temp_dir", None)
     try:
-        session.stop()
+        stop_without_waiting(session)
     except Exception:  # the host's JVM is gone: nothing left to stop
         pass
     finally:
         _release(fd)
         if temp_dir:
             shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def stop_without_waiting(session: Any) -> None:
+    """`session.stop()`, less its wait for PySpark's accumulator server, which looks for its
+    shutdown once a second: up to a second at the end of every run. The server has nothing
+    left to receive once the context stops; it ends on its own thread (with this process at
+    the latest)."""
+    context = session.sparkContext
+    accumulators = getattr(context, "_accumulatorServer", None)
+    if accumulators is not None:
+        context._accumulatorServer = None
+        threading.Thread(target=accumulators.shutdown, name="accumulators", daemon=True).start()
+    session.stop()
