@@ -359,6 +359,31 @@ def test_publish_writes_one_file_per_class_and_a_small_rerun_still_uses_every_co
     datasets.discard(staged)
 
 
+def test_classes_are_selected_and_replaced_by_name_whatever_their_characters(tmp_path):
+    """A class is selected (one SQL IN) and replaced (replaceWhere) by its exact name: quotes,
+    backslashes, accents, digits and spaces included; no class selects no row."""
+    from fruits_assets.resources.storage import FruitsStorage
+    from fruits_assets.storage.datasets import Datasets, labels_filter
+
+    spark = _local_spark()
+    storage = FruitsStorage(images_root=str(tmp_path / "in"), output_root=str(tmp_path / "out"))
+    datasets = Datasets(spark, storage, "run-1")
+    names = ["O'Henry pear", "back\\slash", "Pomme ñ", "2024", 'say "kiwi"', "Kiwi 1"]
+    rows = [(f"/p/{i}/{n}.jpg", name) for i, name in enumerate(names) for n in range(i + 1)]
+    datasets.publish_partitions(
+        spark.createDataFrame(rows, "path string, label string"), "t", set(names)
+    )
+    for i, name in enumerate(names):
+        assert [r["label"] for r in datasets.read("t", {name}).collect()] == [name] * (i + 1)
+    assert datasets.read("t", set()).count() == 0
+    assert datasets.read("t").where(labels_filter(names[:2])).count() == 1 + 2
+
+    replaced = spark.createDataFrame([("/p/new.jpg", "O'Henry pear")], "path string, label string")
+    datasets.publish_partitions(replaced, "t", {"O'Henry pear"})
+    table = {(r["path"], r["label"]) for r in datasets.read("t").collect()}
+    assert table == {("/p/new.jpg", "O'Henry pear")} | {r for r in rows if r[1] != "O'Henry pear"}
+
+
 def test_a_tables_facts_are_reused_until_its_next_commit(tmp_path):
     """What a step remembered of a table's latest commit is recalled until another commit,
     and never for a table deleted and written again from version 0."""
