@@ -67,6 +67,14 @@ def labels_filter(labels: Iterable[str]) -> Column:
     return F.expr(labels_predicate(labels)) if labels else F.lit(False)
 
 
+def _keep(key: tuple[str, str], commit: tuple[int, int], value: Any) -> None:
+    """Keep `value` for `commit` of a table, dropping the oldest facts beyond MAX_FACTS."""
+    _FACTS.pop(key, None)
+    _FACTS[key] = (commit, value)
+    while len(_FACTS) > MAX_FACTS:  # the oldest first
+        del _FACTS[next(iter(_FACTS))]
+
+
 class Datasets:
     """The Delta tables under one output root, and one run's staging area beside them."""
 
@@ -122,13 +130,8 @@ class Datasets:
     def remember(self, dataset: str, fact: str, value: Any) -> None:
         """Keep `value`, a fact about the table's latest commit, for `recall` in this process."""
         commit = self._latest_commit(dataset)
-        if commit is None:
-            return
-        key = (self.location(dataset), fact)
-        _FACTS.pop(key, None)
-        _FACTS[key] = (commit, value)
-        while len(_FACTS) > MAX_FACTS:  # the oldest first
-            del _FACTS[next(iter(_FACTS))]
+        if commit is not None:
+            _keep((self.location(dataset), fact), commit, value)
 
     def recall(self, dataset: str, fact: str) -> Any | None:
         """What `remember` kept as `fact`, if the table has had no commit since; else None."""
@@ -139,11 +142,17 @@ class Datasets:
         return value if commit == self._latest_commit(dataset) else None
 
     def remembered(self, dataset: str, fact: str, compute: Callable[[], Any]) -> Any:
-        """`fact` as recalled, else computed now (from the table's latest commit) and kept."""
-        value = self.recall(dataset, fact)
-        if value is None:
-            value = compute()
-            self.remember(dataset, fact, value)
+        """`fact` as recalled, else computed now and kept. One listing of the table's log: the
+        value is kept for the commit seen before computing it, so a commit made meanwhile by
+        another writer makes the next call compute again rather than trust a stale value."""
+        commit = self._latest_commit(dataset)
+        key = (self.location(dataset), fact)
+        kept = _FACTS.get(key)
+        if kept is not None and kept[0] == commit:
+            return kept[1]
+        value = compute()
+        if commit is not None:
+            _keep(key, commit, value)
         return value
 
     def rows_per_class(self, dataset: str, labels: Iterable[str]) -> dict[str, int]:
