@@ -24,14 +24,21 @@ ALL_ASSET_NAMES = [
 
 # The Dagster instance `fruits` creates. A run the UI launches waits in Dagster's queue until the
 # daemon next looks at it: every second rather than Dagster's default five, a sizeable share of a
-# one-class rerun that takes tens of seconds.
+# one-class rerun that takes tens of seconds. Its process is one that has already imported Dagster
+# and the pipeline's libraries (`fruits_assets.launcher`).
 INSTANCE_CONFIG = """\
 telemetry:
   enabled: false
 run_queue:
   dequeue_interval_seconds: 1
+run_launcher:
+  module: fruits_assets.launcher
+  class: StandbyRunLauncher
 """
-PREVIOUS_INSTANCE_CONFIGS = ("telemetry:\n  enabled: false\n",)
+PREVIOUS_INSTANCE_CONFIGS = (
+    "telemetry:\n  enabled: false\n",
+    "telemetry:\n  enabled: false\nrun_queue:\n  dequeue_interval_seconds: 1\n",
+)
 
 
 def _read(path: str) -> str:

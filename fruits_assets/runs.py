@@ -27,7 +27,7 @@ def this_process_tags() -> dict[str, str]:
     return {HOST_TAG: socket.gethostname(), PID_TAG: str(pid), PID_START_TAG: process_start(pid)}
 
 
-def _alive(pid: int, started: str) -> bool:
+def alive(pid: int, started: str) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -45,7 +45,7 @@ def fail_dead_runs(instance: dg.DagsterInstance) -> list[str]:
         tags = run.tags
         if tags.get(HOST_TAG) != host or not tags.get(PID_TAG, "").isdigit():
             continue
-        if _alive(int(tags[PID_TAG]), tags.get(PID_START_TAG, "")):
+        if alive(int(tags[PID_TAG]), tags.get(PID_START_TAG, "")):
             continue
         instance.report_run_failed(
             run,

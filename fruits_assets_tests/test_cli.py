@@ -10,6 +10,7 @@ import dagster as dg
 import pandas as pd
 import pytest
 
+from fruits_assets import cli
 from fruits_assets_tests.helpers import FRUITS, copy_classes, fruits
 from fruits_assets_tests.images import noisy_jpeg
 
@@ -107,11 +108,12 @@ def _processes_with(marker: str) -> list[int]:
     return found
 
 
-@pytest.mark.parametrize("existing", [None, "telemetry:\n  enabled: false\n", "mine"])
+@pytest.mark.parametrize("existing", [None, *cli.PREVIOUS_INSTANCE_CONFIGS, "mine"])
 def test_the_instance_takes_queued_runs_every_second(tmp_path, monkeypatch, existing):
     """The Dagster home `fruits` creates (or created before) launches queued runs, as the UI
-    queues them, within a second; a user's own dagster.yaml is left as it is."""
-    from fruits_assets import cli
+    queues them, within a second, in ready processes; a user's own dagster.yaml is left as it
+    is."""
+    from fruits_assets.launcher import StandbyRunLauncher
 
     home = tmp_path / "home"
     home.mkdir()
@@ -130,6 +132,7 @@ def test_the_instance_takes_queued_runs_every_second(tmp_path, monkeypatch, exis
         else:
             assert config.read_text() == cli.INSTANCE_CONFIG
             assert coordinator.dequeue_interval_seconds == 1
+            assert isinstance(instance.run_launcher, StandbyRunLauncher)
 
 
 def test_ui_serves_the_lineage_and_stops_on_sigterm(tmp_path):

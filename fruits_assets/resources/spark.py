@@ -211,12 +211,19 @@ class LocalSpark(LazyPySparkResource):
             from fruits_assets.resources import spark_host
 
             self._spark_session = spark_host.attach(self.spark_config)
-            if self._spark_session is not None:
+            attached = self._spark_session is not None
+            if attached:
                 dg.get_dagster_logger().info("Spark: a context in the UI's warm JVM")
             else:
                 super()._init_session()
+            # The UI's JVM has run Delta's code already: warming it again would only take the
+            # two cores from the run's first steps. Its new context's Python workers are new.
             threading.Thread(
-                target=warm_up, args=(self._spark_session,), name="spark-warm-up", daemon=True
+                target=warm_up,
+                args=(self._spark_session,),
+                kwargs={"jvm": not attached},
+                name="spark-warm-up",
+                daemon=True,
             ).start()
 
     def teardown_after_execution(self, context: Any) -> None:
@@ -230,11 +237,11 @@ _WARMED: set[str] = set()  # the Spark applications already warmed up in this pr
 _WARMED_LOCK = threading.Lock()
 
 
-def warm_up(spark: Any) -> None:
-    """A tiny Delta write and read and a pandas UDF on every core, so that the JVM has loaded
-    and compiled Delta's code paths, and each Python worker has imported the image and model
-    libraries, before the first asset needs them; then the driver imports its plotting and
-    Spark ML libraries.
+def warm_up(spark: Any, jvm: bool = True) -> None:
+    """A tiny Delta write and read (unless `jvm` is False: a JVM already warm) and a pandas UDF
+    on every core, so that the JVM has loaded and compiled Delta's code paths, and each Python
+    worker has imported the image and model libraries, before the first asset needs them; then
+    the driver imports its plotting and Spark ML libraries.
     Once per application; best effort: never fails a run."""
     from pyspark.sql import functions as F
 
@@ -252,8 +259,9 @@ def warm_up(spark: Any) -> None:
         rows = spark.range(0, 4 * cores, numPartitions=cores).withColumn(
             "label", (F.col("id") % 2).cast("string")
         )
-        rows.write.format("delta").partitionBy("label").save(table)
-        spark.read.format("delta").load(table).groupBy("label").count().collect()
+        if jvm:
+            rows.write.format("delta").partitionBy("label").save(table)
+            spark.read.format("delta").load(table).groupBy("label").count().collect()
         rows.mapInPandas(workers.warm, "id long").collect()
         plots.preload()
         importlib.import_module("fruits_assets.ml.training")  # Spark ML's Python side

@@ -1,0 +1,179 @@
+"""The run launcher of the Dagster instance `fruits` creates: each run the UI, a sensor or a
+backfill launches executes in a Python process that had already loaded Dagster and the
+pipeline's libraries when the run was launched.
+
+Dagster's default launcher has the code server start a new interpreter for each run, which then
+spends about two seconds importing Dagster, pandas and PySpark before the run's first event, a
+sizeable share of a one-class rerun. This launcher keeps one interpreter ready (a standby) and
+hands it the next run, which it executes exactly as `dagster api execute_run` does, and starts
+readying the next one at once, so the imports happen while nobody waits for them. The run's own
+code is imported by the run itself: a code location reloaded in the UI is what runs.
+
+A standby whose launcher is gone (the UI stopped) sees its input close and exits.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from typing import Any
+
+from dagster._core.launcher import LaunchRunContext, RunLauncher
+from dagster._grpc.types import ExecuteRunArgs
+from dagster._serdes import ConfigurableClass, ConfigurableClassData, serialize_value
+
+from fruits_assets import runs
+
+# What every run imports before its first event: loaded by the standby ahead of time.
+PRELOADED = (
+    "dagster._cli",
+    "dagster._core.storage.sqlite_storage",
+    "dagster_pyspark",
+    "pandas",
+    "pyarrow",
+    "pyspark.sql",
+)
+
+
+class StandbyRunLauncher(RunLauncher, ConfigurableClass):
+    """Runs each launched run in a ready Python process (see the module's docstring); one run
+    per process, as Dagster's default launcher does."""
+
+    def __init__(self, inst_data: ConfigurableClassData | None = None) -> None:
+        self._inst_data = inst_data
+        self._lock = threading.Lock()
+        self._standby: subprocess.Popen | None = None
+        self._standby_python: str | None = None
+        self._disposed = False
+        super().__init__()
+
+    @property
+    def inst_data(self) -> ConfigurableClassData | None:
+        return self._inst_data
+
+    @classmethod
+    def config_type(cls) -> dict:
+        return {}
+
+    @classmethod
+    def from_config_value(
+        cls, inst_data: ConfigurableClassData, config_value: dict[str, Any]
+    ) -> StandbyRunLauncher:
+        return cls(inst_data=inst_data)
+
+    def launch_run(self, context: LaunchRunContext) -> None:
+        run = context.dagster_run
+        origin = run.job_code_origin
+        if origin is None:
+            raise ValueError(f"run {run.run_id} has no code origin: it cannot be launched")
+        python = origin.executable_path or sys.executable
+        args = ExecuteRunArgs(
+            job_origin=origin, run_id=run.run_id, instance_ref=self._instance.get_ref()
+        )
+        with self._lock:
+            worker = self._take_standby(python)
+        # The run's process is tagged as the run's own steps tag it (`runs.this_process_tags`):
+        # `terminate` and `fruits`' check for runs left unfinished by a killed process use it.
+        self._instance.add_run_tags(
+            run.run_id,
+            {
+                runs.HOST_TAG: socket.gethostname(),
+                runs.PID_TAG: str(worker.pid),
+                runs.PID_START_TAG: runs.process_start(worker.pid),
+            },
+        )
+        assert worker.stdin is not None
+        worker.stdin.write((serialize_value(args) + "\n").encode())
+        worker.stdin.close()
+        # Reaped when it ends (the launching process outlives its runs).
+        threading.Thread(target=worker.wait, name="run-worker", daemon=True).start()
+        # The next one imports now, on the core this run's own start leaves idle, so that it is
+        # ready even for a run launched the moment this one ends.
+        with self._lock:
+            if not self._disposed:
+                try:
+                    self._standby, self._standby_python = _start(python), python
+                except OSError:  # the next launch starts its process itself
+                    self._standby = None
+
+    def _take_standby(self, python: str) -> subprocess.Popen:
+        """The ready process if it runs this Python and is alive, else a new one (which then
+        imports while the run waits, as a new interpreter always did)."""
+        standby, self._standby = self._standby, None
+        if standby is not None and standby.poll() is None and self._standby_python == python:
+            return standby
+        if standby is not None and standby.poll() is None:
+            _close(standby)
+        return _start(python)
+
+    def terminate(self, run_id: str) -> bool:
+        """Ask the run's process to stop (SIGTERM: the run ends CANCELED, its steps
+        interrupted); False if the run has no live process on this machine."""
+        run = self._instance.get_run_by_id(run_id)
+        if run is None or run.is_finished:
+            return False
+        tags = run.tags
+        pid = tags.get(runs.PID_TAG, "")
+        if tags.get(runs.HOST_TAG) != socket.gethostname() or not pid.isdigit():
+            return False
+        if not runs.alive(int(pid), tags.get(runs.PID_START_TAG, "")):
+            return False
+        self._instance.report_run_canceling(run)
+        try:
+            os.kill(int(pid), signal.SIGTERM)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def dispose(self) -> None:
+        with self._lock:
+            self._disposed = True
+            standby, self._standby = self._standby, None
+        if standby is not None:
+            _close(standby)
+
+
+def _start(python: str) -> subprocess.Popen:
+    # Same environment and folder as the launching process (the daemon of `fruits ui`), as the
+    # code server's processes have; same process group, so stopping the UI stops it too.
+    return subprocess.Popen([python, "-m", "fruits_assets.launcher"], stdin=subprocess.PIPE)
+
+
+def _close(standby: subprocess.Popen) -> None:
+    """A standby ends when its input closes (without a run, it does nothing else)."""
+    try:
+        if standby.stdin is not None:
+            standby.stdin.close()
+    except OSError:
+        pass
+
+
+def standby() -> int:
+    """A standby's life: import, wait for one run's arguments, execute that run as `dagster api
+    execute_run` does (and exit with its status); exit quietly if the input closes first."""
+    import importlib
+
+    # Ctrl-C on the UI reaches its whole process group: a standby without a run just ends (the
+    # run's execution installs Dagster's own handlers, which interrupt its steps).
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    for module in PRELOADED:
+        try:
+            importlib.import_module(module)
+        except ImportError:  # the run imports what it needs, or says what is missing
+            pass
+    line = sys.stdin.readline()
+    if not line.strip():
+        return 0
+    from dagster._cli import main
+
+    sys.argv = ["dagster", "api", "execute_run", line.strip()]
+    main()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(standby())
