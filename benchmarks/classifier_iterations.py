@@ -62,7 +62,9 @@ def main() -> None:
     train = data.where(F.col("split") == splits.TRAIN).select("y", "x", "h").coalesce(cores)
     train = train.cache()
     preparation = PipelineModel(
-        stages=training.input_stages(train, ClassifierSettings().variance_shrinkage)
+        stages=training.input_stages(
+            train, ClassifierSettings().variance_shrinkage, len(pca_rows.first()["pca_features"])
+        )
     )
     prepared = preparation.transform(train).select("y", "z").cache()
     test = data.where(F.col("split") == splits.TEST)

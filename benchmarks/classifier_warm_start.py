@@ -73,7 +73,7 @@ def main() -> None:
     cores = spark.sparkContext.defaultParallelism
     train = data.where(F.col("split") == splits.TRAIN).select("y", "x", "h").coalesce(cores)
     train = train.cache()
-    stages = training.input_stages(train, settings.variance_shrinkage)
+    stages = training.input_stages(train, settings.variance_shrinkage, pc.shape[1])
     preparation = PipelineModel(stages=stages)
     prepared = preparation.transform(train).select("y", "z").cache()
     held_out = preparation.transform(data.where(F.col("split") == splits.TEST))
@@ -84,7 +84,7 @@ def main() -> None:
     previous = Predictor.load(str(root))
     if previous.labels != list(indexer.labelsArray[0]):
         sys.exit("the published classifier has other classes: a rerun would cross-validate")
-    carried = training.carried_over(previous, pc, **training.input_scaling(stages))
+    carried = training.carried_over(previous, pc, **training.input_scaling(stages, pc.shape[1]))
     print(f"published: k={previous.pc.shape[1]}, L2 {previous.reg_param:g}; now k={pc.shape[1]}")
     training.softmax_regression(20).setRegParam(previous.reg_param).fit(prepared)  # warm-up
 

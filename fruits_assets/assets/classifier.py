@@ -8,12 +8,13 @@ import dagster as dg
 import numpy as np
 from dagster_pyspark import LazyPySparkResource
 from pyspark import StorageLevel
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from fruits_assets.assets import checks
 from fruits_assets.assets.current_features import current_features
 from fruits_assets.assets.metadata import png_markdown, rows_table
-from fruits_assets.assets.pca import PcaModel, pca_features_parquet
+from fruits_assets.assets.pca import SIZE_FACT, PcaModel, pca_features_parquet
 from fruits_assets.assets.publishing import FilePublication, publish_or_fail
 from fruits_assets.ml import plots, splits
 from fruits_assets.ml.serving import Predictor
@@ -110,9 +111,17 @@ def fruit_classifier(
     test = data.where(F.col("split") == splits.TEST)
 
     started = time.perf_counter()
-    preparation = training.input_stages(train, settings.variance_shrinkage)
+    pca = PcaModel.load(datasets)
+    projected_k = _projected_k(datasets, pca_rows)
+    if projected_k != pca.k:
+        raise dg.Failure(
+            description=f"pca_features_parquet holds projections on {projected_k} components "
+            f"but pca_model has k={pca.k}: materialize pca_features_parquet (it follows "
+            "pca_model), then the classifier"
+        )
+    preparation = training.input_stages(train, settings.variance_shrinkage, pca.k)
     prepared = PipelineModel(stages=preparation).transform(train).select("y", "z").cache()
-    scaling = training.input_scaling(preparation)
+    scaling = training.input_scaling(preparation, pca.k)
     regression = training.softmax_regression(settings.max_iter)
     previous = _published(storage.output)
     reuse = (
@@ -122,7 +131,6 @@ def fruit_classifier(
         and previous.reg_param in settings.reg_params
         and len(settings.reg_params) > 0
     )
-    pca = PcaModel.load(datasets)
     cv_accuracy: dict[str, float] = {}
     fit_start = "zero"
     if reuse or len(settings.reg_params) == 1:
@@ -292,6 +300,16 @@ def _carried_over(
     from fruits_assets.ml import training
 
     return training.carried_over(previous, pca.components.T, **scaling)
+
+
+def _projected_k(datasets: Datasets, pca_rows: DataFrame) -> int:
+    """The width of pca_features_parquet's vectors: as its step in this run published them,
+    else read from one row."""
+    kept = datasets.recall(layout.PCA_FEATURES_PARQUET, SIZE_FACT)
+    if kept is not None and kept[1]:
+        return kept[0]
+    row = pca_rows.select(F.size("pca_features").alias("k")).first()
+    return row["k"] if row is not None else 0
 
 
 def _published(output_root: str) -> Predictor | None:
