@@ -18,6 +18,11 @@ next single run of that UI session. `--cold-ui` adds one such run from a UI star
 `--against` adds another `fruits` (e.g. an earlier checkout's): its full run and CLI rerun, in
 the same repetitions, on their own copy of the images. The CLI rerun's seconds are split into
 start-up, each asset's step and the end, from its Dagster events.
+
+`--ui-against OTHER --sessions N` compares the UI alone: after one full run, N UI sessions of
+OTHER and N of this `fruits`, alternated, on the same copy of the images and output (each state
+with its own Dagster home), each with `--ui-runs` single-partition runs; the runs after each
+session's first are compared.
 """
 
 from __future__ import annotations
@@ -163,7 +168,7 @@ def timed_outcome(started: float, status: str, success: str, what: str) -> float
 
 
 def ui_session(
-    env: dict, images: Path, backfill: bool, runs: int, warm: bool = True
+    env: dict, images: Path, backfill: bool, runs: int, warm: bool = True, fruits: str = FRUITS
 ) -> tuple[float | None, list[float], list[dict[str, float]]]:
     """Start `fruits ui` on the instance, wait until it is ready for a user (its page served and,
     unless `warm` is False, its Spark warmed up), then rerun the class: a backfill if asked, then
@@ -175,7 +180,7 @@ def ui_session(
     if not warm:
         env = {**env, "FRUITS_UI_WARM_SPARK": "false"}
     ui = subprocess.Popen(
-        [FRUITS, "ui", "--images", str(images), "--output", str(output), "--weights",
+        [fruits, "ui", "--images", str(images), "--output", str(output), "--weights",
          str(WEIGHTS), "--port", str(port)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
@@ -228,8 +233,14 @@ def main() -> None:
     parser.add_argument(
         "--cold-ui", action="store_true", help="also a UI run without the UI's warm Spark JVM"
     )
+    parser.add_argument("--ui-against", help="another `fruits`: alternated UI sessions only")
+    parser.add_argument("--sessions", type=int, default=2, help="UI sessions per state")
+    parser.add_argument("--ui-runs", type=int, default=4, help="runs per UI session")
     args = parser.parse_args()
     print("machine:", json.dumps(describe()))
+    if args.ui_against:
+        compare_ui(args.ui_against, args.sessions, args.ui_runs)
+        return
     full, cli, ui, ui_first, ui_run, cold_ui, other_full, other_cli = ([] for _ in range(8))
     budgets: list[dict[str, float]] = []
     budgets_ui: list[dict[str, float]] = []
@@ -303,6 +314,37 @@ def main() -> None:
             f"{statistics.median(x):.1f}" if x else "—"
             for x in ([b[part] for b in group if part in b] for group in groups.values())
         ]
+        print(f"| {part} | " + " | ".join(cells) + " |")
+
+
+def compare_ui(other: str, sessions: int, runs: int) -> None:
+    """Alternated UI sessions of `other` and this `fruits` after one full run (see the module's
+    docstring): each run's seconds and where they went, then medians of the runs after the
+    first of each session."""
+    states = {"--ui-against": other, "this": FRUITS}
+    seconds: dict[str, list[float]] = {name: [] for name in states}
+    budgets: dict[str, list[dict[str, float]]] = {name: [] for name in states}
+    with tempfile.TemporaryDirectory(prefix="reruns_ui_") as tmp:
+        images = Path(tmp) / "images"
+        shutil.copytree(DATA / "Test", images)
+        common = ["--images", str(images), "--output", str(Path(tmp) / "out"), "--weights",
+                  str(WEIGHTS)]  # fmt: skip
+        base = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        print(f"full run: {run('run', *common, env={**base, 'DAGSTER_HOME': f'{tmp}/home'}):.1f} s")
+        for session in range(sessions):
+            for index, (name, fruits) in enumerate(states.items()):
+                env = {**base, "DAGSTER_HOME": f"{tmp}/home_{index}"}
+                _, times, spent = ui_session(env, images, False, runs, fruits=fruits)
+                print(f"session {session + 1}, {name}: " + ", ".join(f"{t:.1f}" for t in times)
+                      + " s", flush=True)  # fmt: skip
+                seconds[name] += times[1:]
+                budgets[name] += spent[1:]
+    print("\n| part (runs after a session's first, medians) | " + " | ".join(states) + " |")
+    print("| --- |" + " ---: |" * len(states))
+    print("| run | " + " | ".join(f"{statistics.median(seconds[n]):.1f}" for n in states) + " |")
+    for part in ["start-up", "queued", *ALL_ASSETS, "end"]:
+        cells = [f"{statistics.median(b[part] for b in budgets[n] if part in b):.1f}"
+                 for n in states]  # fmt: skip
         print(f"| {part} | " + " | ".join(cells) + " |")
 
 

@@ -22,6 +22,7 @@ import sys
 import threading
 from typing import Any
 
+from dagster import DagsterRunStatus
 from dagster._core.launcher import LaunchRunContext, RunLauncher
 from dagster._grpc.types import ExecuteRunArgs
 from dagster._serdes import ConfigurableClass, ConfigurableClassData, serialize_value
@@ -89,8 +90,9 @@ class StandbyRunLauncher(RunLauncher, ConfigurableClass):
         assert worker.stdin is not None
         worker.stdin.write((serialize_value(args) + "\n").encode())
         worker.stdin.close()
-        # Reaped when it ends (the launching process outlives its runs).
-        threading.Thread(target=worker.wait, name="run-worker", daemon=True).start()
+        threading.Thread(
+            target=self._watch, args=(worker, run.run_id), name="run-worker", daemon=True
+        ).start()
         # The next one imports now, on the core this run's own start leaves idle, so that it is
         # ready even for a run launched the moment this one ends.
         with self._lock:
@@ -109,6 +111,19 @@ class StandbyRunLauncher(RunLauncher, ConfigurableClass):
         if standby is not None and standby.poll() is None:
             _close(standby)
         return _start(python)
+
+    def _watch(self, worker: subprocess.Popen, run_id: str) -> None:
+        """Reap the run's process when it ends; a run it left unfinished (killed, out of
+        memory) is marked as ended, as Dagster's code server marks the runs of its processes."""
+        code = worker.wait()
+        run = self._instance.get_run_by_id(run_id)
+        if run is None or run.is_finished:
+            return
+        why = f"the run's process (pid {worker.pid}) ended with code {code} before the run did"
+        if run.status == DagsterRunStatus.CANCELING:
+            self._instance.report_run_canceled(run, why)
+        else:
+            self._instance.report_run_failed(run, f"{why} (killed?)")
 
     def terminate(self, run_id: str) -> bool:
         """Ask the run's process to stop (SIGTERM: the run ends CANCELED, its steps

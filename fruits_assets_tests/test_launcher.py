@@ -1,6 +1,6 @@
 """The instance's run launcher with a real Dagster daemon: each queued run executes in a process
-that was ready before the run was launched, a terminated run's process stops, and nothing
-outlives the daemon."""
+that was ready before the run was launched, a terminated run's process stops, a killed one's run
+is marked failed, and nothing outlives the daemon."""
 
 from __future__ import annotations
 
@@ -139,8 +139,18 @@ def test_runs_start_in_a_ready_process_stop_when_terminated_and_end_with_the_dae
     assert _until(lambda: not runs.alive(worker, ""), 30), "the terminated run's process lives"
     assert not instance.run_launcher.terminate(third), "a finished run was terminated again"
 
+    # Killed outright (out of memory, kill -9): the run ends FAILED, naming its process.
+    fourth = _launch(jobs, instance)
+    assert _until(lambda: (probe / fourth).exists()), _status(instance, fourth)
+    killed = int((probe / fourth).read_text())
+    os.kill(killed, signal.SIGKILL)
+    failed = _until(lambda: _status(instance, fourth) == dg.DagsterRunStatus.FAILURE, 60)
+    assert failed, _status(instance, fourth)
+    messages = [event.message or "" for event in instance.all_logs(fourth)]
+    assert any(f"pid {killed}" in message for message in messages), messages[-3:]
+
     # The daemon gone, its ready process exits instead of waiting forever.
-    waiting = _until(lambda: [pid for pid in _standbys(process.pid) if pid != worker])
+    waiting = _until(lambda: [p for p in _standbys(process.pid) if p not in (worker, killed)])
     assert len(waiting) == 1, waiting
     os.kill(process.pid, signal.SIGTERM)
     process.wait(timeout=60)
