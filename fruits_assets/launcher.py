@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -79,14 +78,7 @@ class StandbyRunLauncher(RunLauncher, ConfigurableClass):
             worker = self._take_standby(python)
         # The run's process is tagged as the run's own steps tag it (`runs.this_process_tags`):
         # `terminate` and `fruits`' check for runs left unfinished by a killed process use it.
-        self._instance.add_run_tags(
-            run.run_id,
-            {
-                runs.HOST_TAG: socket.gethostname(),
-                runs.PID_TAG: str(worker.pid),
-                runs.PID_START_TAG: runs.process_start(worker.pid),
-            },
-        )
+        self._instance.add_run_tags(run.run_id, runs.process_tags(worker.pid))
         assert worker.stdin is not None
         worker.stdin.write((serialize_value(args) + "\n").encode())
         worker.stdin.close()
@@ -106,9 +98,9 @@ class StandbyRunLauncher(RunLauncher, ConfigurableClass):
         """The ready process if it runs this Python and is alive, else a new one (which then
         imports while the run waits, as a new interpreter always did)."""
         standby, self._standby = self._standby, None
-        if standby is not None and standby.poll() is None and self._standby_python == python:
-            return standby
         if standby is not None and standby.poll() is None:
+            if self._standby_python == python:
+                return standby
             _close(standby)
         return _start(python)
 
@@ -131,15 +123,12 @@ class StandbyRunLauncher(RunLauncher, ConfigurableClass):
         run = self._instance.get_run_by_id(run_id)
         if run is None or run.is_finished:
             return False
-        tags = run.tags
-        pid = tags.get(runs.PID_TAG, "")
-        if tags.get(runs.HOST_TAG) != socket.gethostname() or not pid.isdigit():
-            return False
-        if not runs.alive(int(pid), tags.get(runs.PID_START_TAG, "")):
+        process = runs.run_process(run.tags)
+        if process is None or not process[1]:
             return False
         self._instance.report_run_canceling(run)
         try:
-            os.kill(int(pid), signal.SIGTERM)
+            os.kill(process[0], signal.SIGTERM)
         except ProcessLookupError:
             return False
         return True

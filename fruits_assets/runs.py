@@ -22,9 +22,13 @@ def process_start(pid: int) -> str:
         return ""
 
 
-def this_process_tags() -> dict[str, str]:
-    pid = os.getpid()
+def process_tags(pid: int) -> dict[str, str]:
+    """The tags that say which process of this machine runs a run."""
     return {HOST_TAG: socket.gethostname(), PID_TAG: str(pid), PID_START_TAG: process_start(pid)}
+
+
+def this_process_tags() -> dict[str, str]:
+    return process_tags(os.getpid())
 
 
 def alive(pid: int, started: str) -> bool:
@@ -37,15 +41,23 @@ def alive(pid: int, started: str) -> bool:
     return not started or process_start(pid) == started
 
 
+def run_process(tags: dict[str, str]) -> tuple[int, bool] | None:
+    """(pid, whether it is alive) of the process a run's tags name on this machine; None if
+    they name none here."""
+    pid = tags.get(PID_TAG, "")
+    if tags.get(HOST_TAG) != socket.gethostname() or not pid.isdigit():
+        return None
+    return int(pid), alive(int(pid), tags.get(PID_START_TAG, ""))
+
+
 def fail_dead_runs(instance: dg.DagsterInstance) -> list[str]:
     """Mark FAILED the runs of this machine whose process is gone but which still say STARTED."""
     failed = []
     host = socket.gethostname()
     for run in instance.get_runs(filters=dg.RunsFilter(statuses=UNFINISHED)):
         tags = run.tags
-        if tags.get(HOST_TAG) != host or not tags.get(PID_TAG, "").isdigit():
-            continue
-        if alive(int(tags[PID_TAG]), tags.get(PID_START_TAG, "")):
+        process = run_process(tags)
+        if process is None or process[1]:
             continue
         instance.report_run_failed(
             run,
