@@ -454,3 +454,116 @@ def test_publishing_no_row_commits_only_where_a_class_had_rows(tmp_path):
     assert datasets.publish_partitions(none, "t", {"a", "b"}, rows=0) == 2  # a had rows
     assert datasets.read("t").count() == 0
     assert datasets.rows_per_class("t", {"a"}) == {"a": 0}
+
+
+@pytest.mark.parametrize("folders", [False, True], ids=["all rows", "Training folders"])
+def test_pca_training_moments_follow_the_feature_tables_changes(tmp_path, folders):
+    """The PCA's moments, kept with a commit of mobilenet_features, are updated for exactly the
+    classes rerun, added or dropped since (their training rows then and now), equal to
+    computing them anew; a table rewritten or old rows gone computes them anew. The same for the
+    table's rows per class, weights and split."""
+    from fruits_assets.assets.current_features import (
+        COUNTS,
+        CurrentFeatures,
+        _groups,
+        _kept_groups,
+    )
+    from fruits_assets.assets.training_moments import training_moments
+    from fruits_assets.resources.storage import FruitsStorage
+    from fruits_assets.storage.datasets import Datasets, labels_filter
+
+    spark = _local_spark()
+    storage = FruitsStorage(images_root=str(tmp_path / "in"), output_root=str(tmp_path / "out"))
+    datasets = Datasets(spark, storage, "run-1")
+    table = layout.MOBILENET_FEATURES
+    rng = np.random.default_rng(3)
+
+    def rows_of(label: str, n: int, offset: float) -> list[tuple]:
+        x = _rank_deficient_features(n, 16) + offset + 0.1 * rng.normal(size=(n, 16))
+        side = ["Training", "Test"] if folders else ["photos"]
+        return [
+            (f"/in/{side[i % len(side)]}/{label}/{i}.jpg", label, row.tolist(), "sha")
+            for i, row in enumerate(x)
+        ]
+
+    schema = "path string, label string, features array<float>, weights_sha256 string"
+    data = {label: rows_of(label, 12 + i, i) for i, label in enumerate("abcdefghij")}
+    before, after = set("abcdefghi"), set("abcdfghij")
+
+    def publish(labels: set[str]) -> None:
+        rows = [r for label in labels for r in data[label]]
+        datasets.publish_partitions(spark.createDataFrame(rows, schema), table, labels)
+
+    class Log:
+        lines: list[str] = []
+
+        def info(self, line: str) -> None:
+            self.lines.append(line)
+
+        warning = info
+
+    context = type("Context", (), {"log": Log()})()
+
+    def fit(classes: set[str]) -> tuple[pca.Moments, str]:
+        current = CurrentFeatures(
+            df=datasets.read(table).where(labels_filter(classes)),
+            classes=sorted(classes),
+            stale=[],
+            without_features=[],
+            weights={"sha": set(classes)},
+            rows=0,
+            folders_split=folders,
+        )
+        moments, _ = training_moments(context, datasets, current)
+        fit_rows = [r for label in sorted(classes) for r in data[label]]
+        if folders:
+            fit_rows = [r for r in fit_rows if "/Training/" in r[0]]
+        x = np.array([r[2] for r in fit_rows], dtype=np.float32)
+        x = x.astype(np.float64)  # as stored
+        assert moments.n == len(x)
+        np.testing.assert_allclose(moments.mean, x.mean(axis=0), rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(moments.covariance(), np.cov(x, rowvar=False), atol=1e-8)
+        return moments, context.log.lines[-1]
+
+    def groups(spark_jobs: bool) -> None:
+        """The table's groups kept across runs are those of one aggregate over it; `spark_jobs`:
+        whether they took a Spark job (not when updated from a few files)."""
+        group = f"groups-{len(context.log.lines)}"
+        spark.sparkContext.setJobGroup(group, "kept groups")
+        kept = _kept_groups(datasets, datasets.read(table))
+        ran = spark.sparkContext.statusTracker().getJobIdsForGroup(group)
+        spark.sparkContext.setJobGroup("other", "")
+        assert bool(ran) == spark_jobs
+
+        def key(g):  # a count of no row is null in Spark's sum, 0 in the update
+            return sorted((k, str(0 if v is None and k in COUNTS else v)) for k, v in g.items())
+
+        assert sorted(map(key, kept)) == sorted(map(key, _groups(datasets.read(table))))
+
+    publish(set(data))
+    groups(spark_jobs=True)
+    assert "computed over every class" in fit(before)[1]
+    # Class b rerun with other photos, class j registered, class e dropped: three classes.
+    data["b"] = rows_of("b", 9, 5.0)
+    publish({"b"})
+    groups(spark_jobs=False)
+    assert "updated from the kept ones for 3 changed classes" in fit(after)[1]
+    assert "for 0 changed classes" in fit(after)[1]
+    # More than half of the classes changed: computed anew.
+    publish(set("abcdefg"))
+    groups(spark_jobs=True)
+    assert "computed over every class" in fit(after)[1]
+    # Old rows gone (a VACUUM): computed anew, still right.
+    data["c"] = rows_of("c", 7, -2.0)
+    publish({"c"})
+    removed = [
+        p for p in (tmp_path / "out" / table / "label=c").iterdir() if p.suffix == ".parquet"
+    ]
+    for path in sorted(removed, key=lambda p: p.stat().st_mtime)[:-1]:
+        path.unlink()
+    assert "could not be updated" in fit(after)[1]
+    # The table deleted and written again from version 0: not the kept commit.
+    shutil.rmtree(tmp_path / "out" / table / "_delta_log")
+    shutil.rmtree(tmp_path / "out" / table / "label=a")
+    publish(set(data))
+    assert "computed over every class" in fit(after)[1]

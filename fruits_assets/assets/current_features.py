@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import dagster as dg
@@ -10,7 +11,7 @@ from pyspark.sql import functions as F
 
 from fruits_assets.ml import splits
 from fruits_assets.partitions import registered_classes
-from fruits_assets.storage import layout
+from fruits_assets.storage import filesystem, layout
 from fruits_assets.storage.datasets import Datasets, labels_filter
 
 WEIGHTS_COLUMN = "weights_sha256"
@@ -48,7 +49,9 @@ def current_features(context: dg.AssetExecutionContext, datasets: Datasets) -> C
     # One pass over the table gives its classes, the weights of each and their images on each
     # side of the folders' split: the stale classes, the weights check and the split need no job
     # of their own. The run's later steps reuse it while the table has no new commit.
-    groups = datasets.remembered(layout.MOBILENET_FEATURES, FACTS, lambda: _groups(table))
+    groups = datasets.remembered(
+        layout.MOBILENET_FEATURES, FACTS, lambda: _kept_groups(datasets, table)
+    )
     stored, weights, rows = _weights_by_class(groups, registered, WEIGHTS_COLUMN in table.columns)
     return CurrentFeatures(
         df=table.where(labels_filter(registered)),
@@ -80,6 +83,66 @@ def _groups(table: DataFrame) -> list[dict]:
         F.count("*").alias("count"), *splits.split_counts(F.col("path"))
     )
     return [r.asDict() for r in rows.collect()]
+
+
+def _kept_groups(datasets: Datasets, table: DataFrame) -> list[dict]:
+    """`_groups` of the table, kept on disk with its commit: the next run (a new process)
+    updates them from the data files the log says were taken out and put in since (counts
+    add up: a rerun's few files are read on the driver) instead of aggregating every row."""
+    commit = datasets.commit(layout.MOBILENET_FEATURES)
+    where = layout.feature_groups_path(datasets.output)
+    groups = None
+    try:
+        kept = json.loads(filesystem.read_bytes(where))
+        since = (int(kept["commit"][0]), int(kept["commit"][1]))
+        changes = datasets.file_changes(layout.MOBILENET_FEATURES, since)
+        # A rerun of most classes: aggregating every row is as quick as reading their files.
+        if changes is not None and len(changes[0]) + len(changes[1]) <= len(kept["groups"]):
+            groups = _updated_groups(datasets, kept["groups"], *changes)
+    except (OSError, ValueError, KeyError, TypeError):  # none kept, or unreadable: aggregate
+        groups = None
+    if groups is None:
+        groups = _groups(table)
+    if commit is not None:
+        try:
+            filesystem.write_bytes(
+                where, json.dumps({"commit": list(commit), "groups": groups}).encode()
+            )
+        except OSError:  # only the next run's shortcut is lost
+            pass
+    return groups
+
+
+COUNTS = ("count", "train", "test", "none")
+
+
+def _updated_groups(
+    datasets: Datasets, groups: list[dict], out: dict[str, str], put: dict[str, str]
+) -> list[dict]:
+    """`groups` without the rows of the `out` files, with those of the `put` ones."""
+    totals = {(g[layout.LABEL_COLUMN], g["w"]): [g[c] or 0 for c in COUNTS] for g in groups}
+    for files, sign in ((out, -1), (put, 1)):
+        tables = datasets.read_files(layout.MOBILENET_FEATURES, files, ["path", WEIGHTS_COLUMN])
+        for label, table in zip(files.values(), tables, strict=True):
+            paths = table.column("path").to_pylist()
+            weights = (
+                table.column(WEIGHTS_COLUMN).to_pylist()
+                if WEIGHTS_COLUMN in table.column_names
+                else [None] * len(paths)
+            )
+            for image, w in zip(paths, weights, strict=True):
+                side = splits.split_of_path(image)
+                counts = totals.setdefault((label, w), [0, 0, 0, 0])
+                for i, hit in enumerate((True, side == splits.TRAIN, side == splits.TEST)):
+                    counts[i] += sign * hit
+                counts[3] += sign * (side is None)
+    if any(n < 0 for counts in totals.values() for n in counts):
+        raise ValueError("the kept groups do not match the table's files")
+    return [
+        {layout.LABEL_COLUMN: label, "w": w, **dict(zip(COUNTS, counts, strict=True))}
+        for (label, w), counts in totals.items()
+        if counts[0] > 0
+    ]
 
 
 def _weights_by_class(

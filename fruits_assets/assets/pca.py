@@ -15,7 +15,8 @@ from fruits_assets.assets.current_features import current_features
 from fruits_assets.assets.features import mobilenet_features
 from fruits_assets.assets.metadata import counts_table, png_markdown
 from fruits_assets.assets.publishing import Publication, publish_or_fail
-from fruits_assets.ml import featurizer, pca, plots, splits
+from fruits_assets.assets.training_moments import training_moments
+from fruits_assets.ml import featurizer, pca, plots
 from fruits_assets.resources.ml_settings import PcaSettings
 from fruits_assets.resources.storage import FruitsStorage
 from fruits_assets.storage import layout
@@ -89,10 +90,10 @@ def pca_model(
     datasets = Datasets(spark, storage, context.run.run_id)
     current = current_features(context, datasets)
     weights_sha256 = current.weights_sha256()
-    fit_rows, fit_on = splits.training_rows(current.df, current.folders_split)
-    n_rows, cov = pca.covariance(fit_rows, "features")
+    moments, fit_on = training_moments(context, datasets, current)
+    n_rows = moments.n if moments is not None else 0
     k_max = pca.max_components(n_rows, featurizer.FEATURE_DIM)  # fails on fewer than 2 rows
-    explained, components = pca.principal_components(cov, k_max)
+    explained, components = pca.principal_components(moments.covariance(), k_max)
     target = pca_settings.target_variance
     k, achieved = pca.choose_k(explained, target)
     components = components[:k]  # (k, 1280)

@@ -3,6 +3,7 @@ target variance, projections."""
 
 from __future__ import annotations
 
+import io
 import pickle
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,33 @@ class Moments:
         centred = x - mean
         return cls(len(x), mean, centred.T @ centred)
 
+    def __sub__(self, part: Moments) -> Moments | None:
+        """These moments without those of `part`, rows they include (None if nothing is
+        left): `__add__` solved for its other term."""
+        n = self.n - part.n
+        if n < 0:
+            raise ValueError(f"cannot remove {part.n} rows from moments of {self.n}")
+        if n == 0:
+            return None
+        mean = (self.mean * self.n - part.mean * part.n) / n
+        delta = mean - part.mean
+        scatter = self.scatter - part.scatter - np.outer(delta, delta) * (part.n * n / self.n)
+        return Moments(n, mean, scatter)
+
+    def covariance(self) -> np.ndarray:
+        """The sample covariance."""
+        return self.scatter / max(self.n - 1, 1)
+
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        np.savez(buffer, n=np.int64(self.n), mean=self.mean, scatter=self.scatter)
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Moments:
+        with np.load(io.BytesIO(data)) as kept:
+            return cls(int(kept["n"]), kept["mean"], kept["scatter"])
+
     def __add__(self, other: Moments) -> Moments:
         # Chan et al.'s pairwise update: each part is centred on its own mean, so no large
         # sum-of-squares minus square-of-sums cancellation, whatever the features' offset.
@@ -38,10 +66,18 @@ class Moments:
 
 
 def covariance(df, column: str) -> tuple[int, np.ndarray]:  # a Spark DataFrame
-    """(rows, sample covariance) of an array<float> column: each partition's moments are computed
+    """(rows, sample covariance) of an array<float> column (see `moments`)."""
+    merged = moments(df, column)
+    if merged is None:
+        return 0, np.zeros((0, 0))
+    return merged.n, merged.covariance()
+
+
+def moments(df, column: str) -> Moments | None:  # a Spark DataFrame
+    """The moments of an array<float> column (None without rows): each partition's are computed
     by numpy on the Spark workers and merged in a tree, so the driver receives a few matrices."""
 
-    def moments(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    def of_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         total = None
         for batch in batches:
             if len(batch):
@@ -53,14 +89,11 @@ def covariance(df, column: str) -> tuple[int, np.ndarray]:  # a Spark DataFrame
     # One task per core: each partition's result is a full dim x dim matrix (13 MB at 1280),
     # so more partitions than cores would only ship and merge more matrices.
     parts = df.sparkSession.sparkContext.defaultParallelism
-    partial = df.select(column).coalesce(parts).mapInPandas(moments, "moments binary").rdd
+    partial = df.select(column).coalesce(parts).mapInPandas(of_partition, "moments binary").rdd
     # One pass: an aggregate from "nothing" rather than an emptiness check that reruns the stage.
-    merged = partial.map(lambda row: pickle.loads(row.moments)).treeAggregate(
+    return partial.map(lambda row: pickle.loads(row.moments)).treeAggregate(
         None, _merge, _merge, depth=2
     )
-    if merged is None:
-        return 0, np.zeros((0, 0))
-    return merged.n, merged.scatter / max(merged.n - 1, 1)
 
 
 def _merge(a: Moments | None, b: Moments | None) -> Moments | None:

@@ -21,6 +21,12 @@ def split_folder(path: Column) -> Column:
     return mapping[folder]
 
 
+def split_of_path(path: str) -> str | None:
+    """`split_folder` of one path, in Python."""
+    parts = path.split("/")
+    return SPLIT_FOLDERS.get(parts[-3].lower()) if len(parts) >= 3 else None
+
+
 def split_counts(path: Column) -> list[Column]:
     """Aggregates of a group of images: how many the folders put on each side, and on neither."""
     split = split_folder(path)

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import unquote
 
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, Row, SparkSession
@@ -106,9 +107,12 @@ class Datasets:
             reader = reader.option("versionAsOf", version)
         return reader.load(self.spark_path(dataset))
 
-    def read(self, dataset: str, labels: Iterable[str] | None = None) -> DataFrame:
-        """The published rows, or those of the given classes only (classes with none add none)."""
-        table = self._table(dataset)
+    def read(
+        self, dataset: str, labels: Iterable[str] | None = None, version: int | None = None
+    ) -> DataFrame:
+        """The published rows (as of `version`, else the latest), or those of the given classes
+        only (classes with none add none)."""
+        table = self._table(dataset, version)
         if labels is None:
             return table
         return table.where(labels_filter(labels))
@@ -126,6 +130,67 @@ class Datasets:
             if info.base_name.endswith(".json") and info.base_name[: -len(".json")].isdigit()
         ]
         return max(commits) if commits else None
+
+    def commit(self, dataset: str) -> tuple[int, int] | None:
+        """The table's latest commit as (version, file time in ns), None before the first: the
+        time tells a table deleted and written again apart from the one it replaced."""
+        return self._latest_commit(dataset)
+
+    def file_changes(
+        self, dataset: str, since: tuple[int, int]
+    ) -> tuple[dict[str, str], dict[str, str]] | None:
+        """The data files a label-partitioned table's commits after `since` (a `commit`) took
+        out and put in, each with its class: (files live at `since` and no longer, files live
+        now and not at `since`), paths relative to the table. None when the log cannot say:
+        `since` is not this table's commit, a commit file is gone, or a commit changed the
+        table's definition or marks rows deleted inside a file."""
+        log = filesystem.join(self.location(dataset), DELTA_LOG)
+        commits = {
+            int(info.base_name[: -len(".json")]): info.mtime_ns or 0
+            for info in filesystem.list_entries(log)
+            if info.base_name.endswith(".json") and info.base_name[: -len(".json")].isdigit()
+        }
+        version, written = since
+        if commits.get(version) != written:
+            return None
+        # Per file, its first and last action in these commits: a file first removed was live
+        # at `since`, a file last added is live now (a RESTORE may add a file back).
+        first: dict[str, str] = {}
+        last: dict[str, str] = {}
+        labels: dict[str, str] = {}
+        for later in range(version + 1, max(commits) + 1):
+            if later not in commits:
+                return None
+            name = filesystem.join(log, f"{later:020d}.json")
+            for line in filesystem.read_bytes(name).decode().splitlines():
+                action = json.loads(line) if line.strip() else {}
+                if "metaData" in action:
+                    return None
+                for kind in ("add", "remove"):
+                    if kind not in action:
+                        continue
+                    entry = action[kind]
+                    label = (entry.get("partitionValues") or {}).get(LABEL_COLUMN)
+                    if label is None or entry.get("deletionVector"):
+                        return None
+                    path = unquote(entry["path"])
+                    first.setdefault(path, kind)
+                    last[path] = kind
+                    labels[path] = label
+        out = {p: labels[p] for p in first if first[p] == last[p] == "remove"}
+        put = {p: labels[p] for p in first if first[p] == last[p] == "add"}
+        return out, put
+
+    def read_files(self, dataset: str, paths: Iterable[str], columns: list[str]) -> Iterator[Any]:
+        """The given columns of these data files of a table (paths as `file_changes` gives
+        them), each as a pyarrow Table read on the driver: for a few files, no Spark job."""
+        import pyarrow.parquet as pq
+
+        for path in paths:
+            where = filesystem.Location.of(filesystem.join(self.location(dataset), path))
+            schema = pq.read_schema(where.path, filesystem=where.fs)
+            present = [c for c in columns if c in schema.names]
+            yield pq.read_table(where.path, filesystem=where.fs, columns=present)
 
     def remember(self, dataset: str, fact: str, value: Any) -> None:
         """Keep `value`, a fact about the table's latest commit, for `recall` in this process."""

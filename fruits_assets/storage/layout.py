@@ -61,6 +61,17 @@ def featurizer_model_path(output_root: str, weights_sha256: str) -> str:
     return join(output_root, MOBILENET_FEATURES, "_featurizer", f"{weights_sha256}.tflite")
 
 
+def training_moments_path(output_root: str) -> str:
+    """The PCA's training moments, kept with the feature table's commit they describe."""
+    return join(output_root, MOBILENET_FEATURES, "_pca", "training_moments.npz")
+
+
+def feature_groups_path(output_root: str) -> str:
+    """Per class and weights, the feature table's rows on each side of the split, kept with
+    the commit they describe."""
+    return join(output_root, MOBILENET_FEATURES, "_pca", "groups.json")
+
+
 def csv_path(output_root: str) -> str:
     return join(output_root, FEATURES_CSV, CSV_FILE_NAME)
 
