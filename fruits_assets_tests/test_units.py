@@ -553,6 +553,15 @@ def test_pca_training_moments_follow_the_feature_tables_changes(tmp_path, folder
     publish(set("abcdefg"))
     groups(spark_jobs=True)
     assert "computed over every class" in fit(after)[1]
+    # What was kept cut short (a run killed while writing it): computed anew.
+    data["d"] = rows_of("d", 8, 3.0)
+    publish({"d"})
+    for kept in (layout.training_moments_path, layout.feature_groups_path):
+        path = kept(str(tmp_path / "out"))
+        with open(path, "r+b") as handle:
+            handle.truncate(os.path.getsize(path) // 2)
+    groups(spark_jobs=True)
+    assert "computed over every class" in fit(after)[1]
     # Old rows gone (a VACUUM): computed anew, still right.
     data["c"] = rows_of("c", 7, -2.0)
     publish({"c"})

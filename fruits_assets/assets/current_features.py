@@ -99,7 +99,7 @@ def _kept_groups(datasets: Datasets, table: DataFrame) -> list[dict]:
         # A rerun of most classes: aggregating every row is as quick as reading their files.
         if changes is not None and len(changes[0]) + len(changes[1]) <= len(kept["groups"]):
             groups = _updated_groups(datasets, kept["groups"], *changes)
-    except (OSError, ValueError, KeyError, TypeError):  # none kept, or unreadable: aggregate
+    except Exception:  # none kept, or unreadable (a truncated write): aggregate every row
         groups = None
     if groups is None:
         groups = _groups(table)

@@ -165,7 +165,9 @@ def _class_moments(
 
 
 def _load(output_root: str) -> Kept | None:
+    """The kept moments; None if there are none or they cannot be read (a run killed while
+    writing them leaves a truncated file: the fit then computes them anew)."""
     try:
         return Kept.from_bytes(filesystem.read_bytes(layout.training_moments_path(output_root)))
-    except (FileNotFoundError, OSError, ValueError, KeyError):
+    except Exception:
         return None
