@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import shlex
 import shutil
@@ -487,8 +488,10 @@ def test_pca_training_moments_follow_the_feature_tables_changes(tmp_path, folder
         ]
 
     schema = "path string, label string, features array<float>, weights_sha256 string"
-    data = {label: rows_of(label, 12 + i, i) for i, label in enumerate("abcdefghij")}
-    before, after = set("abcdefghi"), set("abcdfghij")
+    # Class names with spaces, as Fruits-360's: their folders' names are URL-encoded in the log.
+    data = {f"{c} 1": rows_of(f"{c} 1", 12 + i, i) for i, c in enumerate("abcdefghij")}
+    before = {f"{c} 1" for c in "abcdefghi"}
+    after = {f"{c} 1" for c in "abcdfghij"}
 
     def publish(labels: set[str]) -> None:
         rows = [r for label in labels for r in data[label]]
@@ -505,21 +508,22 @@ def test_pca_training_moments_follow_the_feature_tables_changes(tmp_path, folder
     context = type("Context", (), {"log": Log()})()
 
     def fit(classes: set[str]) -> tuple[pca.Moments, str]:
+        fit_rows = [r for label in sorted(classes) for r in data[label]]
+        if folders:
+            fit_rows = [r for r in fit_rows if "/Training/" in r[0]]
+        x = np.array([r[2] for r in fit_rows], dtype=np.float32)
+        x = x.astype(np.float64)  # as stored
         current = CurrentFeatures(
             df=datasets.read(table).where(labels_filter(classes)),
             classes=sorted(classes),
             stale=[],
             without_features=[],
             weights={"sha": set(classes)},
-            rows=0,
+            rows=sum(len(data[label]) for label in classes),
             folders_split=folders,
+            training_rows=len(x),
         )
         moments, _ = training_moments(context, datasets, current)
-        fit_rows = [r for label in sorted(classes) for r in data[label]]
-        if folders:
-            fit_rows = [r for r in fit_rows if "/Training/" in r[0]]
-        x = np.array([r[2] for r in fit_rows], dtype=np.float32)
-        x = x.astype(np.float64)  # as stored
         assert moments.n == len(x)
         np.testing.assert_allclose(moments.mean, x.mean(axis=0), rtol=1e-9, atol=1e-9)
         np.testing.assert_allclose(moments.covariance(), np.cov(x, rowvar=False), atol=1e-8)
@@ -528,9 +532,9 @@ def test_pca_training_moments_follow_the_feature_tables_changes(tmp_path, folder
     def groups(spark_jobs: bool) -> None:
         """The table's groups kept across runs are those of one aggregate over it; `spark_jobs`:
         whether they took a Spark job (not when updated from a few files)."""
-        group = f"groups-{len(context.log.lines)}"
+        group, rows = f"groups-{len(context.log.lines)}", datasets.read(table)
         spark.sparkContext.setJobGroup(group, "kept groups")
-        kept = _kept_groups(datasets, datasets.read(table))
+        kept = _kept_groups(datasets, rows)
         ran = spark.sparkContext.statusTracker().getJobIdsForGroup(group)
         spark.sparkContext.setJobGroup("other", "")
         assert bool(ran) == spark_jobs
@@ -544,18 +548,45 @@ def test_pca_training_moments_follow_the_feature_tables_changes(tmp_path, folder
     groups(spark_jobs=True)
     assert "computed over every class" in fit(before)[1]
     # Class b rerun with other photos, class j registered, class e dropped: three classes.
-    data["b"] = rows_of("b", 9, 5.0)
-    publish({"b"})
+    data["b 1"] = rows_of("b 1", 9, 5.0)
+    publish({"b 1"})
     groups(spark_jobs=False)
     assert "updated from the kept ones for 3 changed classes" in fit(after)[1]
     assert "for 0 changed classes" in fit(after)[1]
+    # Another rerun of b, then restored to the version before it (as `fruits restore` does):
+    # b's previous file is added back, its new one taken out.
+    original_b, data["b 1"] = data["b 1"], rows_of("b 1", 5, 1.0)
+    publish({"b 1"})
+    groups(spark_jobs=False)
+    assert "updated from the kept ones for 1 changed classes" in fit(after)[1]
+    data["b 1"] = original_b
+    datasets.restore(table, datasets.version(table) - 1)
+    groups(spark_jobs=False)
+    assert "updated from the kept ones for 1 changed classes" in fit(after)[1]
+    # A commit that rearranges files without changing data (its add names a file already
+    # there): the log is not followed.
+    log = tmp_path / "out" / table / "_delta_log"
+    latest = max(int(p.stem) for p in log.glob("*.json"))
+    live = next(
+        json.loads(line)["add"]
+        for line in (log / f"{latest:020d}.json").read_text().splitlines()
+        if '"add"' in line
+    )
+    (log / f"{latest + 1:020d}.json").write_text(
+        json.dumps({"commitInfo": {"operation": "COMPUTE STATS"}})
+        + "\n"
+        + json.dumps({"add": {**live, "dataChange": False}})
+        + "\n"
+    )
+    groups(spark_jobs=True)
+    assert "computed over every class" in fit(after)[1]
     # More than half of the classes changed: computed anew.
-    publish(set("abcdefg"))
+    publish({f"{c} 1" for c in "abcdefg"})
     groups(spark_jobs=True)
     assert "computed over every class" in fit(after)[1]
     # What was kept cut short (a run killed while writing it): computed anew.
-    data["d"] = rows_of("d", 8, 3.0)
-    publish({"d"})
+    data["d 1"] = rows_of("d 1", 8, 3.0)
+    publish({"d 1"})
     for kept in (layout.training_moments_path, layout.feature_groups_path):
         path = kept(str(tmp_path / "out"))
         with open(path, "r+b") as handle:
@@ -563,16 +594,16 @@ def test_pca_training_moments_follow_the_feature_tables_changes(tmp_path, folder
     groups(spark_jobs=True)
     assert "computed over every class" in fit(after)[1]
     # Old rows gone (a VACUUM): computed anew, still right.
-    data["c"] = rows_of("c", 7, -2.0)
-    publish({"c"})
+    data["c 1"] = rows_of("c 1", 7, -2.0)
+    publish({"c 1"})
     removed = [
-        p for p in (tmp_path / "out" / table / "label=c").iterdir() if p.suffix == ".parquet"
+        p for p in (tmp_path / "out" / table / "label=c 1").iterdir() if p.suffix == ".parquet"
     ]
     for path in sorted(removed, key=lambda p: p.stat().st_mtime)[:-1]:
         path.unlink()
     assert "could not be updated" in fit(after)[1]
     # The table deleted and written again from version 0: not the kept commit.
     shutil.rmtree(tmp_path / "out" / table / "_delta_log")
-    shutil.rmtree(tmp_path / "out" / table / "label=a")
+    shutil.rmtree(tmp_path / "out" / table / "label=a 1")
     publish(set(data))
     assert "computed over every class" in fit(after)[1]

@@ -30,6 +30,7 @@ class CurrentFeatures:
     rows: int  # the number of rows in `df`
     # Whether the dataset's Training/Test folders split every class of `df` (`splits.with_split`).
     folders_split: bool
+    training_rows: int = -1  # the rows of `df` a model learns from (`splits.training_rows`)
 
     def weights_sha256(self) -> str:
         """The sha256 of the weights every current row was computed with (see
@@ -53,6 +54,7 @@ def current_features(context: dg.AssetExecutionContext, datasets: Datasets) -> C
         layout.MOBILENET_FEATURES, FACTS, lambda: _kept_groups(datasets, table)
     )
     stored, weights, rows = _weights_by_class(groups, registered, WEIGHTS_COLUMN in table.columns)
+    folders = splits.folders_split(g for g in groups if g[layout.LABEL_COLUMN] in registered)
     return CurrentFeatures(
         df=table.where(labels_filter(registered)),
         classes=classes,
@@ -60,9 +62,10 @@ def current_features(context: dg.AssetExecutionContext, datasets: Datasets) -> C
         without_features=sorted(registered - stored),
         weights=weights,
         rows=rows,
-        folders_split=splits.folders_split(
-            g for g in groups if g[layout.LABEL_COLUMN] in registered
-        ),
+        folders_split=folders,
+        training_rows=sum(g["train"] or 0 for g in groups if g[layout.LABEL_COLUMN] in registered)
+        if folders
+        else rows,
     )
 
 
@@ -95,7 +98,11 @@ def _kept_groups(datasets: Datasets, table: DataFrame) -> list[dict]:
     try:
         kept = json.loads(filesystem.read_bytes(where))
         since = (int(kept["commit"][0]), int(kept["commit"][1]))
-        changes = datasets.file_changes(layout.MOBILENET_FEATURES, since)
+        changes = (
+            datasets.file_changes(layout.MOBILENET_FEATURES, since, commit)
+            if commit is not None
+            else None
+        )
         # A rerun of most classes: aggregating every row is as quick as reading their files.
         if changes is not None and len(changes[0]) + len(changes[1]) <= len(kept["groups"]):
             groups = _updated_groups(datasets, kept["groups"], *changes)

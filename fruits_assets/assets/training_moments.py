@@ -6,7 +6,9 @@ to the feature table with the commit they describe; the next fit reads from the 
 which data files were taken out and put in since, removes the rows of the first and adds those
 of the second (a few files, read on the driver), and reads whole only the classes that joined
 or left the registered ones. Anything the log cannot vouch for (a rewritten table, other
-weights, another split, more than half the classes touched, a file gone) computes them anew.
+weights, another split, more than half the classes touched, a file gone, a commit that only
+rearranges files) computes them anew, and so do updated moments whose row count is not the
+table's (as its per-class counts say).
 """
 
 from __future__ import annotations
@@ -78,13 +80,15 @@ def training_moments(
     if kept is not None and commit is not None:
         if kept.fit_on == fit_on and kept.weights_sha256 == weights_sha256:
             try:
-                updated = _updated(datasets, kept, classes, current)
+                updated = _updated(datasets, kept, commit, classes, current)
             except Exception as error:  # e.g. the old rows' files were vacuumed
                 updated = None
                 how += f" (the kept ones could not be updated: {error})".splitlines()[0]
-            if updated is not None:
+            if updated is not None and _rows(updated[0]) == current.training_rows:
                 moments, touched = updated
                 how = f"updated from the kept ones for {touched} changed classes"
+            elif updated is not None:  # not the rows the table's counts say: trust neither
+                how += " (the kept ones, updated, did not match the table's row count)"
     if moments is None:
         fit_rows, _ = splits.training_rows(current.df, current.folders_split)
         moments = pca.moments(fit_rows, FEATURES_COLUMN)
@@ -100,13 +104,21 @@ def training_moments(
     return moments, fit_on
 
 
+def _rows(moments: pca.Moments | None) -> int:
+    return moments.n if moments is not None else 0
+
+
 def _updated(
-    datasets: Datasets, kept: Kept, classes: frozenset[str], current: CurrentFeatures
+    datasets: Datasets,
+    kept: Kept,
+    commit: tuple[int, int],
+    classes: frozenset[str],
+    current: CurrentFeatures,
 ) -> tuple[pca.Moments | None, int] | None:
     """The kept moments without the rows of the files taken out since, with those of the files
     put in (read on the driver: a rerun's few files), and the classes that joined or left the
     registered ones read whole; with the number of classes touched. None: start over."""
-    changes = datasets.file_changes(layout.MOBILENET_FEATURES, kept.commit)
+    changes = datasets.file_changes(layout.MOBILENET_FEATURES, kept.commit, commit)
     if changes is None:
         return None
     out, put = changes
@@ -116,14 +128,14 @@ def _updated(
     # Removing most of the rows would leave the rest to rounding: computing them is as cheap.
     if 2 * len(touched) > len(classes):
         return None
-    folders = current.folders_split
+    folders, width = current.folders_split, len(kept.moments.mean)
     removed = [p for p, label in out.items() if label in kept.classes and label not in left]
     added = [p for p, label in put.items() if label in classes and label not in joined]
     moments: pca.Moments | None = kept.moments
     for part, sign in (
-        (_file_moments(datasets, removed, folders), -1),
+        (_file_moments(datasets, removed, folders, width), -1),
         (_class_moments(datasets, left, current, kept.commit[0]), -1),
-        (_file_moments(datasets, added, folders), 1),
+        (_file_moments(datasets, added, folders, width), 1),
         (_class_moments(datasets, joined, current, None), 1),
     ):
         if part is not None:
@@ -133,13 +145,18 @@ def _updated(
     return moments, len(touched)
 
 
-def _file_moments(datasets: Datasets, paths: list[str], folders: bool) -> pca.Moments | None:
-    """The training rows' moments of these data files of mobilenet_features."""
+def _file_moments(
+    datasets: Datasets, paths: list[str], folders: bool, width: int
+) -> pca.Moments | None:
+    """The training rows' moments of these data files of mobilenet_features (vectors of
+    `width` values: any other fails)."""
     rows = []
     for table in datasets.read_files(layout.MOBILENET_FEATURES, paths, ["path", FEATURES_COLUMN]):
         features = table.column(FEATURES_COLUMN).combine_chunks()
         if len(features) == 0:
             continue
+        if set(features.value_lengths().to_pylist()) != {width}:
+            raise ValueError(f"a data file holds feature vectors of another width than {width}")
         x = features.flatten().to_numpy().reshape(len(features), -1).astype(np.float64)
         if folders:
             paths_ = table.column("path").to_pylist()

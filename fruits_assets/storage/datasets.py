@@ -137,13 +137,15 @@ class Datasets:
         return self._latest_commit(dataset)
 
     def file_changes(
-        self, dataset: str, since: tuple[int, int]
+        self, dataset: str, since: tuple[int, int], until: tuple[int, int]
     ) -> tuple[dict[str, str], dict[str, str]] | None:
-        """The data files a label-partitioned table's commits after `since` (a `commit`) took
-        out and put in, each with its class: (files live at `since` and no longer, files live
-        now and not at `since`), paths relative to the table. None when the log cannot say:
-        `since` is not this table's commit, a commit file is gone, or a commit changed the
-        table's definition or marks rows deleted inside a file."""
+        """The data files a label-partitioned table's commits after `since` up to `until` (each
+        a `commit`) took out and put in, each with its class: (files live at `since` and not at
+        `until`, files live at `until` and not at `since`), paths relative to the table. None
+        when the log cannot say: either commit is not this table's, a commit file is gone, a
+        commit is not yet in the log's main folder, or one partitions the table otherwise,
+        rearranges files without changing data (its adds may name files already there) or
+        marks rows deleted inside a file."""
         log = filesystem.join(self.location(dataset), DELTA_LOG)
         commits = {
             int(info.base_name[: -len(".json")]): info.mtime_ns or 0
@@ -151,27 +153,33 @@ class Datasets:
             if info.base_name.endswith(".json") and info.base_name[: -len(".json")].isdigit()
         }
         version, written = since
-        if commits.get(version) != written:
+        if commits.get(version) != written or commits.get(until[0]) != until[1]:
+            return None
+        if any(name.endswith(".json") for name in filesystem.list_names(f"{log}/_commits")):
             return None
         # Per file, its first and last action in these commits: a file first removed was live
         # at `since`, a file last added is live now (a RESTORE may add a file back).
         first: dict[str, str] = {}
         last: dict[str, str] = {}
         labels: dict[str, str] = {}
-        for later in range(version + 1, max(commits) + 1):
+        for later in range(version + 1, until[0] + 1):
             if later not in commits:
                 return None
             name = filesystem.join(log, f"{later:020d}.json")
             for line in filesystem.read_bytes(name).decode().splitlines():
                 action = json.loads(line) if line.strip() else {}
-                if "metaData" in action:
+                # A RESTORE restates the table's definition: followed while the table stays
+                # partitioned by class (the files' own columns are read, whatever the schema).
+                if action.get("metaData", {"partitionColumns": [LABEL_COLUMN]}).get(
+                    "partitionColumns"
+                ) != [LABEL_COLUMN]:
                     return None
                 for kind in ("add", "remove"):
                     if kind not in action:
                         continue
                     entry = action[kind]
                     label = (entry.get("partitionValues") or {}).get(LABEL_COLUMN)
-                    if label is None or entry.get("deletionVector"):
+                    if label is None or entry.get("deletionVector") or not entry.get("dataChange"):
                         return None
                     path = unquote(entry["path"])
                     first.setdefault(path, kind)
