@@ -46,16 +46,15 @@ class Kept:
             "weights_sha256": self.weights_sha256,
         }
         buffer = io.BytesIO()
-        np.savez(buffer, about=np.array(json.dumps(about)), moments=np.frombuffer(
-            self.moments.to_bytes(), dtype=np.uint8
-        ))  # fmt: skip
+        m = self.moments
+        np.savez(buffer, about=np.array(json.dumps(about)), n=m.n, mean=m.mean, scatter=m.scatter)
         return buffer.getvalue()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Kept:
         with np.load(io.BytesIO(data)) as kept:
             about = json.loads(str(kept["about"]))
-            moments = pca.Moments.from_bytes(kept["moments"].tobytes())
+            moments = pca.Moments(int(kept["n"]), kept["mean"], kept["scatter"])
         return cls(
             (int(about["commit"][0]), int(about["commit"][1])),
             frozenset(about["classes"]),
@@ -73,7 +72,7 @@ def training_moments(
     commit = datasets.commit(layout.MOBILENET_FEATURES)
     weights_sha256 = current.weights_sha256()
     classes = frozenset(c for labels in current.weights.values() for c in labels)
-    _, fit_on = splits.training_rows(current.df.limit(0), current.folders_split)
+    fit_on = splits.training_source(current.folders_split)
     kept = _load(datasets.output)
     moments: pca.Moments | None = None
     how = "computed over every class"

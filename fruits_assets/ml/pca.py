@@ -3,7 +3,6 @@ target variance, projections."""
 
 from __future__ import annotations
 
-import io
 import pickle
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -42,16 +41,6 @@ class Moments:
     def covariance(self) -> np.ndarray:
         """The sample covariance."""
         return self.scatter / max(self.n - 1, 1)
-
-    def to_bytes(self) -> bytes:
-        buffer = io.BytesIO()
-        np.savez(buffer, n=np.int64(self.n), mean=self.mean, scatter=self.scatter)
-        return buffer.getvalue()
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> Moments:
-        with np.load(io.BytesIO(data)) as kept:
-            return cls(int(kept["n"]), kept["mean"], kept["scatter"])
 
     def __add__(self, other: Moments) -> Moments:
         # Chan et al.'s pairwise update: each part is centred on its own mean, so no large

@@ -78,5 +78,12 @@ def training_rows(df: DataFrame, folders: bool | None = None) -> tuple[DataFrame
     with_splits, source = with_split(df, folders)
     if source == FOLDER_SPLIT:
         training = with_splits.where(F.col("split") == TRAIN).drop("split")
-        return training, "Training split only (no Test image leaks into the PCA)"
-    return df, "all images (the input has no usable Training/Test split)"
+        return training, training_source(True)
+    return df, training_source(False)
+
+
+def training_source(folders: bool) -> str:
+    """What `training_rows` says its rows are, knowing whether the folders split the data."""
+    if folders:
+        return "Training split only (no Test image leaks into the PCA)"
+    return "all images (the input has no usable Training/Test split)"

@@ -122,14 +122,17 @@ class Datasets:
         commit = self._latest_commit(dataset)
         return commit[0] if commit else None
 
-    def _latest_commit(self, dataset: str) -> tuple[int, int] | None:
-        """(version, file time in ns) of the table's latest commit; None before the first."""
-        commits = [
-            (int(info.base_name[: -len(".json")]), info.mtime_ns or 0)
+    def _commits(self, dataset: str) -> dict[int, int]:
+        """{version: file time in ns} of the commits in the table's log."""
+        return {
+            int(info.base_name[: -len(".json")]): info.mtime_ns or 0
             for info in filesystem.list_entries(filesystem.join(self.location(dataset), DELTA_LOG))
             if info.base_name.endswith(".json") and info.base_name[: -len(".json")].isdigit()
-        ]
-        return max(commits) if commits else None
+        }
+
+    def _latest_commit(self, dataset: str) -> tuple[int, int] | None:
+        """(version, file time in ns) of the table's latest commit; None before the first."""
+        return max(self._commits(dataset).items(), default=None)
 
     def commit(self, dataset: str) -> tuple[int, int] | None:
         """The table's latest commit as (version, file time in ns), None before the first: the
@@ -147,11 +150,7 @@ class Datasets:
         rearranges files without changing data (its adds may name files already there) or
         marks rows deleted inside a file."""
         log = filesystem.join(self.location(dataset), DELTA_LOG)
-        commits = {
-            int(info.base_name[: -len(".json")]): info.mtime_ns or 0
-            for info in filesystem.list_entries(log)
-            if info.base_name.endswith(".json") and info.base_name[: -len(".json")].isdigit()
-        }
+        commits = self._commits(dataset)
         version, written = since
         if commits.get(version) != written or commits.get(until[0]) != until[1]:
             return None
