@@ -9,7 +9,8 @@ hands it the next run, which it executes exactly as `dagster api execute_run` do
 readying the next one at once, so the imports happen while nobody waits for them. The run's own
 code is imported by the run itself: a code location reloaded in the UI is what runs.
 
-A standby whose launcher is gone (the UI stopped) sees its input close and exits.
+A standby (`fruits_assets.standby`) whose launcher is gone (the UI stopped) sees its input
+close and exits.
 """
 
 from __future__ import annotations
@@ -27,16 +28,6 @@ from dagster._grpc.types import ExecuteRunArgs
 from dagster._serdes import ConfigurableClass, ConfigurableClassData, serialize_value
 
 from fruits_assets import runs
-
-# What every run imports before its first event: loaded by the standby ahead of time.
-PRELOADED = (
-    "dagster._cli",
-    "dagster._core.storage.sqlite_storage",
-    "dagster_pyspark",
-    "pandas",
-    "pyarrow",
-    "pyspark.sql",
-)
 
 
 class StandbyRunLauncher(RunLauncher, ConfigurableClass):
@@ -144,7 +135,7 @@ class StandbyRunLauncher(RunLauncher, ConfigurableClass):
 def _start(python: str) -> subprocess.Popen:
     # Same environment and folder as the launching process (the daemon of `fruits ui`), as the
     # code server's processes have; same process group, so stopping the UI stops it too.
-    return subprocess.Popen([python, "-m", "fruits_assets.launcher"], stdin=subprocess.PIPE)
+    return subprocess.Popen([python, "-m", "fruits_assets.standby"], stdin=subprocess.PIPE)
 
 
 def _close(standby: subprocess.Popen) -> None:
@@ -154,30 +145,3 @@ def _close(standby: subprocess.Popen) -> None:
             standby.stdin.close()
     except OSError:
         pass
-
-
-def standby() -> int:
-    """A standby's life: import, wait for one run's arguments, execute that run as `dagster api
-    execute_run` does (and exit with its status); exit quietly if the input closes first."""
-    import importlib
-
-    # Ctrl-C on the UI reaches its whole process group: a standby without a run just ends (the
-    # run's execution installs Dagster's own handlers, which interrupt its steps).
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    for module in PRELOADED:
-        try:
-            importlib.import_module(module)
-        except ImportError:  # the run imports what it needs, or says what is missing
-            pass
-    line = sys.stdin.readline()
-    if not line.strip():
-        return 0
-    from dagster._cli import main
-
-    sys.argv = ["dagster", "api", "execute_run", line.strip()]
-    main()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(standby())

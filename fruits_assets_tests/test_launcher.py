@@ -4,6 +4,7 @@ is marked failed, and nothing outlives the daemon."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -18,15 +19,22 @@ from fruits_assets import cli, runs
 
 BIN = Path(sys.executable).parent
 
-# A job whose one step writes its process id, then waits while a "hold" file exists.
+# A job whose one step writes its process id and the nice value of every thread of its process
+# but the allocator's, then waits while a "hold" file exists.
 JOBS = """
-import os, time
+import json, os, time
 from pathlib import Path
 import dagster as dg
 
 @dg.op
 def report(context):
     probe = Path(os.environ["PROBE_DIR"])
+    nice = {}
+    for task in os.listdir("/proc/self/task"):
+        name, stat = (Path("/proc/self/task", task, f).read_text() for f in ("comm", "stat"))
+        if not name.startswith("jemalloc"):
+            nice[task] = int(stat.rsplit(")", 1)[1].split()[16])
+    (probe / (context.run_id + ".nice")).write_text(json.dumps(nice))
     (probe / context.run_id).write_text(str(os.getpid()))
     while (probe / "hold").exists():
         time.sleep(0.1)
@@ -52,7 +60,7 @@ def _standbys(parent: int) -> list[int]:
                 ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
         except OSError:
             continue
-        if b"fruits_assets.launcher" in command and ppid == parent:
+        if b"fruits_assets.standby" in command and ppid == parent:
             found.append(int(entry))
     return found
 
@@ -124,6 +132,9 @@ def test_runs_start_in_a_ready_process_stop_when_terminated_and_end_with_the_dae
     assert _until(lambda: _status(instance, second) in ended), _status(instance, second)
     assert _status(instance, second) == dg.DagsterRunStatus.SUCCESS
     assert (probe / second).read_text() == str(ready[0])
+    # It imported at a low priority, on a thread of its own: the run's threads have the normal one.
+    nice = json.loads((probe / f"{second}.nice").read_text())
+    assert nice and set(nice.values()) == {os.getpriority(os.PRIO_PROCESS, 0)}, nice
     tags = instance.get_run_by_id(second).tags
     assert tags[runs.PID_TAG] == str(ready[0]) and tags[runs.PID_START_TAG] == ready_since
 
