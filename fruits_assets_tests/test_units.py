@@ -235,6 +235,19 @@ def test_spark_regression_starts_from_given_coefficients():
     assert history[-1] <= history[0]
 
 
+def test_class_order_is_string_indexers_whatever_the_characters():
+    """The classes of a run's pca_features_parquet are indexed without a Spark job, in the
+    order StringIndexer would give them (the published classifier's labels compare equal)."""
+    from pyspark.ml.feature import StringIndexer
+
+    labels = ["Kiwi 1", "kiwi", "Apple 6", "Äpfel", "\U0001d538pple", "\uff21pple", "Zebra 2"]
+    spark = _local_spark()
+    data = spark.createDataFrame([(label,) for label in labels * 2], ["label"])
+    fitted = StringIndexer(inputCol="label", outputCol="y", stringOrderType="alphabetAsc").fit(data)
+    assert training.class_order(labels) == list(fitted.labelsArray[0])
+    assert training.class_order(labels) != sorted(labels)  # Python's order is another
+
+
 def test_spark_covariance_matches_numpy_whatever_the_partitioning():
     spark = _local_spark()
     x = _rank_deficient_features()

@@ -14,7 +14,7 @@ from pyspark.sql import functions as F
 from fruits_assets.assets import checks
 from fruits_assets.assets.current_features import current_features
 from fruits_assets.assets.metadata import png_markdown, rows_table
-from fruits_assets.assets.pca import SIZE_FACT, PcaModel, pca_features_parquet
+from fruits_assets.assets.pca import CLASSES_FACT, SIZE_FACT, PcaModel, pca_features_parquet
 from fruits_assets.assets.publishing import FilePublication, publish_or_fail
 from fruits_assets.ml import plots, splits
 from fruits_assets.ml.serving import Predictor
@@ -64,7 +64,7 @@ def fruit_classifier(
     # (`spark.warm_up`), rather than with the code location: every run would wait for it.
     from pyspark.ml import PipelineModel
     from pyspark.ml.evaluation import MulticlassClassificationEvaluator
-    from pyspark.ml.feature import StringIndexer
+    from pyspark.ml.feature import StringIndexer, StringIndexerModel
     from pyspark.ml.functions import array_to_vector, vector_to_array
     from pyspark.ml.tuning import CrossValidator, ParamGridBuilder
 
@@ -93,8 +93,14 @@ def fruit_classifier(
     # kept on local disk (not in the JVM's heap, whatever the number of images).
     joined = pca_rows.join(histograms, "path").persist(StorageLevel.DISK_ONLY)
     data, split_source = splits.with_split(joined, current.folders_split)
-    by_class = StringIndexer(inputCol="label", outputCol="y", stringOrderType="alphabetAsc")
-    indexer = by_class.fit(data)
+    known = datasets.recall(layout.PCA_FEATURES_PARQUET, CLASSES_FACT)
+    if known and set(known) <= set(current.classes) - set(current.without_features):
+        # As pca_features_parquet published them in this run: no Spark job to list them.
+        labels = training.class_order(known)
+        indexer = StringIndexerModel.from_labels(labels, inputCol="label", outputCol="y")
+    else:
+        by_class = StringIndexer(inputCol="label", outputCol="y", stringOrderType="alphabetAsc")
+        indexer = by_class.fit(data)
     label_names = list(indexer.labelsArray[0])
     data = (
         indexer.transform(data)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 from pyspark.ml import PipelineModel
 from pyspark.ml.classification import LogisticRegression
@@ -40,6 +42,12 @@ def input_stages(train: DataFrame, shrinkage: float, pca_dims: int) -> list:
         scalingVec=Vectors.dense(scale), inputCol="xh_centred", outputCol="z"
     )
     return [*sizes, centre, shrink]
+
+
+def class_order(labels: Iterable[str]) -> list[str]:
+    """The classes in the order of StringIndexer's `alphabetAsc` (Java's string order: by UTF-16
+    code units, which differs from Python's for characters beyond the BMP)."""
+    return sorted(labels, key=lambda label: label.encode("utf-16-be"))
 
 
 def softmax_regression(max_iter: int) -> LogisticRegression:
