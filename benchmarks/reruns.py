@@ -211,10 +211,27 @@ def ui_session(
             since = time.time()
             times.append(_launch_one_run(url))
             budgets.append(step_budget(Path(env["DAGSTER_HOME"]), since, times[-1]))
+            # Which Spark context the run got: one the UI's JVM prepared, a new one there, its own.
+            for line in spark_lines(Path(env["DAGSTER_HOME"]), since):
+                budgets[-1][line] = budgets[-1].get(line, 0) + 1
         return backfill_s, times, budgets
     finally:
         ui.send_signal(signal.SIGTERM)
         ui.wait(timeout=120)
+
+
+def spark_lines(home: Path, since: float) -> list[str]:
+    """What each run created at or after `since` logged about its Spark ("Spark: ...")."""
+    import dagster as dg
+
+    instance = dg.DagsterInstance.from_config(str(home))
+    return [
+        record.user_message
+        for run in instance.get_run_records()
+        if run.create_timestamp.timestamp() >= since
+        for record in instance.all_logs(run.dagster_run.run_id)
+        if record.dagster_event is None and record.user_message.startswith("Spark: ")
+    ]
 
 
 def add_photos(images: Path, count: int) -> None:
@@ -315,6 +332,8 @@ def main() -> None:
             for x in ([b[part] for b in group if part in b] for group in groups.values())
         ]
         print(f"| {part} | " + " | ".join(cells) + " |")
+    for line in sorted({part for b in budgets_ui for part in b if "Spark: " in part}):
+        print(f"\nUI runs (next) that logged {line!r}: {sum(line in b for b in budgets_ui)}")
 
 
 def compare_ui(other: str, sessions: int, runs: int) -> None:
@@ -346,6 +365,10 @@ def compare_ui(other: str, sessions: int, runs: int) -> None:
         cells = [f"{statistics.median(b[part] for b in budgets[n] if part in b):.1f}"
                  for n in states]  # fmt: skip
         print(f"| {part} | " + " | ".join(cells) + " |")
+    lines = sorted({part for n in states for b in budgets[n] for part in b if "Spark: " in part})
+    for line in lines:  # how many of the compared runs logged it
+        cells = [str(sum(int(b.get(line, 0)) for b in budgets[n])) for n in states]
+        print(f"| runs: {line} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -325,6 +325,8 @@ def _spark_host(settings: FruitsSettings):  # a spark_host.SparkHost, or None
             local_spark_config(settings, s3=settings.uses_s3, long_lived=True),
             # The whole graph once on generated photos: every asset's JVM code compiled.
             rehearsal=lambda: runner.rehearse(settings),
+            # As the runs' LocalSpark resource has it: their contexts are prepared ahead.
+            run_config=local_spark_config(settings, s3=settings.uses_s3),
         )
     except Exception as exc:  # runs then start their own Spark, and report what is wrong
         print(f"warning: no warm Spark for the UI's runs: {exc}", file=sys.stderr)

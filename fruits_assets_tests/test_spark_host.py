@@ -1,5 +1,6 @@
-"""The warm Spark JVM of `fruits ui`: runs (real processes) attach to it one at a time, a run
-that ends or is killed leaves no context or job behind, a busy host sends a run to its own JVM."""
+"""The warm Spark JVM of `fruits ui`: runs (real processes) attach to it one at a time, each
+claims the context the host prepared for it (with its Python workers), a run that ends or is
+killed leaves no context or job behind, a busy host sends a run to its own JVM."""
 
 from __future__ import annotations
 
@@ -9,18 +10,22 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
+from fruits_assets.resources import spark_host
 from fruits_assets.resources.spark import local_spark_config
 from fruits_assets.resources.spark_host import SparkHost
 from fruits_assets.settings import FruitsSettings
 
 pytestmark = pytest.mark.slow
 
-# A run's use of Spark, as LocalSpark does it: attach, say which JVM it got, then what the
-# test asks (`write` a Delta table and exit, `hang` in a job, `hold` the host; `bad`: a
-# configuration its Spark context cannot be created with).
+# A run's use of Spark, as LocalSpark does it: attach, say which JVM and context it got, then
+# what the test asks (`write` a Delta table, after a Python job that says which workers ran it,
+# and exit; `hang` in a job; `call` into the JVM for a long time; `hold` the host; `bad`: a
+# configuration its Spark context cannot be created with). CODE: the run's code differs from
+# the one the host prepared the context with.
 RUN = textwrap.dedent(
     """
     import os, sys, time
@@ -29,6 +34,8 @@ RUN = textwrap.dedent(
     from fruits_assets.settings import FruitsSettings
 
     spark_host.ATTACH_WAIT_SECONDS = float(os.environ.get("WAIT", "30"))
+    if os.environ.get("CODE"):
+        spark_host.code_version = lambda: os.environ["CODE"]
     config = local_spark_config(FruitsSettings.from_env())
     if sys.argv[1] == "bad":  # a context the JVM refuses to create, after connecting to it
         config["spark.master"] = "local[no such thing]"
@@ -37,8 +44,16 @@ RUN = textwrap.dedent(
         print("own JVM", flush=True)
         sys.exit(0)
     print("jvm", spark.sparkContext._jvm.ProcessHandle.current().pid(), flush=True)
+    print("app", spark.sparkContext.applicationId, int(spark_host.claimed_prepared()), flush=True)
     what = sys.argv[1]
     if what == "write":
+
+        def worker(batches):
+            for batch in batches:
+                yield batch.assign(id=os.getpid())
+
+        rows = spark.range(8, numPartitions=2).mapInPandas(worker, "id long").collect()
+        print("workers", *sorted({row.id for row in rows}), flush=True)
         spark.range(10).write.format("delta").save(sys.argv[2])
     elif what == "hang":
         import threading
@@ -56,6 +71,9 @@ RUN = textwrap.dedent(
             time.sleep(0.2)
         print("job running", flush=True)
         time.sleep(3600)
+    elif what == "call":  # a long call into the JVM, as a Delta commit on the driver is
+        print("calling", flush=True)
+        spark.sparkContext._jvm.java.lang.Thread.sleep(20000)
     elif what == "hold":
         print("holding", flush=True)
         time.sleep(3600)
@@ -63,8 +81,8 @@ RUN = textwrap.dedent(
 )
 
 
-def _start_run(host: SparkHost, *args: str, wait: float = 30) -> subprocess.Popen:
-    env = {**os.environ, **host.env(), "WAIT": str(wait)}
+def _start_run(host: SparkHost, *args: str, wait: float = 30, code: str = "") -> subprocess.Popen:
+    env = {**os.environ, **host.env(), "WAIT": str(wait), "CODE": code}
     return subprocess.Popen(
         [sys.executable, "-c", RUN, *args], env=env, stdout=subprocess.PIPE, text=True
     )
@@ -88,6 +106,35 @@ def _active_jobs(host: SparkHost) -> list[int] | None:
     return list(active.get().statusTracker().getActiveJobIds()) if active.isDefined() else None
 
 
+def _active_app(host: SparkHost) -> str | None:
+    """The application id of the host JVM's Spark context; None when no context is there."""
+    jvm = host._gateway.jvm
+    active = getattr(jvm.org.apache.spark, "SparkContext$").__getattr__("MODULE$").getActive()
+    return active.get().applicationId() if active.isDefined() else None
+
+
+def _python_workers(host: SparkHost) -> set[int]:
+    """The processes under the host's JVM: its contexts' Python daemons and their workers."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = set(), {host._gateway.proc.pid}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _prepared_anew(host: SparkHost, previous: str) -> bool:
+    """The host stopped the context `previous` and prepared another, idle."""
+    app = _active_app(host)
+    return app is not None and app != previous and app == host.prepared and not _active_jobs(host)
+
+
 def _until(condition, timeout_s: float = 30) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -98,34 +145,67 @@ def _until(condition, timeout_s: float = 30) -> bool:
 
 
 def test_runs_share_the_ui_jvm_one_at_a_time_and_leave_nothing_running(tmp_path):
-    host = SparkHost(local_spark_config(FruitsSettings.from_env()))
+    config = local_spark_config(FruitsSettings.from_env())
+    host = SparkHost(config, run_config=config)
     jvm_pid = host._gateway.proc.pid
     try:
         assert host.warm.wait(300), "the host never finished warming up"
-        assert _active_jobs(host) is None, "the warm-up left its context running"
+        prepared = host.prepared
+        assert prepared and _active_app(host) == prepared, "no context prepared for a run"
+        assert _active_jobs(host) == [], "the warm-up left a job running"
+        ready_workers = _python_workers(host)
 
-        # A run attaches, writes through Delta in the host's JVM and exits without stopping
-        # its context: the host stops it.
+        # A run claims the prepared context, runs its Python job in the workers started for it,
+        # writes through Delta in the host's JVM and exits without stopping its context: the
+        # host stops it and prepares the next run's.
         table = tmp_path / "table"
         run = _start_run(host, "write", f"file://{table}")
         assert _line(run, "jvm") == f"jvm {jvm_pid}"
+        assert _line(run, "app") == f"app {prepared} 1"
+        workers = {int(pid) for pid in _line(run, "workers").split()[1:]}
+        assert workers and workers <= ready_workers, (workers, ready_workers)
         assert run.wait(timeout=180) == 0
         assert (table / "_delta_log").is_dir()
-        assert _until(lambda: _active_jobs(host) is None), "a finished run's context stayed"
+        assert _until(lambda: _prepared_anew(host, prepared)), "no fresh context after the run"
 
-        # A run whose context cannot be created there starts its own JVM (and fails there by
-        # itself); the host is left as it was for the next run.
+        # A run whose code changed since the context was prepared gets new Python workers.
+        prepared, ready_workers = host.prepared, _python_workers(host)
+        run = _start_run(host, "write", f"file://{tmp_path / 'changed'}", code="changed")
+        assert _line(run, "app") == f"app {prepared} 1"
+        workers = {int(pid) for pid in _line(run, "workers").split()[1:]}
+        assert workers and not workers & ready_workers, (workers, ready_workers)
+        assert run.wait(timeout=180) == 0
+        assert _until(lambda: _prepared_anew(host, prepared)), "no fresh context after the run"
+
+        # A run whose context cannot be created there (other settings than the prepared one's)
+        # starts its own JVM (and fails there by itself); the host prepares another context.
+        prepared = host.prepared
         run = _start_run(host, "bad")
         assert _line(run, "own JVM")
         assert run.wait(timeout=60) == 0
+        assert _until(lambda: _prepared_anew(host, prepared)), "no fresh context after the run"
 
         # A run killed in the middle of a job: its job is cancelled and its context stopped.
         run = _start_run(host, "hang")
+        hung = _line(run, "app").split()[1]
         _line(run, "job running")
         assert _active_jobs(host), "the hanging job is not in the host's JVM"
         os.kill(run.pid, signal.SIGKILL)
         run.wait(timeout=30)
-        assert _until(lambda: _active_jobs(host) is None), "a killed run's job kept running"
+        assert _until(lambda: _prepared_anew(host, hung)), "a killed run's job kept running"
+
+        # A run killed during a long call into the JVM (a commit on the driver): its context is
+        # stopped, and the next one prepared only once that call has ended.
+        run = _start_run(host, "call")
+        called = _line(run, "app").split()[1]
+        _line(run, "calling")
+        assert _until(lambda: spark_host._calls_in_flight(host._gateway.jvm) >= 1)
+        os.kill(run.pid, signal.SIGKILL)
+        run.wait(timeout=30)
+        assert _until(lambda: _active_app(host) is None), "a killed run's context stayed"
+        assert spark_host._calls_in_flight(host._gateway.jvm) >= 1
+        assert host.prepared == called, "a context was prepared while a dead run's call ran"
+        assert _until(lambda: _prepared_anew(host, called), 60), "nothing prepared after it"
 
         # While one run holds the host, another starts its own JVM instead of waiting forever.
         holder = _start_run(host, "hold")
@@ -141,7 +221,14 @@ def test_runs_share_the_ui_jvm_one_at_a_time_and_leave_nothing_running(tmp_path)
         # ... and the next run gets the host again.
         run = _start_run(host, "write", f"file://{tmp_path / 'again'}")
         assert _line(run, "jvm") == f"jvm {jvm_pid}"
+        again = _line(run, "app").split()[1]
         assert run.wait(timeout=180) == 0
+        assert _until(lambda: _prepared_anew(host, again)), "no fresh context after the run"
+        workers = _python_workers(host)
+        assert workers, "the prepared context has no Python workers"
     finally:
         host.close()
     assert host._gateway.proc.poll() is not None, "the host's JVM outlived close()"
+    assert _until(lambda: not any(spark_host._running(pid) for pid in workers)), (
+        "Python workers outlived the host's JVM"
+    )

@@ -212,16 +212,22 @@ class LocalSpark(LazyPySparkResource):
 
             self._spark_session = spark_host.attach(self.spark_config)
             attached = self._spark_session is not None
-            if attached:
+            prepared = attached and spark_host.claimed_prepared()
+            if prepared:
+                dg.get_dagster_logger().info(
+                    "Spark: the context the UI's warm JVM prepared (Python workers ready)"
+                )
+            elif attached:
                 dg.get_dagster_logger().info("Spark: a context in the UI's warm JVM")
             else:
                 super()._init_session()
             # The UI's JVM has run Delta's code already: warming it again would only take the
-            # two cores from the run's first steps. Its new context's Python workers are new.
+            # two cores from the run's first steps. A context it prepared has its Python
+            # workers running too.
             threading.Thread(
                 target=warm_up,
                 args=(self._spark_session,),
-                kwargs={"jvm": not attached},
+                kwargs={"jvm": not attached, "workers": not prepared},
                 name="spark-warm-up",
                 daemon=True,
             ).start()
@@ -237,15 +243,17 @@ _WARMED: set[str] = set()  # the Spark applications already warmed up in this pr
 _WARMED_LOCK = threading.Lock()
 
 
-def warm_up(spark: Any, jvm: bool = True) -> None:
+def warm_up(spark: Any, jvm: bool = True, workers: bool = True) -> None:
     """A tiny Delta write and read (unless `jvm` is False: a JVM already warm) and a pandas UDF
-    on every core, so that the JVM has loaded and compiled Delta's code paths, and each Python
-    worker has imported the image and model libraries, before the first asset needs them; then
-    the driver imports its plotting and Spark ML libraries.
+    on every core (unless `workers` is False: workers already running), so that the JVM has
+    loaded and compiled Delta's code paths, and each Python worker has imported the image and
+    model libraries, before the first asset needs them; then the driver imports its plotting
+    and Spark ML libraries.
     Once per application; best effort: never fails a run."""
     from pyspark.sql import functions as F
 
-    from fruits_assets.ml import plots, workers
+    from fruits_assets.ml import plots
+    from fruits_assets.ml import workers as python_workers
 
     with _WARMED_LOCK:
         application = spark.sparkContext.applicationId
@@ -262,7 +270,8 @@ def warm_up(spark: Any, jvm: bool = True) -> None:
         if jvm:
             rows.write.format("delta").partitionBy("label").save(table)
             spark.read.format("delta").load(table).groupBy("label").count().collect()
-        rows.mapInPandas(workers.warm, "id long").collect()
+        if workers:
+            rows.mapInPandas(python_workers.warm, "id long").collect()
         plots.preload()
         importlib.import_module("fruits_assets.ml.training")  # Spark ML's Python side
     except Exception:  # the run itself reports any real problem with the session

@@ -3,17 +3,20 @@
 A fresh JVM spends 10-15 s of CPU loading and compiling Spark's and Delta's code before a run's
 first write, which is most of a one-class rerun. `fruits ui` starts one JVM (PySpark's own
 gateway, with the JVM settings of `local_spark_config`), warms it up once, and hands its address
-to the runs it launches through the environment. A run attaches to it and creates its own Spark
-context there (its own settings and Python workers), one run at a time: the run holds the host's
-lock file (`flock`, which the kernel releases however the run ends) while its context lives.
-Whenever no run holds the lock, the host stops any context still there, cancelling its jobs: a
-run that was killed leaves nothing running. A run that finds the host taken for longer than
+to the runs it launches through the environment. Each run gets a Spark context of its own there,
+one run at a time: the run holds the host's lock file (`flock`, which the kernel releases however
+the run ends) while its context lives. Whenever no run holds the lock, the host stops any context
+a run left there, cancelling its jobs (a run that was killed leaves nothing running), and prepares
+the next run's context: created with the runs' settings, its Python workers started and their
+libraries imported, so that a run does not wait for them. A run claims it or, when its settings
+differ, replaces it with its own. A run that finds the host taken for longer than
 ATTACH_WAIT_SECONDS starts its own JVM, as it does without a host.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import logging
 import os
 import shutil
@@ -21,6 +24,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 ENV_PORT = "FRUITS_SPARK_HOST_PORT"
@@ -28,6 +32,27 @@ ENV_SECRET = "FRUITS_SPARK_HOST_SECRET"
 ENV_LOCK = "FRUITS_SPARK_HOST_LOCK"
 ATTACH_WAIT_SECONDS = 180.0
 WATCH_SECONDS = 0.5
+ENDING_WATCH_SECONDS = 0.1  # while a run that let the host go is ending
+# A JVM system property: the application id of the context the host prepared and no run has
+# claimed yet. A run clears it when it claims the context; a context running without it is a
+# finished (or killed) run's.
+PREPARED_PROPERTY = "fruits.spark.prepared"
+# Python workers live as long as their context and keep the modules they imported: a context's
+# tasks carry this fingerprint of the package's code in their environment, so that Spark starts
+# new workers for a run whose code changed since the context was prepared (a reloaded code
+# location) instead of reusing workers that imported the older code.
+ENV_CODE = "FRUITS_CODE_VERSION"
+# Settings that take effect only when a JVM starts (spark-submit also adds its own options to
+# them): a run attached to the host's JVM has that JVM's, whatever it asks.
+JVM_SETTINGS = frozenset(
+    {
+        "spark.driver.extraJavaOptions",
+        "spark.driver.extraClassPath",
+        "spark.driver.extraLibraryPath",
+        "spark.driver.memory",
+    }
+)
+PREPARE_ATTEMPTS = 3  # failed preparations in a row after which runs create their own contexts
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +76,39 @@ def _take(path: str, wait_seconds: float) -> int | None:
             time.sleep(0.1)
 
 
+def _hold(fd: int) -> None:
+    """Write this process's id into the lock file it holds (`_holder`)."""
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+
+
+def _holder(fd: int) -> int | None:
+    """The id of the process that held the lock file last, if one wrote it (`_hold`)."""
+    try:
+        return int(os.pread(fd, 32, 0) or b"0") or None
+    except (OSError, ValueError):
+        return None
+
+
+def _running(pid: int | None) -> bool:
+    """Whether the process `pid` has not ended yet (a zombie has ended)."""
+    if pid is None:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
 def _release(fd: int) -> None:
     fcntl.flock(fd, fcntl.LOCK_UN)
     os.close(fd)
@@ -64,6 +122,7 @@ def stop_left_over(jvm: Any, wait_seconds: float = 60.0) -> bool:
     that call running: wait up to `wait_seconds` for it to end, so that nothing of a dead run
     lands after the next run has started."""
     active = getattr(jvm.org.apache.spark, "SparkContext$").__getattr__("MODULE$").getActive()
+    jvm.java.lang.System.clearProperty(PREPARED_PROPERTY)
     stopped = bool(active.isDefined())
     if stopped:
         context = active.get()
@@ -83,36 +142,67 @@ def forget(jvm: Any) -> None:
     jvm.org.apache.spark.sql.delta.DeltaLog.clearCache()
 
 
+def code_version() -> str:
+    """A fingerprint of this package's Python files (paths, sizes, modification times)."""
+    root = Path(__file__).resolve().parent.parent
+    digest = hashlib.blake2b(digest_size=8)
+    for path in sorted(root.rglob("*.py")):
+        stat = path.stat()
+        digest.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    return digest.hexdigest()
+
+
+def _active(jvm: Any) -> Any | None:
+    """The JVM's running Spark context (Scala's), or None."""
+    active = getattr(jvm.org.apache.spark, "SparkContext$").__getattr__("MODULE$").getActive()
+    return active.get() if active.isDefined() else None
+
+
 def _calls_in_flight(jvm: Any) -> int:
     """JVM threads, other than this caller's, executing a call from a Python driver."""
     this = jvm.java.lang.Thread.currentThread().getId()
     traces = jvm.java.lang.Thread.getAllStackTraces()
-    return sum(
-        1
-        for thread in traces.keySet()
-        if thread.getId() != this
-        and "py4j.commands.CallCommand" in jvm.java.util.Arrays.toString(traces.get(thread))
-    )
+    calls = 0
+    for thread in traces.keySet():
+        if thread.getId() == this:
+            continue
+        # Py4J cannot pass a StackTraceElement[] as an Object[]: render it as a Throwable's.
+        trace = jvm.java.lang.Throwable()
+        trace.setStackTrace(traces.get(thread))
+        rendered = jvm.org.apache.commons.lang3.exception.ExceptionUtils.getStackTrace(trace)
+        calls += "py4j.commands.CallCommand" in rendered
+    return calls
 
 
 class SparkHost:
     """The JVM of `fruits ui`: started on creation, warmed up and watched in a thread."""
 
     def __init__(
-        self, config: dict[str, Any], rehearsal: Callable[[], object] | None = None
+        self,
+        config: dict[str, Any],
+        rehearsal: Callable[[], object] | None = None,
+        run_config: dict[str, Any] | None = None,
     ) -> None:
-        """`rehearsal`: work that warms the JVM up (by default a tiny Delta table and pandas
-        UDF, `spark.warm_up`), run in this process once the JVM is up, before any run attaches;
-        False when it did not run through."""
+        """`config`: the JVM's settings. `rehearsal`: work that warms the JVM up (by default a
+        tiny Delta table and pandas UDF, `spark.warm_up`), run in this process once the JVM is
+        up, before any run attaches; False when it did not run through. `run_config`: the
+        settings of the runs' contexts, which the host then prepares ahead of each run."""
         from pyspark import SparkConf
         from pyspark.java_gateway import launch_gateway
 
         self._conf = SparkConf(loadDefaults=False).setAll((k, str(v)) for k, v in config.items())
+        self._run_conf = (
+            None
+            if run_config is None
+            else SparkConf(loadDefaults=False).setAll((k, str(v)) for k, v in run_config.items())
+        )
         self._rehearsal = rehearsal
         self._dir = tempfile.mkdtemp(prefix="fruits-spark-host-")
         self.lock_path = os.path.join(self._dir, "spark-host.lock")
         self.warm = threading.Event()
         self.rehearsed = False  # the warm-up ran through
+        self.prepared: str | None = None  # the application id of the last context prepared
+        self._failed_preparations = 0
         self._closing = threading.Event()
         # Taken until the warm-up is over: a run launched meanwhile waits for a warm JVM.
         self._warming = _take(self.lock_path, 0)
@@ -159,10 +249,13 @@ class SparkHost:
             except Exception:
                 if not self._closing.is_set():
                     log.exception("stopping the warm-up's Spark context failed")
+            self._tend()  # the first run's context
             if self._warming is not None:
                 _release(self._warming)
             self.warm.set()
-        while not self._closing.wait(WATCH_SECONDS):
+        pause = WATCH_SECONDS
+        while not self._closing.wait(pause):
+            pause = WATCH_SECONDS
             if self._gateway.proc.poll() is not None:  # e.g. a fatal error in a run's task
                 log.error("the UI's Spark JVM exited (%s): runs start their own from now on",
                           self._gateway.proc.returncode)  # fmt: skip
@@ -171,17 +264,69 @@ class SparkHost:
             if fd is None:  # a run is attached
                 continue
             try:
-                if stop_left_over(self._gateway.jvm):
-                    log.info("stopped the Spark context of a run that ended")
-            except Exception:  # the JVM is going away with the UI
-                if not self._closing.is_set():
-                    log.exception("stopping a finished run's Spark context failed")
+                # A run lets the host go before it ends (its last events, its exit): preparing
+                # the next context then would take the cores from it.
+                if _running(_holder(fd)):
+                    pause = ENDING_WATCH_SECONDS
+                    continue
+                self._tend()
             finally:
                 _release(fd)
+
+    def _tend(self) -> None:
+        """With the lock held: stop the context a run left, prepare the next run's."""
+        jvm = self._gateway.jvm
+        try:
+            context = _active(jvm)
+            prepared = jvm.java.lang.System.getProperty(PREPARED_PROPERTY)
+            if context is not None and prepared == context.applicationId():
+                return  # ready for the next run
+            if (context is not None or prepared is not None) and stop_left_over(jvm):
+                log.info("stopped the Spark context of a run that ended")
+        except Exception:  # the JVM is going away with the UI
+            if not self._closing.is_set():
+                log.exception("stopping a finished run's Spark context failed")
+            return
+        if self._run_conf is None or self._failed_preparations >= PREPARE_ATTEMPTS:
+            return
+        try:
+            self._prepare()
+            self._failed_preparations = 0
+        except Exception:
+            self._failed_preparations += 1
+            if not self._closing.is_set():
+                log.warning("preparing the next run's Spark context failed (runs create their "
+                            "own)", exc_info=True)  # fmt: skip
+
+    def _prepare(self) -> None:
+        """Create the next run's context with the runs' settings, start its Python workers
+        (the image and model libraries imported) and leave it running, marked as prepared."""
+        from pyspark import SparkContext
+        from pyspark.sql import SparkSession
+
+        from fruits_assets.ml import workers
+
+        context = SparkContext(
+            conf=self._run_conf, gateway=self._gateway, environment={ENV_CODE: code_version()}
+        )
+        try:
+            cores = context.defaultParallelism
+            rows = SparkSession(context).range(0, 2 * cores, numPartitions=cores)
+            rows.mapInPandas(workers.warm, "id long").collect()
+            application = context.applicationId
+        except BaseException:
+            context.stop()
+            raise
+        _let_go(context)
+        self._gateway.jvm.java.lang.System.setProperty(PREPARED_PROPERTY, application)
+        self.prepared = application
 
     def close(self) -> None:
         """Stop the JVM (it exits when its standard input closes) and its files."""
         self._closing.set()
+        # An accumulator server still open when the JVM exits reports its connection's end.
+        while _ENDING:
+            _ENDING.pop().join(timeout=5)
         process = getattr(self._gateway, "proc", None)
         try:
             self._gateway.shutdown()
@@ -199,7 +344,53 @@ class SparkHost:
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
-_ATTACHED: dict[str, int] = {}  # the lock's descriptor while this process uses the host
+_ENDING: list[threading.Thread] = []  # accumulator servers of contexts let go, shutting down
+
+
+def _let_go(context: Any) -> None:
+    """Forget a context in this process (its accumulator server, its PySpark folder, PySpark's
+    active context and session), leaving it running in the JVM for a run to claim."""
+    from pyspark import SparkContext
+    from pyspark.sql import SparkSession
+
+    accumulators = context._accumulatorServer
+    context._accumulatorServer = None
+    if accumulators is not None:  # it looks for its shutdown once a second
+        ending = threading.Thread(target=accumulators.shutdown, name="accumulators", daemon=True)
+        ending.start()
+        _ENDING[:] = [thread for thread in _ENDING if thread.is_alive()] + [ending]
+    context._jvm.org.apache.spark.sql.SparkSession.clearDefaultSession()
+    context._jvm.org.apache.spark.sql.SparkSession.clearActiveSession()
+    SparkSession._instantiatedSession = None
+    SparkSession._activeSession = None
+    if getattr(context, "_temp_dir", None):
+        shutil.rmtree(context._temp_dir, ignore_errors=True)
+    with SparkContext._lock:
+        SparkContext._active_spark_context = None
+
+
+def _claim(jvm: Any, settings: dict[str, str]) -> Any | None:
+    """The context the host prepared (a JavaSparkContext) when it has these settings (those a
+    context can have), else None; unmarked either way: this run uses it or replaces it."""
+    application = jvm.java.lang.System.clearProperty(PREPARED_PROPERTY)
+    context = _active(jvm)
+    if application is None or context is None or context.applicationId() != application:
+        return None
+    conf = context.getConf()
+    if any(
+        conf.get(key, None) != value for key, value in settings.items() if key not in JVM_SETTINGS
+    ):
+        return None
+    return jvm.org.apache.spark.api.java.JavaSparkContext(context)
+
+
+# While this process uses the host: the lock's descriptor, and whether its context was prepared.
+_ATTACHED: dict[str, int] = {}
+
+
+def claimed_prepared() -> bool:
+    """Whether this process's context in the host was prepared for it (Python workers running)."""
+    return bool(_ATTACHED.get("prepared"))
 
 
 def attach(config: dict[str, Any]) -> Any | None:
@@ -232,9 +423,15 @@ def attach(config: dict[str, Any]) -> Any | None:
     gateway = None
     try:
         gateway = launch_gateway()  # connects on first use: a host that is gone fails here
-        if not stop_left_over(gateway.jvm):
+        prepared = _claim(gateway.jvm, settings)
+        if prepared is not None or not stop_left_over(gateway.jvm):
             forget(gateway.jvm)  # what the run before this one cached
-        SparkContext(conf=SparkConf(loadDefaults=False).setAll(settings.items()), gateway=gateway)
+        SparkContext(
+            conf=SparkConf(loadDefaults=False).setAll(settings.items()),
+            gateway=gateway,
+            jsc=prepared,
+            environment={ENV_CODE: code_version()},
+        )
         session = SparkSession.builder.config(map=settings).getOrCreate()
     except Exception as exc:
         _forget(gateway)
@@ -244,7 +441,9 @@ def attach(config: dict[str, Any]) -> Any | None:
     finally:
         for name in ("PYSPARK_GATEWAY_PORT", "PYSPARK_GATEWAY_SECRET"):
             os.environ.pop(name, None)
+    _hold(fd)
     _ATTACHED["lock"] = fd
+    _ATTACHED["prepared"] = int(prepared is not None)
     return session
 
 
@@ -279,6 +478,7 @@ def detach(session: Any) -> None:
     PySpark folder (broadcast pickles: the featurizer model, the PCA) goes with it; the JVM
     would keep it until it exits."""
     fd = _ATTACHED.pop("lock", None)
+    _ATTACHED.pop("prepared", None)
     if fd is None:
         return
     temp_dir = getattr(session.sparkContext, "_temp_dir", None)
