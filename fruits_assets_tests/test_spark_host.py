@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 # what the test asks (`write` a Delta table, after a Python job that says which workers ran it,
 # and exit; `hang` in a job; `call` into the JVM for a long time; `hold` the host; `bad`: a
 # configuration its Spark context cannot be created with). CODE: the run's code differs from
-# the one the host prepared the context with.
+# the code the host prepared the context for.
 RUN = textwrap.dedent(
     """
     import os, sys, time
@@ -129,6 +129,19 @@ def _python_workers(host: SparkHost) -> set[int]:
     return found
 
 
+def _sleeping_calls(host: SparkHost) -> int:
+    """JVM threads executing a Python driver's call that sleeps there (the `call` run's)."""
+    jvm = host._gateway.jvm
+    traces = jvm.java.lang.Thread.getAllStackTraces()
+    calls = 0
+    for thread in traces.keySet():
+        trace = jvm.java.lang.Throwable()
+        trace.setStackTrace(traces.get(thread))
+        rendered = jvm.org.apache.commons.lang3.exception.ExceptionUtils.getStackTrace(trace)
+        calls += "py4j.commands." in rendered and "java.lang.Thread.sleep(" in rendered
+    return calls
+
+
 def _prepared_anew(host: SparkHost, previous: str) -> bool:
     """The host stopped the context `previous` and prepared another, idle."""
     app = _active_app(host)
@@ -154,6 +167,11 @@ def test_runs_share_the_ui_jvm_one_at_a_time_and_leave_nothing_running(tmp_path)
         assert prepared and _active_app(host) == prepared, "no context prepared for a run"
         assert _active_jobs(host) == [], "the warm-up left a job running"
         ready_workers = _python_workers(host)
+        assert ready_workers, "the prepared context has no Python workers"
+        # Spark ends Python workers idle for a minute (checking every 10 s): the host keeps
+        # the prepared ones.
+        time.sleep(80)
+        assert _python_workers(host) == ready_workers, "the prepared workers were replaced"
 
         # A run claims the prepared context, runs its Python job in the workers started for it,
         # writes through Delta in the host's JVM and exits without stopping its context: the
@@ -168,10 +186,12 @@ def test_runs_share_the_ui_jvm_one_at_a_time_and_leave_nothing_running(tmp_path)
         assert (table / "_delta_log").is_dir()
         assert _until(lambda: _prepared_anew(host, prepared)), "no fresh context after the run"
 
-        # A run whose code changed since the context was prepared gets new Python workers.
+        # A run whose code changed since the context was prepared does not take its Python
+        # workers: it replaces the context with its own.
         prepared, ready_workers = host.prepared, _python_workers(host)
         run = _start_run(host, "write", f"file://{tmp_path / 'changed'}", code="changed")
-        assert _line(run, "app") == f"app {prepared} 1"
+        app = _line(run, "app")
+        assert app.startswith("app ") and app.endswith(" 0") and prepared not in app, app
         workers = {int(pid) for pid in _line(run, "workers").split()[1:]}
         assert workers and not workers & ready_workers, (workers, ready_workers)
         assert run.wait(timeout=180) == 0
@@ -199,12 +219,16 @@ def test_runs_share_the_ui_jvm_one_at_a_time_and_leave_nothing_running(tmp_path)
         run = _start_run(host, "call")
         called = _line(run, "app").split()[1]
         _line(run, "calling")
-        assert _until(lambda: spark_host._calls_in_flight(host._gateway.jvm) >= 1)
+        assert _until(lambda: _sleeping_calls(host) == 1)
         os.kill(run.pid, signal.SIGKILL)
         run.wait(timeout=30)
         assert _until(lambda: _active_app(host) is None), "a killed run's context stayed"
-        assert spark_host._calls_in_flight(host._gateway.jvm) >= 1
-        assert host.prepared == called, "a context was prepared while a dead run's call ran"
+        samples = 0
+        while _sleeping_calls(host):
+            assert _active_app(host) is None, "a context was created while a dead run's call ran"
+            samples += 1
+            time.sleep(0.2)
+        assert samples, "the dead run's call was not seen running"
         assert _until(lambda: _prepared_anew(host, called), 60), "nothing prepared after it"
 
         # While one run holds the host, another starts its own JVM instead of waiting forever.

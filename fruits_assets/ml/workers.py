@@ -6,6 +6,8 @@ from typing import Any
 
 def warm(batches: Iterator[Any]) -> Iterator[Any]:
     """Import what the image, featurizer and PCA stages use, then pass the rows through."""
+    import pyarrow  # noqa: F401  (the pandas UDFs' batches)
+
     from fruits_assets.ml import color, decoding, featurizer, pca  # noqa: F401
 
     featurizer._interpreter_class()  # LiteRT's interpreter (or TensorFlow's)

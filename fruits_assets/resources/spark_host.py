@@ -6,24 +6,27 @@ gateway, with the JVM settings of `local_spark_config`), warms it up once, and h
 to the runs it launches through the environment. Each run gets a Spark context of its own there,
 one run at a time: the run holds the host's lock file (`flock`, which the kernel releases however
 the run ends) while its context lives. Whenever no run holds the lock, the host stops any context
-a run left there, cancelling its jobs (a run that was killed leaves nothing running), and prepares
-the next run's context: created with the runs' settings, its Python workers started and their
-libraries imported, so that a run does not wait for them. A run claims it or, when its settings
-differ, replaces it with its own. A run that finds the host taken for longer than
-ATTACH_WAIT_SECONDS starts its own JVM, as it does without a host.
+a run left there, cancelling its jobs (a run that was killed leaves nothing running), and, once
+the run's process has ended, prepares the next run's context: created with the runs' settings,
+its Python workers started and their libraries imported (and kept from Spark's idle timeout),
+so that a run does not wait for them. A run claims it or, when its settings or the project's
+code differ from the context's, replaces it with its own. A run that finds the host taken for
+longer than ATTACH_WAIT_SECONDS starts its own JVM, as it does without a host.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +36,14 @@ ENV_LOCK = "FRUITS_SPARK_HOST_LOCK"
 ATTACH_WAIT_SECONDS = 180.0
 WATCH_SECONDS = 0.5
 ENDING_WATCH_SECONDS = 0.1  # while a run that let the host go is ending
-# A JVM system property: the application id of the context the host prepared and no run has
-# claimed yet. A run clears it when it claims the context; a context running without it is a
-# finished (or killed) run's.
+# A JVM system property: "<application id> <code fingerprint>" of the context the host prepared
+# and no run has claimed yet. A run clears it when it claims the context; a context running
+# without it is a finished (or killed) run's. Python workers keep the modules they imported: a
+# run whose code changed since (a reloaded code location) does not claim workers that imported
+# the older code.
 PREPARED_PROPERTY = "fruits.spark.prepared"
-# Python workers live as long as their context and keep the modules they imported: a context's
-# tasks carry this fingerprint of the package's code in their environment, so that Spark starts
-# new workers for a run whose code changed since the context was prepared (a reloaded code
-# location) instead of reusing workers that imported the older code.
-ENV_CODE = "FRUITS_CODE_VERSION"
+# Spark ends Python workers idle for a minute: a prepared context's run a tiny job this often.
+REFRESH_SECONDS = 40.0
 # Settings that take effect only when a JVM starts (spark-submit also adds its own options to
 # them): a run attached to the host's JVM has that JVM's, whatever it asks.
 JVM_SETTINGS = frozenset(
@@ -52,7 +54,10 @@ JVM_SETTINGS = frozenset(
         "spark.driver.memory",
     }
 )
-PREPARE_ATTEMPTS = 3  # failed preparations in a row after which runs create their own contexts
+# Failed preparations in a row after which the host waits for a run to end before trying again
+# (runs meanwhile create their own contexts), and the pause after each.
+PREPARE_ATTEMPTS = 3
+PREPARE_RETRY_SECONDS = 5.0
 
 log = logging.getLogger(__name__)
 
@@ -94,19 +99,19 @@ def _running(pid: int | None) -> bool:
     """Whether the process `pid` has not ended yet (a zombie has ended)."""
     if pid is None:
         return False
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except FileNotFoundError:
-        return False
-    except OSError:  # no /proc: ask the kernel
+    if os.path.isdir("/proc/self"):
         try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+            with open(f"/proc/{pid}/stat", "rb") as stat:
+                return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+        except OSError:
             return False
-        except PermissionError:
-            return True
+    try:  # no /proc: ask the kernel
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
         return True
+    return True
 
 
 def _release(fd: int) -> None:
@@ -128,11 +133,16 @@ def stop_left_over(jvm: Any, wait_seconds: float = 60.0) -> bool:
         context = active.get()
         context.cancelAllJobs()
         context.stop()
-        deadline = time.monotonic() + wait_seconds
-        while _calls_in_flight(jvm) and time.monotonic() < deadline:
-            time.sleep(0.2)
+        _settle(jvm, wait_seconds)
         forget(jvm)
     return stopped
+
+
+def _settle(jvm: Any, wait_seconds: float = 60.0) -> None:
+    """Wait up to `wait_seconds` for the calls of other processes into the JVM to end."""
+    deadline = time.monotonic() + wait_seconds
+    while _calls_in_flight(jvm) and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 def forget(jvm: Any) -> None:
@@ -147,7 +157,10 @@ def code_version() -> str:
     root = Path(__file__).resolve().parent.parent
     digest = hashlib.blake2b(digest_size=8)
     for path in sorted(root.rglob("*.py")):
-        stat = path.stat()
+        try:
+            stat = path.stat()
+        except OSError:  # removed meanwhile, or a link to nothing (an editor's lock file)
+            continue
         digest.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns};".encode())
     return digest.hexdigest()
 
@@ -170,7 +183,7 @@ def _calls_in_flight(jvm: Any) -> int:
         trace = jvm.java.lang.Throwable()
         trace.setStackTrace(traces.get(thread))
         rendered = jvm.org.apache.commons.lang3.exception.ExceptionUtils.getStackTrace(trace)
-        calls += "py4j.commands.CallCommand" in rendered
+        calls += "py4j.commands." in rendered  # a call, a constructor, a field...
     return calls
 
 
@@ -202,7 +215,11 @@ class SparkHost:
         self.warm = threading.Event()
         self.rehearsed = False  # the warm-up ran through
         self.prepared: str | None = None  # the application id of the last context prepared
+        self._standing: Any = None  # this process's side of it (a PySpark SparkSession)
+        self._standing_root = ""  # the folder PySpark put on sys.path for it
+        self._warmed_at = 0.0
         self._failed_preparations = 0
+        self._retry_at = 0.0
         self._closing = threading.Event()
         # Taken until the warm-up is over: a run launched meanwhile waits for a warm JVM.
         self._warming = _take(self.lock_path, 0)
@@ -264,36 +281,49 @@ class SparkHost:
             if fd is None:  # a run is attached
                 continue
             try:
-                # A run lets the host go before it ends (its last events, its exit): preparing
-                # the next context then would take the cores from it.
-                if _running(_holder(fd)):
-                    pause = ENDING_WATCH_SECONDS
-                    continue
+                holder = _holder(fd)
+                if holder is not None:  # a run has come
+                    # It lets the host go before it ends (its last events, its exit): preparing
+                    # the next context then would take the cores from it.
+                    if _running(holder):
+                        pause = ENDING_WATCH_SECONDS
+                        continue
+                    os.ftruncate(fd, 0)  # and gone (its process id may be reused)
+                    self._failed_preparations = 0
                 self._tend()
             finally:
                 _release(fd)
 
     def _tend(self) -> None:
-        """With the lock held: stop the context a run left, prepare the next run's."""
+        """With the lock held: stop the context a run left, prepare the next run's, keep it
+        ready."""
         jvm = self._gateway.jvm
         try:
             context = _active(jvm)
-            prepared = jvm.java.lang.System.getProperty(PREPARED_PROPERTY)
-            if context is not None and prepared == context.applicationId():
-                return  # ready for the next run
-            if (context is not None or prepared is not None) and stop_left_over(jvm):
+            mark = jvm.java.lang.System.getProperty(PREPARED_PROPERTY)
+            if context is not None and mark and mark.split()[0] == context.applicationId():
+                self._refresh(mark.partition(" ")[2])
+                return
+            self._retire()  # claimed by a run, or gone
+            if (context is not None or mark is not None) and stop_left_over(jvm):
                 log.info("stopped the Spark context of a run that ended")
         except Exception:  # the JVM is going away with the UI
             if not self._closing.is_set():
                 log.exception("stopping a finished run's Spark context failed")
             return
-        if self._run_conf is None or self._failed_preparations >= PREPARE_ATTEMPTS:
+        if (
+            self._run_conf is None
+            or self._failed_preparations >= PREPARE_ATTEMPTS
+            or time.monotonic() < self._retry_at
+        ):
             return
         try:
+            _settle(jvm)  # a run killed while creating its context, say
             self._prepare()
             self._failed_preparations = 0
         except Exception:
             self._failed_preparations += 1
+            self._retry_at = time.monotonic() + PREPARE_RETRY_SECONDS
             if not self._closing.is_set():
                 log.warning("preparing the next run's Spark context failed (runs create their "
                             "own)", exc_info=True)  # fmt: skip
@@ -301,29 +331,86 @@ class SparkHost:
     def _prepare(self) -> None:
         """Create the next run's context with the runs' settings, start its Python workers
         (the image and model libraries imported) and leave it running, marked as prepared."""
-        from pyspark import SparkContext
+        from pyspark import SparkContext, SparkFiles
         from pyspark.sql import SparkSession
 
-        from fruits_assets.ml import workers
-
-        context = SparkContext(
-            conf=self._run_conf, gateway=self._gateway, environment={ENV_CODE: code_version()}
-        )
+        code = code_version()
+        context = SparkContext(conf=self._run_conf, gateway=self._gateway)
         try:
-            cores = context.defaultParallelism
-            rows = SparkSession(context).range(0, 2 * cores, numPartitions=cores)
-            rows.mapInPandas(workers.warm, "id long").collect()
+            root = SparkFiles.getRootDirectory()
+            # The JVM's default session from now on: the run takes it with the context.
+            session = SparkSession(context)
+            self._warm(session)
             application = context.applicationId
         except BaseException:
             context.stop()
             raise
-        _let_go(context)
-        self._gateway.jvm.java.lang.System.setProperty(PREPARED_PROPERTY, application)
+        # The JVM's context and session stay; PySpark in this process may create the next ones.
+        _set_active_in_pyspark(None)
+        self._standing, self._standing_root = session, root
+        self._gateway.jvm.java.lang.System.setProperty(PREPARED_PROPERTY, f"{application} {code}")
         self.prepared = application
+
+    def _warm(self, session: Any) -> None:
+        """A pandas UDF on every core that starts the context's Python workers (or keeps them):
+        they import what the image, featurizer and PCA stages use. (Spark keys its workers by
+        their environment, which differs between SQL's and plain RDDs' Python jobs.)"""
+        from fruits_assets.ml import workers
+
+        cores = session.sparkContext.defaultParallelism
+        rows = session.range(0, 2 * cores, numPartitions=cores)
+        rows.mapInPandas(workers.warm, "id long").collect()
+        self._warmed_at = time.monotonic()
+
+    def _refresh(self, code: str) -> None:
+        """Keep the prepared context's Python workers from Spark's idle timeout; replace the
+        context once the project's code has changed (its workers hold the older modules)."""
+        if self._standing is None or time.monotonic() - self._warmed_at < REFRESH_SECONDS:
+            return
+        try:
+            if code != code_version():
+                stop_left_over(self._gateway.jvm)
+                self._retire()  # the next watch prepares one for the code as it is now
+            else:
+                with _active_in_pyspark(self._standing):
+                    self._warm(self._standing)
+        except Exception:  # a broken context: replaced by a new one
+            if not self._closing.is_set():
+                log.warning("the prepared Spark context failed: preparing another", exc_info=True)
+                stop_left_over(self._gateway.jvm)
+                self._retire()
+
+    def _retire(self) -> None:
+        """Drop this process's side of the prepared context (a run claimed it, or it is gone):
+        its accumulator server, its PySpark folder, its place on sys.path."""
+        from pyspark import SparkFiles
+
+        session, self._standing = self._standing, None
+        if session is None:
+            return
+        context = session.sparkContext
+        accumulators = context._accumulatorServer
+        context._accumulatorServer = None
+        if accumulators is not None:  # it looks for its shutdown once a second
+            ending = threading.Thread(
+                target=accumulators.shutdown, name="accumulators", daemon=True
+            )
+            ending.start()
+            _ENDING[:] = [thread for thread in _ENDING if thread.is_alive()] + [ending]
+        if getattr(context, "_temp_dir", None):
+            shutil.rmtree(context._temp_dir, ignore_errors=True)
+        if SparkFiles._sc is context:
+            SparkFiles._sc = None
+        if self._standing_root in sys.path:
+            sys.path.remove(self._standing_root)
 
     def close(self) -> None:
         """Stop the JVM (it exits when its standard input closes) and its files."""
         self._closing.set()
+        if self.warm.is_set():  # a warm-up is cut short by the JVM's exit instead
+            self._thread.join(timeout=10)  # what it is doing with the JVM, unless that hangs
+        if not self._thread.is_alive():
+            self._retire()
         # An accumulator server still open when the JVM exits reports its connection's end.
         while _ENDING:
             _ENDING.pop().join(timeout=5)
@@ -344,37 +431,39 @@ class SparkHost:
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
-_ENDING: list[threading.Thread] = []  # accumulator servers of contexts let go, shutting down
-
-
-def _let_go(context: Any) -> None:
-    """Forget a context in this process (its accumulator server, its PySpark folder, PySpark's
-    active context and session), leaving it running in the JVM for a run to claim."""
+def _set_active_in_pyspark(session: Any) -> None:
+    """Make `session` (and its context) PySpark's active ones in this process, or none."""
     from pyspark import SparkContext
     from pyspark.sql import SparkSession
 
-    accumulators = context._accumulatorServer
-    context._accumulatorServer = None
-    if accumulators is not None:  # it looks for its shutdown once a second
-        ending = threading.Thread(target=accumulators.shutdown, name="accumulators", daemon=True)
-        ending.start()
-        _ENDING[:] = [thread for thread in _ENDING if thread.is_alive()] + [ending]
-    context._jvm.org.apache.spark.sql.SparkSession.clearDefaultSession()
-    context._jvm.org.apache.spark.sql.SparkSession.clearActiveSession()
-    SparkSession._instantiatedSession = None
-    SparkSession._activeSession = None
-    if getattr(context, "_temp_dir", None):
-        shutil.rmtree(context._temp_dir, ignore_errors=True)
     with SparkContext._lock:
-        SparkContext._active_spark_context = None
+        SparkContext._active_spark_context = None if session is None else session.sparkContext
+    SparkSession._instantiatedSession = SparkSession._activeSession = session
+
+
+@contextlib.contextmanager
+def _active_in_pyspark(session: Any) -> Iterator[None]:
+    """`session` PySpark's active one while the block runs (PySpark's UDFs look it up)."""
+    _set_active_in_pyspark(session)
+    try:
+        yield
+    finally:
+        _set_active_in_pyspark(None)
+
+
+_ENDING: list[threading.Thread] = []  # accumulator servers of retired contexts, shutting down
 
 
 def _claim(jvm: Any, settings: dict[str, str]) -> Any | None:
     """The context the host prepared (a JavaSparkContext) when it has these settings (those a
-    context can have), else None; unmarked either way: this run uses it or replaces it."""
-    application = jvm.java.lang.System.clearProperty(PREPARED_PROPERTY)
+    context can have) and this code, else None; unmarked either way: this run uses it or
+    replaces it."""
+    mark = jvm.java.lang.System.clearProperty(PREPARED_PROPERTY)
     context = _active(jvm)
-    if application is None or context is None or context.applicationId() != application:
+    if mark is None or context is None:
+        return None
+    application, _, code = mark.partition(" ")
+    if context.applicationId() != application or code != code_version():
         return None
     conf = context.getConf()
     if any(
@@ -423,16 +512,20 @@ def attach(config: dict[str, Any]) -> Any | None:
     gateway = None
     try:
         gateway = launch_gateway()  # connects on first use: a host that is gone fails here
-        prepared = _claim(gateway.jvm, settings)
-        if prepared is not None or not stop_left_over(gateway.jvm):
-            forget(gateway.jvm)  # what the run before this one cached
-        SparkContext(
-            conf=SparkConf(loadDefaults=False).setAll(settings.items()),
-            gateway=gateway,
-            jsc=prepared,
-            environment={ENV_CODE: code_version()},
-        )
-        session = SparkSession.builder.config(map=settings).getOrCreate()
+        jvm = gateway.jvm
+        prepared = _claim(jvm, settings)
+        conf = SparkConf(loadDefaults=False).setAll(settings.items())
+        if prepared is not None:
+            jvm.org.apache.spark.sql.delta.DeltaLog.clearCache()  # another writer's tables
+            context = SparkContext(conf=conf, gateway=gateway, jsc=prepared)
+            # The session the host created with it, these settings its own.
+            default = jvm.org.apache.spark.sql.SparkSession.getDefaultSession()
+            session = SparkSession(context, default.get() if default.isDefined() else None)
+        else:
+            if not stop_left_over(jvm):
+                forget(jvm)  # what the run before this one cached
+            SparkContext(conf=conf, gateway=gateway)
+            session = SparkSession.builder.config(map=settings).getOrCreate()
     except Exception as exc:
         _forget(gateway)
         _release(fd)
