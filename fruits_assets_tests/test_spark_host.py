@@ -5,10 +5,12 @@ killed leaves no context or job behind, a busy host sends a run to its own JVM."
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -21,11 +23,12 @@ from fruits_assets.settings import FruitsSettings
 
 pytestmark = pytest.mark.slow
 
-# A run's use of Spark, as LocalSpark does it: attach, say which JVM and context it got, then
-# what the test asks (`write` a Delta table, after a Python job that says which workers ran it,
-# and exit; `hang` in a job; `call` into the JVM for a long time; `hold` the host; `bad`: a
-# configuration its Spark context cannot be created with). CODE: the run's code differs from
-# the code the host prepared the context for.
+# A run's use of Spark, as LocalSpark does it: attach, say which JVM and context it got and one
+# of its settings, then what the test asks (`write` a Delta table, after a Python job that says
+# which workers ran it, and exit; `hang` in a job; `call` into the JVM for a long time; `open`:
+# stop its context, then wait in a constructor call into the JVM, as creating a context does;
+# `hold` the host; `bad`: a configuration its Spark context cannot be created with). CODE: the
+# run's code differs from the code the host prepared the context for.
 RUN = textwrap.dedent(
     """
     import os, sys, time
@@ -45,6 +48,7 @@ RUN = textwrap.dedent(
         sys.exit(0)
     print("jvm", spark.sparkContext._jvm.ProcessHandle.current().pid(), flush=True)
     print("app", spark.sparkContext.applicationId, int(spark_host.claimed_prepared()), flush=True)
+    print("batch", spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch"), flush=True)
     what = sys.argv[1]
     if what == "write":
 
@@ -74,6 +78,11 @@ RUN = textwrap.dedent(
     elif what == "call":  # a long call into the JVM, as a Delta commit on the driver is
         print("calling", flush=True)
         spark.sparkContext._jvm.java.lang.Thread.sleep(20000)
+    elif what == "open":  # blocks until the test opens the FIFO argv[2] for writing
+        jvm = spark.sparkContext._jvm
+        spark.stop()
+        print("opening", flush=True)
+        jvm.java.io.FileInputStream(sys.argv[2])
     elif what == "hold":
         print("holding", flush=True)
         time.sleep(3600)
@@ -83,18 +92,30 @@ RUN = textwrap.dedent(
 
 def _start_run(host: SparkHost, *args: str, wait: float = 30, code: str = "") -> subprocess.Popen:
     env = {**os.environ, **host.env(), "WAIT": str(wait), "CODE": code}
-    return subprocess.Popen(
+    run = subprocess.Popen(
         [sys.executable, "-c", RUN, *args], env=env, stdout=subprocess.PIPE, text=True
     )
+    run.lines = queue.Queue()  # what it prints, read in a thread: `_line` gives up in time
+
+    def read() -> None:
+        for line in run.stdout:
+            run.lines.put(line)
+        run.lines.put("")
+
+    threading.Thread(target=read, daemon=True).start()
+    return run
 
 
 def _line(run: subprocess.Popen, prefix: str, timeout_s: float = 180) -> str:
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        line = run.stdout.readline()
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            line = run.lines.get(timeout=left)
+        except queue.Empty:
+            break
         if line.startswith(prefix):
             return line.strip()
-        if not line and run.poll() is not None:
+        if not line:
             break
     raise AssertionError(f"the run never printed {prefix!r} (exit {run.poll()})")
 
@@ -129,8 +150,8 @@ def _python_workers(host: SparkHost) -> set[int]:
     return found
 
 
-def _sleeping_calls(host: SparkHost) -> int:
-    """JVM threads executing a Python driver's call that sleeps there (the `call` run's)."""
+def _calls_in(host: SparkHost, frame: str) -> int:
+    """JVM threads executing a Python driver's call that is in `frame` (a method's name)."""
     jvm = host._gateway.jvm
     traces = jvm.java.lang.Thread.getAllStackTraces()
     calls = 0
@@ -138,8 +159,13 @@ def _sleeping_calls(host: SparkHost) -> int:
         trace = jvm.java.lang.Throwable()
         trace.setStackTrace(traces.get(thread))
         rendered = jvm.org.apache.commons.lang3.exception.ExceptionUtils.getStackTrace(trace)
-        calls += "py4j.commands." in rendered and "java.lang.Thread.sleep(" in rendered
+        calls += "py4j.commands." in rendered and frame in rendered
     return calls
+
+
+def _mark(host: SparkHost) -> str | None:
+    """What the host marked the prepared context with (`PREPARED_PROPERTY`)."""
+    return host._gateway.jvm.java.lang.System.getProperty(spark_host.PREPARED_PROPERTY)
 
 
 def _prepared_anew(host: SparkHost, previous: str) -> bool:
@@ -157,7 +183,7 @@ def _until(condition, timeout_s: float = 30) -> bool:
     return condition()
 
 
-def test_runs_share_the_ui_jvm_one_at_a_time_and_leave_nothing_running(tmp_path):
+def test_runs_share_the_ui_jvm_one_at_a_time_and_leave_nothing_running(tmp_path, monkeypatch):
     config = local_spark_config(FruitsSettings.from_env())
     host = SparkHost(config, run_config=config)
     jvm_pid = host._gateway.proc.pid
@@ -165,7 +191,7 @@ def test_runs_share_the_ui_jvm_one_at_a_time_and_leave_nothing_running(tmp_path)
         assert host.warm.wait(300), "the host never finished warming up"
         prepared = host.prepared
         assert prepared and _active_app(host) == prepared, "no context prepared for a run"
-        assert _active_jobs(host) == [], "the warm-up left a job running"
+        assert _until(lambda: _active_jobs(host) == []), "the warm-up left a job running"
         ready_workers = _python_workers(host)
         assert ready_workers, "the prepared context has no Python workers"
         # Spark ends Python workers idle for a minute (checking every 10 s): the host keeps
@@ -180,6 +206,8 @@ def test_runs_share_the_ui_jvm_one_at_a_time_and_leave_nothing_running(tmp_path)
         run = _start_run(host, "write", f"file://{table}")
         assert _line(run, "jvm") == f"jvm {jvm_pid}"
         assert _line(run, "app") == f"app {prepared} 1"
+        batch = config["spark.sql.execution.arrow.maxRecordsPerBatch"]
+        assert _line(run, "batch") == f"batch {batch}", "the run's settings are not in effect"
         workers = {int(pid) for pid in _line(run, "workers").split()[1:]}
         assert workers and workers <= ready_workers, (workers, ready_workers)
         assert run.wait(timeout=180) == 0
@@ -198,7 +226,7 @@ def test_runs_share_the_ui_jvm_one_at_a_time_and_leave_nothing_running(tmp_path)
         assert _until(lambda: _prepared_anew(host, prepared)), "no fresh context after the run"
 
         # A run whose context cannot be created there (other settings than the prepared one's)
-        # starts its own JVM (and fails there by itself); the host prepares another context.
+        # starts its own JVM instead; the host prepares another context.
         prepared = host.prepared
         run = _start_run(host, "bad")
         assert _line(run, "own JVM")
@@ -219,17 +247,33 @@ def test_runs_share_the_ui_jvm_one_at_a_time_and_leave_nothing_running(tmp_path)
         run = _start_run(host, "call")
         called = _line(run, "app").split()[1]
         _line(run, "calling")
-        assert _until(lambda: _sleeping_calls(host) == 1)
+        assert _until(lambda: _calls_in(host, "java.lang.Thread.sleep(") == 1)
         os.kill(run.pid, signal.SIGKILL)
         run.wait(timeout=30)
         assert _until(lambda: _active_app(host) is None), "a killed run's context stayed"
         samples = 0
-        while _sleeping_calls(host):
+        while _calls_in(host, "java.lang.Thread.sleep("):
             assert _active_app(host) is None, "a context was created while a dead run's call ran"
             samples += 1
             time.sleep(0.2)
         assert samples, "the dead run's call was not seen running"
         assert _until(lambda: _prepared_anew(host, called), 60), "nothing prepared after it"
+
+        # A run killed while it waits in a constructor call into the JVM, its context stopped
+        # (as a run creating its context would be): nothing is prepared until that call ends.
+        fifo = tmp_path / "fifo"
+        os.mkfifo(fifo)
+        run = _start_run(host, "open", str(fifo))
+        opened = _line(run, "app").split()[1]
+        _line(run, "opening")
+        assert _until(lambda: _calls_in(host, "java.io.FileInputStream.<init>(") == 1)
+        os.kill(run.pid, signal.SIGKILL)
+        run.wait(timeout=30)
+        time.sleep(2)  # the host's watch has seen the run end, several times
+        assert _calls_in(host, "java.io.FileInputStream.<init>(") == 1
+        assert _active_app(host) is None and host.prepared == opened, "prepared meanwhile"
+        os.close(os.open(fifo, os.O_WRONLY))  # the call returns
+        assert _until(lambda: _prepared_anew(host, opened), 60), "nothing prepared after it"
 
         # While one run holds the host, another starts its own JVM instead of waiting forever.
         holder = _start_run(host, "hold")
@@ -248,6 +292,12 @@ def test_runs_share_the_ui_jvm_one_at_a_time_and_leave_nothing_running(tmp_path)
         again = _line(run, "app").split()[1]
         assert run.wait(timeout=180) == 0
         assert _until(lambda: _prepared_anew(host, again)), "no fresh context after the run"
+
+        # The project's code changes while a context waits for a run: the host replaces it.
+        prepared = host.prepared
+        monkeypatch.setattr(spark_host, "code_version", lambda: "edited")
+        monkeypatch.setattr(spark_host, "REFRESH_SECONDS", 0.0)
+        assert _until(lambda: _prepared_anew(host, prepared) and _mark(host).endswith(" edited"))
         workers = _python_workers(host)
         assert workers, "the prepared context has no Python workers"
     finally:

@@ -199,6 +199,9 @@ def start_in_background(config: dict[str, Any]) -> threading.Event:
     return ready
 
 
+WARM_UP_THREAD = "spark-warm-up"  # LocalSpark's background warm-up (`warm_up`)
+
+
 class LocalSpark(LazyPySparkResource):
     """Local Spark, started on first use, then warmed up in the background (`warm_up`) while
     the first asset runs: runs launched by the UI get what `fruits run` gets. A run launched by
@@ -228,7 +231,7 @@ class LocalSpark(LazyPySparkResource):
                 target=warm_up,
                 args=(self._spark_session,),
                 kwargs={"jvm": not attached, "workers": not prepared},
-                name="spark-warm-up",
+                name=WARM_UP_THREAD,
                 daemon=True,
             ).start()
 

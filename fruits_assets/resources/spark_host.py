@@ -34,6 +34,7 @@ ENV_PORT = "FRUITS_SPARK_HOST_PORT"
 ENV_SECRET = "FRUITS_SPARK_HOST_SECRET"
 ENV_LOCK = "FRUITS_SPARK_HOST_LOCK"
 ATTACH_WAIT_SECONDS = 180.0
+QUIET_WAIT_SECONDS = 2.0
 WATCH_SECONDS = 0.5
 ENDING_WATCH_SECONDS = 0.1  # while a run that let the host go is ending
 # A JVM system property: "<application id> <code fingerprint>" of the context the host prepared
@@ -42,8 +43,9 @@ ENDING_WATCH_SECONDS = 0.1  # while a run that let the host go is ending
 # run whose code changed since (a reloaded code location) does not claim workers that imported
 # the older code.
 PREPARED_PROPERTY = "fruits.spark.prepared"
-# Spark ends Python workers idle for a minute: a prepared context's run a tiny job this often.
-REFRESH_SECONDS = 40.0
+# Spark ends Python workers idle for a minute: a prepared context's run a tiny job this often,
+# so that a run's first Python stage finds them up to 40 s after the run claimed the context.
+REFRESH_SECONDS = 20.0
 # Settings that take effect only when a JVM starts (spark-submit also adds its own options to
 # them): a run attached to the host's JVM has that JVM's, whatever it asks.
 JVM_SETTINGS = frozenset(
@@ -119,13 +121,15 @@ def _release(fd: int) -> None:
     os.close(fd)
 
 
-def stop_left_over(jvm: Any, wait_seconds: float = 60.0) -> bool:
+def stop_left_over(
+    jvm: Any, wait_seconds: float = 60.0, stop: threading.Event | None = None
+) -> bool:
     """Cancel the jobs of the JVM's Spark context, if one is still there, and stop it; forget
     the Delta table states cached with it (another writer may have moved those tables on).
 
     A run killed in a call into the JVM (a Delta commit runs on the driver, not in a job) leaves
-    that call running: wait up to `wait_seconds` for it to end, so that nothing of a dead run
-    lands after the next run has started."""
+    that call running: wait up to `wait_seconds` (or until `stop` is set) for it to end, so
+    that nothing of a dead run lands after the next run has started."""
     active = getattr(jvm.org.apache.spark, "SparkContext$").__getattr__("MODULE$").getActive()
     jvm.java.lang.System.clearProperty(PREPARED_PROPERTY)
     stopped = bool(active.isDefined())
@@ -133,15 +137,26 @@ def stop_left_over(jvm: Any, wait_seconds: float = 60.0) -> bool:
         context = active.get()
         context.cancelAllJobs()
         context.stop()
-        _settle(jvm, wait_seconds)
+        _settle(jvm, wait_seconds, stop)
         forget(jvm)
     return stopped
 
 
-def _settle(jvm: Any, wait_seconds: float = 60.0) -> None:
-    """Wait up to `wait_seconds` for the calls of other processes into the JVM to end."""
+_STUCK: set[int] = set()  # JVM threads whose call outlasted a wait: not waited for again
+
+
+def _settle(jvm: Any, wait_seconds: float = 60.0, stop: threading.Event | None = None) -> None:
+    """Wait up to `wait_seconds` (or until `stop` is set) for the calls of other processes into
+    the JVM to end. A call still running then is not waited for again."""
     deadline = time.monotonic() + wait_seconds
-    while _calls_in_flight(jvm) and time.monotonic() < deadline:
+    while calls := _calls_in_flight(jvm):
+        if stop is not None and stop.is_set():
+            return
+        if time.monotonic() >= deadline:
+            log.warning("%d calls into the Spark JVM still run after %.0f s: not waiting for "
+                        "them again", len(calls), wait_seconds)  # fmt: skip
+            _STUCK.update(calls)
+            return
         time.sleep(0.2)
 
 
@@ -156,9 +171,15 @@ def code_version() -> str:
     """A fingerprint of this package's Python files (paths, sizes, modification times)."""
     root = Path(__file__).resolve().parent.parent
     digest = hashlib.blake2b(digest_size=8)
-    for path in sorted(root.rglob("*.py")):
+    files = (
+        os.path.join(folder, name)
+        for folder, _, names in os.walk(root)  # folders removed meanwhile are skipped
+        for name in names
+        if name.endswith(".py")
+    )
+    for path in sorted(files):
         try:
-            stat = path.stat()
+            stat = os.stat(path)
         except OSError:  # removed meanwhile, or a link to nothing (an editor's lock file)
             continue
         digest.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns};".encode())
@@ -171,19 +192,22 @@ def _active(jvm: Any) -> Any | None:
     return active.get() if active.isDefined() else None
 
 
-def _calls_in_flight(jvm: Any) -> int:
-    """JVM threads, other than this caller's, executing a call from a Python driver."""
+def _calls_in_flight(jvm: Any) -> set[int]:
+    """The JVM threads, other than this caller's (and those given up on), executing a call from
+    a Python driver."""
     this = jvm.java.lang.Thread.currentThread().getId()
     traces = jvm.java.lang.Thread.getAllStackTraces()
-    calls = 0
+    calls = set()
     for thread in traces.keySet():
-        if thread.getId() == this:
+        identity = thread.getId()
+        if identity == this or identity in _STUCK:
             continue
         # Py4J cannot pass a StackTraceElement[] as an Object[]: render it as a Throwable's.
         trace = jvm.java.lang.Throwable()
         trace.setStackTrace(traces.get(thread))
         rendered = jvm.org.apache.commons.lang3.exception.ExceptionUtils.getStackTrace(trace)
-        calls += "py4j.commands." in rendered  # a call, a constructor, a field...
+        if "py4j.commands." in rendered:  # a call, a constructor, a field...
+            calls.add(identity)
     return calls
 
 
@@ -244,7 +268,7 @@ class SparkHost:
         from pyspark import SparkContext
         from pyspark.sql import SparkSession
 
-        from fruits_assets.resources.spark import warm_up
+        from fruits_assets.resources.spark import WARM_UP_THREAD, warm_up
 
         try:
             # Runs create their contexts through this gateway too (`attach`).
@@ -259,6 +283,11 @@ class SparkHost:
             if not self._closing.is_set():
                 log.exception("warming up the UI's Spark JVM failed")
         finally:
+            # The rehearsal's runs warm their Spark up in the background (`LocalSpark`): what
+            # they still do must not meet the contexts this thread creates from now on.
+            for thread in threading.enumerate():
+                if thread.name == WARM_UP_THREAD:
+                    thread.join(timeout=60)
             try:
                 if SparkContext._active_spark_context is not None:
                     SparkContext._active_spark_context.stop()
@@ -298,6 +327,11 @@ class SparkHost:
         """With the lock held: stop the context a run left, prepare the next run's, keep it
         ready."""
         jvm = self._gateway.jvm
+        may_prepare = (
+            self._run_conf is not None
+            and self._failed_preparations < PREPARE_ATTEMPTS
+            and time.monotonic() >= self._retry_at
+        )
         try:
             context = _active(jvm)
             mark = jvm.java.lang.System.getProperty(PREPARED_PROPERTY)
@@ -305,28 +339,33 @@ class SparkHost:
                 self._refresh(mark.partition(" ")[2])
                 return
             self._retire()  # claimed by a run, or gone
-            if (context is not None or mark is not None) and stop_left_over(jvm):
+            if context is None and mark is None and not may_prepare:
+                return
+            if stop_left_over(jvm, stop=self._closing):
                 log.info("stopped the Spark context of a run that ended")
+            # What a dead run still does in the JVM (it may be creating a context) ends first.
+            _settle(jvm, stop=self._closing)
+            if _active(jvm) is not None and stop_left_over(jvm, stop=self._closing):
+                log.info("stopped the Spark context a run that ended had been creating")
         except Exception:  # the JVM is going away with the UI
             if not self._closing.is_set():
                 log.exception("stopping a finished run's Spark context failed")
             return
-        if (
-            self._run_conf is None
-            or self._failed_preparations >= PREPARE_ATTEMPTS
-            or time.monotonic() < self._retry_at
-        ):
+        if not may_prepare or self._closing.is_set():
             return
         try:
-            _settle(jvm)  # a run killed while creating its context, say
             self._prepare()
             self._failed_preparations = 0
-        except Exception:
+        except Exception as exc:
             self._failed_preparations += 1
             self._retry_at = time.monotonic() + PREPARE_RETRY_SECONDS
-            if not self._closing.is_set():
-                log.warning("preparing the next run's Spark context failed (runs create their "
-                            "own)", exc_info=True)  # fmt: skip
+            if self._closing.is_set():
+                return
+            if self._failed_preparations == 1:  # the whole story once, then a line each time
+                log.warning("preparing the next run's Spark context failed (runs create "
+                            "their own)", exc_info=True)  # fmt: skip
+            else:
+                log.warning("preparing the next run's Spark context failed again: %s", exc)
 
     def _prepare(self) -> None:
         """Create the next run's context with the runs' settings, start its Python workers
@@ -336,6 +375,7 @@ class SparkHost:
 
         code = code_version()
         context = SparkContext(conf=self._run_conf, gateway=self._gateway)
+        root = ""
         try:
             root = SparkFiles.getRootDirectory()
             # The JVM's default session from now on: the run takes it with the context.
@@ -344,6 +384,8 @@ class SparkHost:
             application = context.applicationId
         except BaseException:
             context.stop()
+            if root in sys.path:
+                sys.path.remove(root)
             raise
         # The JVM's context and session stay; PySpark in this process may create the next ones.
         _set_active_in_pyspark(None)
@@ -369,7 +411,7 @@ class SparkHost:
             return
         try:
             if code != code_version():
-                stop_left_over(self._gateway.jvm)
+                stop_left_over(self._gateway.jvm, stop=self._closing)
                 self._retire()  # the next watch prepares one for the code as it is now
             else:
                 with _active_in_pyspark(self._standing):
@@ -377,7 +419,7 @@ class SparkHost:
         except Exception:  # a broken context: replaced by a new one
             if not self._closing.is_set():
                 log.warning("the prepared Spark context failed: preparing another", exc_info=True)
-                stop_left_over(self._gateway.jvm)
+                stop_left_over(self._gateway.jvm, stop=self._closing)
                 self._retire()
 
     def _retire(self) -> None:
@@ -500,7 +542,7 @@ def attach(config: dict[str, Any]) -> Any | None:
     import dagster as dg
 
     say = dg.get_dagster_logger()
-    fd = _take(lock, 0)
+    fd = _take(lock, QUIET_WAIT_SECONDS)  # the host looks after the JVM between runs, briefly
     if fd is None:
         say.info("waiting for the UI's Spark JVM: it is warming up or another run uses it")
         fd = _take(lock, ATTACH_WAIT_SECONDS)
