@@ -10,7 +10,9 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from typing import NoReturn
 
+from fruits_assets.quick_exit import exit_now
 from fruits_assets.settings import FruitsSettings
 from fruits_assets.storage import layout
 
@@ -489,5 +491,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
 
 
+def entry() -> NoReturn:
+    """The `fruits` command: `main`, then the process ends without the interpreter's teardown
+    (about a second after a run's summary, `quick_exit`)."""
+    exit_now(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

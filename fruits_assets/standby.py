@@ -14,6 +14,8 @@ import signal
 import sys
 import threading
 
+from fruits_assets.quick_exit import exit_now
+
 # What every run imports before its first event: loaded by the standby ahead of time.
 PRELOADED = (
     "dagster._cli",
@@ -62,8 +64,15 @@ def standby() -> int:
     from dagster._cli import main
 
     sys.argv = ["dagster", "api", "execute_run", line.strip()]
-    main()
-    return 0
+    try:
+        main()
+        status: object = 0
+    except SystemExit as done:
+        status = done.code
+    # The run is over and recorded: what is left of the process (its teardown) would only take
+    # the CPU from the next run, or from the Spark context the UI prepares for it once this
+    # process is gone.
+    exit_now(status)
 
 
 if __name__ == "__main__":

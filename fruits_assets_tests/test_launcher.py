@@ -166,3 +166,26 @@ def test_runs_start_in_a_ready_process_stop_when_terminated_and_end_with_the_dae
     os.kill(process.pid, signal.SIGTERM)
     process.wait(timeout=60)
     assert _until(lambda: not any(runs.alive(pid, "") for pid in waiting), 60), waiting
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "printed"), [(None, 0, ""), (3, 3, ""), ("no such run", 1, "no such run")]
+)
+def test_a_finished_process_exits_with_its_status_after_the_exit_handlers(status, code, printed):
+    """A standby (and `fruits`) ends its process without the interpreter's teardown: the
+    status `sys.exit` would give, what was registered to run at exit run, what was printed
+    flushed."""
+    script = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('exit handler ran'))\n"
+        "print('buffered', end='')\n"
+        "from fruits_assets.quick_exit import exit_now\n"
+        f"exit_now({status!r})\n"
+        "print('not reached')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == code, done.stderr
+    assert done.stdout == "bufferedexit handler ran\n"
+    assert printed in done.stderr
