@@ -34,7 +34,7 @@ ENV_PORT = "FRUITS_SPARK_HOST_PORT"
 ENV_SECRET = "FRUITS_SPARK_HOST_SECRET"
 ENV_LOCK = "FRUITS_SPARK_HOST_LOCK"
 ATTACH_WAIT_SECONDS = 180.0
-QUIET_WAIT_SECONDS = 2.0
+QUIET_WAIT_SECONDS = 2.0  # a run's wait for the lock before it logs that it waits
 WATCH_SECONDS = 0.5
 ENDING_WATCH_SECONDS = 0.1  # while a run that let the host go is ending
 # A JVM system property: "<application id> <code fingerprint>" of the context the host prepared
@@ -43,7 +43,7 @@ ENDING_WATCH_SECONDS = 0.1  # while a run that let the host go is ending
 # run whose code changed since (a reloaded code location) does not claim workers that imported
 # the older code.
 PREPARED_PROPERTY = "fruits.spark.prepared"
-# Spark ends Python workers idle for a minute: a prepared context's run a tiny job this often,
+# Spark ends Python workers idle for a minute: a prepared context runs a tiny job this often,
 # so that a run's first Python stage finds them up to 40 s after the run claimed the context.
 REFRESH_SECONDS = 20.0
 # Settings that take effect only when a JVM starts (spark-submit also adds its own options to
