@@ -183,7 +183,35 @@ def _until(condition, timeout_s: float = 30) -> bool:
     return condition()
 
 
-def test_runs_share_the_ui_jvm_one_at_a_time_and_leave_nothing_running(tmp_path, monkeypatch):
+@pytest.fixture
+def pyspark_set_aside():
+    """PySpark's process-wide state (a session an earlier test left in this process) set aside
+    while the host runs here: the host's process is the only PySpark user in `fruits ui`."""
+    from pyspark import SparkContext
+    from pyspark.sql import SparkSession
+
+    saved = (
+        SparkContext._gateway,
+        SparkContext._jvm,
+        SparkContext._active_spark_context,
+        SparkSession._instantiatedSession,
+        SparkSession._activeSession,
+    )
+    SparkContext._gateway = SparkContext._jvm = SparkContext._active_spark_context = None
+    SparkSession._instantiatedSession = SparkSession._activeSession = None
+    yield
+    (
+        SparkContext._gateway,
+        SparkContext._jvm,
+        SparkContext._active_spark_context,
+        SparkSession._instantiatedSession,
+        SparkSession._activeSession,
+    ) = saved
+
+
+def test_runs_share_the_ui_jvm_one_at_a_time_and_leave_nothing_running(
+    tmp_path, monkeypatch, pyspark_set_aside
+):
     config = local_spark_config(FruitsSettings.from_env())
     host = SparkHost(config, run_config=config)
     jvm_pid = host._gateway.proc.pid
