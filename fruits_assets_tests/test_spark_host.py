@@ -152,15 +152,8 @@ def _python_workers(host: SparkHost) -> set[int]:
 
 def _calls_in(host: SparkHost, frame: str) -> int:
     """JVM threads executing a Python driver's call that is in `frame` (a method's name)."""
-    jvm = host._gateway.jvm
-    traces = jvm.java.lang.Thread.getAllStackTraces()
-    calls = 0
-    for thread in traces.keySet():
-        trace = jvm.java.lang.Throwable()
-        trace.setStackTrace(traces.get(thread))
-        rendered = jvm.org.apache.commons.lang3.exception.ExceptionUtils.getStackTrace(trace)
-        calls += "py4j.commands." in rendered and frame in rendered
-    return calls
+    traces = spark_host._stack_traces(host._gateway.jvm).values()
+    return sum("py4j.commands." in trace and frame in trace for trace in traces)
 
 
 def _mark(host: SparkHost) -> str | None:

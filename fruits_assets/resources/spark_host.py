@@ -130,11 +130,10 @@ def stop_left_over(
     A run killed in a call into the JVM (a Delta commit runs on the driver, not in a job) leaves
     that call running: wait up to `wait_seconds` (or until `stop` is set) for it to end, so
     that nothing of a dead run lands after the next run has started."""
-    active = getattr(jvm.org.apache.spark, "SparkContext$").__getattr__("MODULE$").getActive()
+    context = _active(jvm)
     jvm.java.lang.System.clearProperty(PREPARED_PROPERTY)
-    stopped = bool(active.isDefined())
+    stopped = context is not None
     if stopped:
-        context = active.get()
         context.cancelAllJobs()
         context.stop()
         _settle(jvm, wait_seconds, stop)
@@ -192,23 +191,29 @@ def _active(jvm: Any) -> Any | None:
     return active.get() if active.isDefined() else None
 
 
+def _stack_traces(jvm: Any) -> dict[int, str]:
+    """Each JVM thread's stack trace, rendered, by thread id."""
+    traces = jvm.java.lang.Thread.getAllStackTraces()
+    rendered = {}
+    for thread in traces.keySet():
+        # Py4J cannot pass a StackTraceElement[] as an Object[]: render it as a Throwable's.
+        trace = jvm.java.lang.Throwable()
+        trace.setStackTrace(traces.get(thread))
+        text = jvm.org.apache.commons.lang3.exception.ExceptionUtils.getStackTrace(trace)
+        rendered[thread.getId()] = text
+    return rendered
+
+
 def _calls_in_flight(jvm: Any) -> set[int]:
     """The JVM threads, other than this caller's (and those given up on), executing a call from
     a Python driver."""
     this = jvm.java.lang.Thread.currentThread().getId()
-    traces = jvm.java.lang.Thread.getAllStackTraces()
-    calls = set()
-    for thread in traces.keySet():
-        identity = thread.getId()
-        if identity == this or identity in _STUCK:
-            continue
-        # Py4J cannot pass a StackTraceElement[] as an Object[]: render it as a Throwable's.
-        trace = jvm.java.lang.Throwable()
-        trace.setStackTrace(traces.get(thread))
-        rendered = jvm.org.apache.commons.lang3.exception.ExceptionUtils.getStackTrace(trace)
-        if "py4j.commands." in rendered:  # a call, a constructor, a field...
-            calls.add(identity)
-    return calls
+    return {
+        identity
+        for identity, trace in _stack_traces(jvm).items()
+        # a call, a constructor, a field...
+        if identity != this and identity not in _STUCK and "py4j.commands." in trace
+    }
 
 
 class SparkHost:
@@ -431,13 +436,8 @@ class SparkHost:
         if session is None:
             return
         context = session.sparkContext
-        accumulators = context._accumulatorServer
-        context._accumulatorServer = None
-        if accumulators is not None:  # it looks for its shutdown once a second
-            ending = threading.Thread(
-                target=accumulators.shutdown, name="accumulators", daemon=True
-            )
-            ending.start()
+        ending = _end_accumulator_server(context)
+        if ending is not None:
             _ENDING[:] = [thread for thread in _ENDING if thread.is_alive()] + [ending]
         if getattr(context, "_temp_dir", None):
             shutil.rmtree(context._temp_dir, ignore_errors=True)
@@ -587,7 +587,6 @@ def _forget(gateway: Any) -> None:
     (not `shutdown`, which would end the host's gateway for every run), PySpark reset so that
     the run can start its own JVM."""
     from pyspark import SparkContext
-    from pyspark.sql import SparkSession
 
     try:
         if SparkContext._active_spark_context is not None:
@@ -600,12 +599,10 @@ def _forget(gateway: Any) -> None:
             gateway.shutdown_callback_server()
         except Exception:
             pass
+    _set_active_in_pyspark(None)
     with SparkContext._lock:
-        SparkContext._active_spark_context = None
         SparkContext._gateway = None
         SparkContext._jvm = None
-    SparkSession._instantiatedSession = None
-    SparkSession._activeSession = None
 
 
 def detach(session: Any) -> None:
@@ -632,9 +629,17 @@ def stop_without_waiting(session: Any) -> None:
     shutdown once a second: up to a second at the end of every run. The server has nothing
     left to receive once the context stops; it ends on its own thread (with this process at
     the latest)."""
-    context = session.sparkContext
-    accumulators = getattr(context, "_accumulatorServer", None)
-    if accumulators is not None:
-        context._accumulatorServer = None
-        threading.Thread(target=accumulators.shutdown, name="accumulators", daemon=True).start()
+    _end_accumulator_server(session.sparkContext)
     session.stop()
+
+
+def _end_accumulator_server(context: Any) -> threading.Thread | None:
+    """Shut the context's PySpark accumulator server down on a thread of its own (it looks for
+    its shutdown once a second), detached from the context; that thread, if there was one."""
+    accumulators = getattr(context, "_accumulatorServer", None)
+    if accumulators is None:
+        return None
+    context._accumulatorServer = None
+    ending = threading.Thread(target=accumulators.shutdown, name="accumulators", daemon=True)
+    ending.start()
+    return ending
