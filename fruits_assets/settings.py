@@ -48,7 +48,7 @@ class FruitsSettings(BaseModel):
     accuracy_floor: float = Field(0.9, ge=0, le=1, description="classifier top-1 floor (WARN)")
     classifier_max_iter: int = Field(100, ge=1, description="logistic regression iterations")
     classifier_warm_start_iter: int = Field(
-        10, ge=0, description="iterations of a refit from the published classifier (0: from zero)"
+        5, ge=0, description="iterations of a refit from the published classifier (0: from zero)"
     )
     lock_wait_seconds: float = Field(
         1800.0, ge=0, description="how long a run launched by the UI waits for the output root"

@@ -102,7 +102,7 @@ def test_classifier_cross_validates_only_when_classes_or_search_change(mixed_run
 
     reused = rerun(search)
     assert reused["cross_validated"] is False and reused["chosen_reg_param"] == 1e-4
-    # ...starting from the published coefficients, for warm_start_iter (10) iterations, not 50
+    # ...starting from the published coefficients, for warm_start_iter (5) iterations, not 50
     # (L-BFGS records more entries than that when it restarts its history after failed line
     # searches, which a start at the optimum of separable data provokes: the budget is asserted).
     assert reused["fit_started_from"] == "the published classifier"

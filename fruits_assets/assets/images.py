@@ -6,7 +6,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 import dagster as dg
+import pandas as pd
 from dagster_pyspark import LazyPySparkResource
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -52,6 +54,24 @@ def _missing_classes_failure(missing: set[str], root: str) -> dg.Failure:
     )
 
 
+def _listing_frame(spark: SparkSession, files: list[discovery.ImageFile]) -> DataFrame:
+    """The listing as a DataFrame, handed to the JVM through Arrow: from a list of tuples, Spark
+    would unpickle them in a Python worker of its own kind (started for that one job, most of a
+    second in a new Spark context) rather than in the JVM."""
+    frame = pd.DataFrame(
+        {
+            "path": pd.Series([f.path for f in files], dtype=object),
+            "label": pd.Series([f.label for f in files], dtype=object),
+            "size": pd.array([f.size for f in files], dtype="int64"),
+            "modification_time": pd.to_datetime(
+                [datetime.fromtimestamp(f.modification_time, tz=timezone.utc) for f in files],
+                utc=True,
+            ),
+        }
+    )
+    return spark.createDataFrame(frame, RAW_SCHEMA)
+
+
 @dg.asset(
     partitions_def=fruit_class_partitions,
     backfill_policy=ONE_RUN_FOR_ALL_CLASSES,
@@ -72,13 +92,9 @@ def raw_images(
         raise _missing_classes_failure(missing, storage.images)
     files = scan.images_of(labels)
     context.log.info(f"{len(files)} images in {len(labels)} classes under {storage.images}")
-    rows = [
-        (f.path, f.label, f.size, datetime.fromtimestamp(f.modification_time, tz=timezone.utc))
-        for f in files
-    ]
     datasets = Datasets(pyspark.spark_session, storage, context.run.run_id)
     # No check audits this listing, so it is published at once (one atomic commit).
-    listing = pyspark.spark_session.createDataFrame(rows, RAW_SCHEMA)
+    listing = _listing_frame(pyspark.spark_session, files)
     # An ignored file belongs to its folder's class; the others are the run's.
     classes = set(scan.classes)
     per_class = Counter(f.label for f in files)
