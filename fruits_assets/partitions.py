@@ -15,7 +15,8 @@ fruit_class_partitions = dg.DynamicPartitionsDefinition(name=FRUIT_CLASS_PARTITI
 warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
 ONE_RUN_FOR_ALL_CLASSES = dg.BackfillPolicy.single_run()
 
-# The run tags Dagster documents for a run over a range of partitions.
+# The run tags Dagster documents for a run of one partition, and of a range of partitions.
+PARTITION_TAG = "dagster/partition"
 PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
 PARTITION_RANGE_END_TAG = "dagster/asset_partition_range_end"
 

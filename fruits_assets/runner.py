@@ -217,15 +217,19 @@ def _materialize(
 RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
-def rehearse(settings: FruitsSettings, images_per_class: int = 8) -> bool:
+def rehearse(settings: FruitsSettings, images_per_class: int = 8, reruns: int = 2) -> bool:
     """Run the whole graph once on a few generated photos, in a scratch folder and instance, in
-    this process's Spark JVM: what `fruits ui` does so that its JVM has loaded and compiled the
-    code of every asset (Delta, Spark ML, CSV, Arrow) before a user's first run. Quiet; whether
-    every step succeeded."""
+    this process's Spark JVM, then rerun one class after a new photo `reruns` times, as the UI
+    launches such runs: what `fruits ui` does so that its JVM has loaded and compiled the code of
+    every asset (Delta, Spark ML, CSV, Arrow), and of a rerun's own paths (a partial overwrite
+    of each per-class table, the PCA's kept moments, a refit from the published classifier),
+    before a user's first run. Quiet; whether every step succeeded."""
+    import shutil
     import tempfile
 
     from fruits_assets.ml import demo_data
 
+    quiet = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
     with (
         tempfile.TemporaryDirectory(prefix="fruits-rehearsal-") as scratch,
         failpoints.suspended(),
@@ -235,15 +239,31 @@ def rehearse(settings: FruitsSettings, images_per_class: int = 8) -> bool:
             update={"images": str(images), "output": os.path.join(scratch, "output")}
         )
         defs = build_definitions(rehearsal)
+        job = defs.resolve_job_def(ALL_ASSETS_JOB)
         with dg.DagsterInstance.ephemeral() as instance:
             classes = discovery.scan(rehearsal.images).classes
             partitions.sync(instance, classes)
-            result = defs.resolve_job_def(ALL_ASSETS_JOB).execute_in_process(
+            result = job.execute_in_process(
                 instance=instance,
                 tags=partitions.range_tags(classes[0], classes[-1]),
                 raise_on_error=False,
-                run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
+                run_config=quiet,
             )
+            for round_ in range(reruns):
+                if not result.success:
+                    break
+                # A photo the class did not have (another seed), as a user adds one.
+                new = demo_data.generate(os.path.join(scratch, f"new-{round_}"), 1, seed=round_ + 1)
+                shutil.move(
+                    str(new / classes[0] / "0_100.jpg"),
+                    str(images / classes[0] / f"new-{round_}_100.jpg"),
+                )
+                result = job.execute_in_process(
+                    instance=instance,
+                    tags={partitions.PARTITION_TAG: classes[0]},
+                    raise_on_error=False,
+                    run_config=quiet,
+                )
         return result.success
 
 
