@@ -183,23 +183,19 @@ def pyspark_set_aside():
     from pyspark import SparkContext
     from pyspark.sql import SparkSession
 
-    saved = (
-        SparkContext._gateway,
-        SparkContext._jvm,
-        SparkContext._active_spark_context,
-        SparkSession._instantiatedSession,
-        SparkSession._activeSession,
-    )
-    SparkContext._gateway = SparkContext._jvm = SparkContext._active_spark_context = None
-    SparkSession._instantiatedSession = SparkSession._activeSession = None
+    state = [
+        (SparkContext, "_gateway"),
+        (SparkContext, "_jvm"),
+        (SparkContext, "_active_spark_context"),
+        (SparkSession, "_instantiatedSession"),
+        (SparkSession, "_activeSession"),
+    ]
+    saved = [getattr(owner, name) for owner, name in state]
+    for owner, name in state:
+        setattr(owner, name, None)
     yield
-    (
-        SparkContext._gateway,
-        SparkContext._jvm,
-        SparkContext._active_spark_context,
-        SparkSession._instantiatedSession,
-        SparkSession._activeSession,
-    ) = saved
+    for (owner, name), value in zip(state, saved, strict=True):
+        setattr(owner, name, value)
 
 
 def test_runs_share_the_ui_jvm_one_at_a_time_and_leave_nothing_running(
