@@ -10,9 +10,12 @@ Dagster does for any run of that shape: create the run (one "planned" event per 
 class), give each class its metadata (`add_asset_metadata`, which looks the dynamic partitions
 up in the instance each time) and store one materialization event per asset and class.
 `--no-class-metadata` runs the same without per-class metadata, to separate that part.
+Runs execute as `fruits run` executes them, with Dagster's SQLite databases kept open
+(`fruits_assets.dagster_sqlite`); `--plain-sqlite` runs them without.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -30,7 +33,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 from end_to_end import step_spans  # noqa: E402
 from machine import describe  # noqa: E402
 
-from fruits_assets import partitions  # noqa: E402
+from fruits_assets import dagster_sqlite, partitions  # noqa: E402
 from fruits_assets.cli import INSTANCE_CONFIG  # noqa: E402
 from fruits_assets.runner import ALL_CLASSES, PER_CLASS, RUN_CONFIG  # noqa: E402
 from fruits_assets.storage import layout  # noqa: E402
@@ -41,7 +44,7 @@ CHECKS = {"raw_images": 0, "labeled_images": 1, "mobilenet_features": 2, "pca_mo
           "pca_features_parquet": 3, "features_csv": 3}  # fmt: skip
 
 
-def one_run(classes: int, class_metadata: bool) -> dict[str, float]:
+def one_run(classes: int, class_metadata: bool, kept_open: bool = True) -> dict[str, float]:
     """Materialize the empty graph once over `classes` classes in this process (the Dagster
     home is $DAGSTER_HOME); seconds per part, from the run's own events."""
 
@@ -87,11 +90,12 @@ def one_run(classes: int, class_metadata: bool) -> dict[str, float]:
         assets=assets, jobs=[dg.define_asset_job("all", selection="*")]
     ).resolve_job_def("all")
     started = time.time()
-    result = job.execute_in_process(
-        instance=instance,
-        tags=partitions.range_tags(keys[0], keys[-1]),
-        run_config=RUN_CONFIG,
-    )
+    with dagster_sqlite.kept_open() if kept_open else contextlib.nullcontext():
+        result = job.execute_in_process(
+            instance=instance,
+            tags=partitions.range_tags(keys[0], keys[-1]),
+            run_config=RUN_CONFIG,
+        )
     wall = time.time() - started
     assert result.success
     planned = [
@@ -111,10 +115,11 @@ def main() -> None:
     parser.add_argument("--classes", type=int, nargs="+", default=[5, 141])
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--no-class-metadata", action="store_true")
+    parser.add_argument("--plain-sqlite", action="store_true", help="without kept_open()")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
-        print(json.dumps(one_run(args.child, not args.no_class_metadata)))
+        print(json.dumps(one_run(args.child, not args.no_class_metadata, not args.plain_sqlite)))
         return
     print("machine:", json.dumps(describe()))
     runs: dict[int, list[dict[str, float]]] = {n: [] for n in args.classes}
@@ -123,8 +128,8 @@ def main() -> None:
             with tempfile.TemporaryDirectory(prefix="dagster_overhead_") as home:
                 Path(home, "dagster.yaml").write_text(INSTANCE_CONFIG)
                 command = [sys.executable, __file__, "--child", str(n)]
-                if args.no_class_metadata:
-                    command.append("--no-class-metadata")
+                command += ["--no-class-metadata"] * args.no_class_metadata
+                command += ["--plain-sqlite"] * args.plain_sqlite
                 env = {**os.environ, "DAGSTER_HOME": home}
                 out = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
                 parts = json.loads(out.stdout.strip().splitlines()[-1])

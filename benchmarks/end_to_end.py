@@ -7,11 +7,12 @@
     .venv/bin/python benchmarks/end_to_end.py memory --sizes 1000 4000 8000
 
 `compare` times, back to back in fresh processes, `fruits run --no-classifier` on the Fruits-360
-Test split (the six pipeline assets, Dagster and the checks included; warm model cache, and once
-per repetition with an empty one) and the seed notebook's script doing the same work (featurize,
-PCA with the same k, Parquet); `--against` adds another `fruits` (e.g. an earlier checkout's) to
-the same interleaved repetitions (`--no-seed --no-cold`: only the two, in alternating order, for
-a quick before/after). For each of our runs it prints where the seconds went: start-up
+Test split (`--sample`: Training and Test, the 8,460-image sample; the six pipeline assets,
+Dagster and the checks included; warm model cache, and once per repetition with an empty one)
+and the seed notebook's script doing the same work (featurize, PCA with the same k, Parquet);
+`--against` adds another `fruits` (e.g. an earlier checkout's) to the same interleaved
+repetitions (`--no-seed --no-cold`: only the two, in alternating order, for a quick
+before/after). For each of our runs it prints where the seconds went: start-up
 (process start to the first step), each asset's step, and the end (last step to process exit),
 from the run's own Dagster events.
 `memory` runs `fruits run` on growing subsets of Training+Test and reports the peak RSS of the whole
@@ -42,6 +43,8 @@ SHARED = Path(os.environ.get("FRUITS_SHARED_DIR", HERE.parent.parent / "shared")
 DATA = SHARED / "data" / "fruits360"
 WEIGHTS = SHARED / "models" / "mobilenet_v2_1.0_224_imagenet_dequant.h5"
 FRUITS = str(Path(sys.executable).with_name("fruits"))
+TEST = DATA / "Test"  # 2,115 images
+SAMPLE = DATA  # Training and Test: the 8,460-image sample, one class folder per split
 STEPS = ("raw_images", "labeled_images", "mobilenet_features", "pca_model",
          "pca_features_parquet", "features_csv", "fruit_classifier")  # fmt: skip
 
@@ -149,10 +152,12 @@ def fill_model_cache(cache: str) -> None:
     subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True)
 
 
-def compare(reps: int, against: str | None, seed: bool = True, cold: bool = True) -> None:
+def compare(
+    reps: int, against: str | None, seed: bool = True, cold: bool = True, images: Path = TEST
+) -> None:
     """`fruits run --no-classifier` (and `against`'s) vs the seed-style script; without `seed`
     and `cold`, only the `fruits` runs, in alternating order, against the first one."""
-    images = DATA / "Test"
+    print(f"images: {images}")
     print("machine:", json.dumps(describe()))
     walls: dict[str, list[float]] = {"fruits run": []}
     if cold:
@@ -297,12 +302,16 @@ def main() -> None:
     compare_parser.add_argument(
         "--no-cold", action="store_true", help="without the run with an empty model cache"
     )
+    compare_parser.add_argument(
+        "--sample", action="store_true", help="the 8,460-image sample instead of the Test split"
+    )
     memory_parser = sub.add_parser("memory")
     memory_parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 4000, 8000])
     memory_parser.add_argument("--against", help="another `fruits` executable to measure alike")
     args = parser.parse_args()
     if args.mode == "compare":
-        compare(args.reps, args.against, seed=not args.no_seed, cold=not args.no_cold)
+        compare(args.reps, args.against, seed=not args.no_seed, cold=not args.no_cold,
+                images=SAMPLE if args.sample else TEST)  # fmt: skip
     else:
         memory(args.sizes, args.against)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import dagster as dg
 
-from fruits_assets import failpoints, partitions, preflight, runs
+from fruits_assets import dagster_sqlite, failpoints, partitions, preflight, runs
 from fruits_assets.definitions import ALL_ASSETS_JOB, build_definitions
 from fruits_assets.settings import FruitsSettings
 from fruits_assets.storage import datasets, discovery, layout, lock
@@ -147,7 +147,7 @@ def materialize(
         preflight.check_output_root(settings.output)  # a folder we can write: then lock it
     except preflight.PreflightError as exc:
         raise UsageError(str(exc)) from exc
-    with lock.hold(settings.output, lock.holder(command="fruits run")):
+    with lock.hold(settings.output, lock.holder(command="fruits run")), dagster_sqlite.kept_open():
         datasets.clean_staging(settings.output)
         return _materialize(
             settings, instance, classes, downstream_only, with_classifier, resource_overrides,

@@ -77,9 +77,12 @@ def standby() -> int:
     preload.join()  # the cores are the run's now: nothing competes with what is left of it
     from dagster._cli import main
 
+    from fruits_assets import dagster_sqlite
+
     sys.argv = ["dagster", "api", "execute_run", line.strip()]
     try:
-        main()
+        with dagster_sqlite.kept_open():
+            main()
         status: object = 0
     except SystemExit as done:
         status = done.code
