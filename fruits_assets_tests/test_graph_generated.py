@@ -70,6 +70,8 @@ def test_features_pca_and_csv_agree(mixed_run):
     csv = pd.read_csv(layout.csv_path(str(output)))
     assert list(csv.columns) == ["path", "label"] + [f"pca_feature_{i + 1}" for i in range(k)]
     assert set(csv.label) == {GOOD_CLASS, BAD_CLASS}
+    keys = list(zip(csv.label.astype(str), csv.path, strict=True))
+    assert keys == sorted(keys)  # sorted by label, then path
     merged = csv.merge(pca.assign(label=pca.label.astype(str)), on=["path", "label"])
     assert len(merged) == len(csv)
     for _, row in merged.head(5).iterrows():
