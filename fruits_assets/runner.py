@@ -147,7 +147,10 @@ def materialize(
         preflight.check_output_root(settings.output)  # a folder we can write: then lock it
     except preflight.PreflightError as exc:
         raise UsageError(str(exc)) from exc
-    with lock.hold(settings.output, lock.holder(command="fruits run")), dagster_sqlite.kept_open():
+    with (
+        lock.hold(settings.output, lock.holder(command="fruits run")),
+        dagster_sqlite.kept_open(instance.root_directory),
+    ):
         datasets.clean_staging(settings.output)
         return _materialize(
             settings, instance, classes, downstream_only, with_classifier, resource_overrides,
