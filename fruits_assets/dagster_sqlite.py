@@ -3,7 +3,7 @@
 Dagster's SQLite storages open and close a connection for every event they store. When the last
 connection to a database in WAL mode closes, SQLite checkpoints the WAL into the database, syncs
 both and deletes the WAL and its shared-memory file: a few syncs and four file creations or
-deletions per event, for the ~3,000 events of a run over 141 classes (a quarter of Dagster's own
+deletions per event, for the ~3,000 events of a run over 141 classes (a third of Dagster's own
 time in such a run). While `kept_open()` is active, this process keeps one idle connection to
 each WAL database of the Dagster home it connects to: a connection to a database in WAL mode
 holds a shared lock on it until it closes, so no other connection's close is the last one, and
