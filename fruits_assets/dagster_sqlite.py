@@ -48,13 +48,13 @@ class _Holder:
         try:
             # fetchall: a statement left unfinished would keep a read transaction open.
             path = dbapi_connection.execute("PRAGMA database_list").fetchall()[0][2]
-            if not path or not os.path.realpath(path).startswith(self.home):
-                return
             with self.lock:
-                if self.closed:
+                if self.closed or not path:  # no path: an in-memory database
                     return
                 if path in self.held:
                     self.held[path] = self.held.pop(path)  # the most recently connected
+                    return
+                if not os.path.realpath(path).startswith(self.home):
                     return
                 # Only a database in WAL mode: a database Dagster is still creating is in
                 # rollback-journal mode until its schema is in place, and switches then.

@@ -18,6 +18,11 @@ import dagster as dg
 from fruits_assets import dagster_sqlite
 
 CLASSES = [f"Class {i:03d}" for i in range(150)]
+# Run in another process: how many classes of `per_class` the Dagster home has materialized.
+COUNT = (
+    "import dagster as dg; i = dg.DagsterInstance.get(); "
+    "print(len(i.fetch_materializations(dg.AssetKey('per_class'), limit=1000).records))"
+)
 
 # A two-asset graph over 150 classes, run as one single-run backfill like `fruits run`'s: the
 # first asset gives each class its own metadata; the second writes what it sees (the WAL of the
@@ -31,10 +36,7 @@ import dagster as dg
 CLASSES = [f"Class {i:03d}" for i in range(150)]
 classes = dg.StaticPartitionsDefinition(CLASSES)
 probe = Path(os.environ["PROBE_DIR"])
-READ = (
-    "import dagster as dg; i = dg.DagsterInstance.get(); "
-    "print(len(i.fetch_materializations(dg.AssetKey('per_class'), limit=1000).records))"
-)
+COUNT = @COUNT@
 
 @dg.asset(partitions_def=classes, backfill_policy=dg.BackfillPolicy.single_run())
 def per_class(context: dg.AssetExecutionContext) -> None:
@@ -44,7 +46,7 @@ def per_class(context: dg.AssetExecutionContext) -> None:
 @dg.asset(partitions_def=classes, backfill_policy=dg.BackfillPolicy.single_run(), deps=[per_class])
 def after(context: dg.AssetExecutionContext) -> None:
     wal = Path(os.environ["DAGSTER_HOME"], "history", "runs", "index.db-wal")
-    seen = subprocess.run([sys.executable, "-c", READ], capture_output=True, text=True, check=True)
+    seen = subprocess.run([sys.executable, "-c", COUNT], capture_output=True, text=True, check=True)
     (probe / "during.json").write_text(json.dumps({
         "wal_exists": wal.exists(),
         "wal_bytes": wal.stat().st_size if wal.exists() else 0,
@@ -78,17 +80,13 @@ def _home(tmp_path: Path) -> dict[str, str]:
     home.mkdir()
     probe.mkdir()
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    (tmp_path / "graph.py").write_text(GRAPH)
+    (tmp_path / "graph.py").write_text(GRAPH.replace("@COUNT@", repr(COUNT)))
     return {**os.environ, "DAGSTER_HOME": str(home), "PROBE_DIR": str(probe)}
 
 
 def _materializations(env: dict[str, str]) -> int:
-    code = (
-        "import dagster as dg; i = dg.DagsterInstance.get(); "
-        "print(len(i.fetch_materializations(dg.AssetKey('per_class'), limit=1000).records))"
-    )
     out = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-c", COUNT], env=env, capture_output=True, text=True, check=True
     )
     return int(out.stdout.split()[-1])
 
@@ -146,23 +144,16 @@ def test_a_killed_run_keeps_the_events_it_had_stored(tmp_path: Path) -> None:
 
 
 def test_outside_kept_open_nothing_is_held(tmp_path: Path) -> None:
-    env = _home(tmp_path)
-    os.environ["DAGSTER_HOME"], previous = env["DAGSTER_HOME"], os.environ.get("DAGSTER_HOME")
-    try:
-        with dg.DagsterInstance.get() as instance:
-            index = Path(env["DAGSTER_HOME"], "history", "runs", "index.db")
-            with dagster_sqlite.kept_open():
-                instance.add_dynamic_partitions("fruit", ["Apple"])
-                instance.add_dynamic_partitions("fruit", ["Kiwi"])
-                # Held open: the connections' closes left the WAL in place.
-                assert index.with_name("index.db-wal").exists()
-            # Once left, the readers are closed: the next connection's close checkpoints and
-            # removes the WAL, as without `kept_open()`.
-            instance.add_dynamic_partitions("fruit", ["Lemon"])
-            assert not index.with_name("index.db-wal").exists()
-            assert instance.get_dynamic_partitions("fruit") == ["Apple", "Kiwi", "Lemon"]
-    finally:
-        if previous is None:
-            del os.environ["DAGSTER_HOME"]
-        else:
-            os.environ["DAGSTER_HOME"] = previous
+    home = _home(tmp_path)["DAGSTER_HOME"]
+    with dg.DagsterInstance.from_config(home) as instance:
+        index = Path(home, "history", "runs", "index.db")
+        with dagster_sqlite.kept_open(home):
+            instance.add_dynamic_partitions("fruit", ["Apple"])
+            instance.add_dynamic_partitions("fruit", ["Kiwi"])
+            # Held open: the connections' closes left the WAL in place.
+            assert index.with_name("index.db-wal").exists()
+        # Once left, the readers are closed: the next connection's close checkpoints and
+        # removes the WAL, as without `kept_open()`.
+        instance.add_dynamic_partitions("fruit", ["Lemon"])
+        assert not index.with_name("index.db-wal").exists()
+        assert instance.get_dynamic_partitions("fruit") == ["Apple", "Kiwi", "Lemon"]
