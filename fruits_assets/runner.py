@@ -183,7 +183,9 @@ def _materialize(
     spark_ready = None
     if settings.env == "local" and not resource_overrides:
         # Checks passed: the JVM boots (seconds) while the definitions and the run are set up.
-        spark_ready = start_in_background(local_spark_config(settings, s3=settings.uses_s3))
+        spark_ready = start_in_background(
+            local_spark_config(settings, s3=settings.uses_s3, spark_ml=with_classifier)
+        )
     try:
         defs = build_definitions(settings, **(resource_overrides or {}))
     except ValueError as exc:  # e.g. FRUITS_ENV=emr without a cluster id

@@ -65,7 +65,7 @@ class FruitsSettings(BaseModel):
         "ml",
         **_local(
             "JVM code a run's local Spark compiles with the optimizing compiler (C2): Spark ML's "
-            "(the rest with the quick one) or all"
+            "(the rest with the quick one; a run without the classifier: none) or all"
         ),
     )
     ui_warm_spark: bool = Field(

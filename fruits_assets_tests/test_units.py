@@ -145,7 +145,8 @@ def test_local_spark_interprets_queries_unless_told_to_compile_them():
 
 def test_a_runs_jvm_keeps_the_optimizing_compiler_for_spark_ml_only():
     """The compiler directives are accepted by this machine's JVM (a bad file stops the JVM
-    before Spark starts), and only per-run JVMs get them."""
+    before Spark starts), and only per-run JVMs get them; a run without Spark ML stops at the
+    quick compiler."""
     from fruits_assets.resources.spark import COMPILER_DIRECTIVES, local_spark_config
     from fruits_assets.settings import FruitsSettings
 
@@ -157,6 +158,10 @@ def test_a_runs_jvm_keeps_the_optimizing_compiler_for_spark_ml_only():
     for jit_everywhere in (options(settings={"spark_jit": "all"}), options(long_lived=True)):
         assert "CompilerDirectives" not in jit_everywhere
         assert "--add-modules=jdk.incubator.vector" in jit_everywhere
+    without_ml = options(spark_ml=False)
+    assert "-XX:TieredStopAtLevel=1" in without_ml and "CompilerDirectives" not in without_ml
+    assert "TieredStopAtLevel" not in options(settings={"spark_jit": "all"}, spark_ml=False)
+    assert "TieredStopAtLevel" not in options(long_lived=True, spark_ml=False)
     java_home = os.environ.get("JAVA_HOME")
     java = os.path.join(java_home, "bin", "java") if java_home else shutil.which("java")
     flags = [option for option in shlex.split(options()) if option.startswith("-XX:")]
@@ -165,6 +170,9 @@ def test_a_runs_jvm_keeps_the_optimizing_compiler_for_spark_ml_only():
     )
     assert done.returncode == 0, done.stderr
     assert "org/apache/spark/ml/" in done.stdout + done.stderr
+    flags = [option for option in shlex.split(without_ml) if option.startswith("-XX:")]
+    done = subprocess.run([java, *flags, "-version"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
 
 
 def _predictor(rng, pc, n_classes=4, hist_dims=6, reg_param=1e-3):
@@ -248,7 +256,7 @@ def test_class_order_is_string_indexers_whatever_the_characters():
     assert training.class_order(labels) != sorted(labels)  # Python's order is another
 
 
-def test_spark_covariance_matches_numpy_whatever_the_partitioning():
+def test_spark_covariance_matches_numpy_whatever_the_partitioning(monkeypatch):
     spark = _local_spark()
     x = _rank_deficient_features()
     df = spark.createDataFrame([(row.tolist(),) for row in x], "features array<float>")
@@ -258,6 +266,36 @@ def test_spark_covariance_matches_numpy_whatever_the_partitioning():
         assert n == len(x)
         np.testing.assert_allclose(cov, expected, atol=1e-9)
     assert pca.covariance(df.limit(0), "features")[0] == 0
+    # Rows in blocks of a few, merged on the workers first (as on a cluster of many cores).
+    monkeypatch.setattr(pca, "BLOCK_ROWS", 7)
+    monkeypatch.setattr(pca, "MAX_MERGED_ON_DRIVER", 1)
+    n, cov = pca.covariance(df.repartition(5), "features")
+    assert n == len(x)
+    np.testing.assert_allclose(cov, expected, atol=1e-9)
+
+
+def test_projections_are_the_features_times_the_components_and_bad_vectors_say_why():
+    spark = _local_spark()
+    x = _rank_deficient_features()
+    components = np.random.default_rng(3).normal(size=(4, x.shape[1]))
+    df = spark.createDataFrame(
+        [(f"p{i}", "Kiwi", row.tolist()) for i, row in enumerate(x)],
+        "path string, label string, features array<float>",
+    )
+    rows = pca.projected(df.repartition(3), components, "features", "pca", ("path", "label"))
+    assert rows.columns == ["path", "label", "pca"]
+    got = {r["path"]: r["pca"] for r in rows.collect()}
+    expected = x.astype(np.float64) @ components.T
+    for i, row in enumerate(expected):
+        np.testing.assert_allclose(got[f"p{i}"], row, rtol=1e-5, atol=1e-4)
+    ragged = spark.createDataFrame(
+        [("a", "Kiwi", [1.0, 2.0]), ("b", "Kiwi", [1.0])],
+        "path string, label string, features array<float>",
+    )
+    with pytest.raises(Exception, match="feature vectors of different lengths"):
+        pca.projected(ragged.coalesce(1), np.ones((1, 2)), "features", "pca", ("path",)).collect()
+    with pytest.raises(Exception, match="feature vectors of 2 values where 3 are expected"):
+        pca.projected(ragged.limit(1), np.ones((1, 3)), "features", "pca", ("path",)).collect()
 
 
 def test_scree_plot_is_a_png():

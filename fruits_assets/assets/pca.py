@@ -201,8 +201,9 @@ def pca_features_parquet(
     current = current_features(context, datasets)
     model = PcaModel.load(datasets)
     k = model.k
-    project = pca.project_udf(spark, model.components)
-    projected = current.df.select("path", "label", project("features").alias("pca_features"))
+    projected = pca.projected(
+        current.df, model.components, "features", "pca_features", keep=("path", "label")
+    )
     staged = datasets.stage(
         projected,
         layout.PCA_FEATURES_PARQUET,

@@ -3,12 +3,16 @@ target variance, projections."""
 
 from __future__ import annotations
 
+import functools
+import itertools
+import math
 import pickle
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 
 @dataclass(frozen=True)
@@ -62,27 +66,75 @@ def covariance(df, column: str) -> tuple[int, np.ndarray]:  # a Spark DataFrame
     return merged.n, merged.covariance()
 
 
+# Rows per matrix product on a worker: a few thousand rows make one large product instead of a
+# scatter matrix (13 MB at 1280 dimensions) built and merged per Arrow batch of a few hundred.
+BLOCK_ROWS = 4096
+# Up to this many partial results (one per task slot) are merged on the driver; past it (a
+# large cluster), the workers merge them first, so the driver receives a few matrices.
+MAX_MERGED_ON_DRIVER = 8
+MOMENTS_SCHEMA = "moments binary"
+
+
+def vectors(column: pa.Array | pa.ChunkedArray, width: int | None = None) -> np.ndarray:
+    """An Arrow array<float> column as a float64 matrix, one row per vector, from the list's
+    contiguous values (no Python object per row). A null, or a vector of another length than
+    the others (or than `width`), fails with the cause."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if len(column) == 0:
+        return np.zeros((0, 0))
+    if column.null_count:
+        raise ValueError(f"{column.null_count} of {len(column)} feature vectors are null")
+    bounds = pc.min_max(pc.list_value_length(column))
+    shortest, longest = bounds["min"].as_py(), bounds["max"].as_py()
+    if shortest != longest:
+        raise ValueError(f"feature vectors of different lengths ({shortest} to {longest})")
+    if width is not None and longest != width:
+        raise ValueError(f"feature vectors of {longest} values where {width} are expected")
+    return (
+        column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), -1).astype(np.float64)
+    )
+
+
 def moments(df, column: str) -> Moments | None:  # a Spark DataFrame
     """The moments of an array<float> column (None without rows): each partition's are computed
-    by numpy on the Spark workers and merged in a tree, so the driver receives a few matrices."""
+    by numpy on the Spark workers from Arrow batches, and merged on the driver (on the workers
+    first, past MAX_MERGED_ON_DRIVER partitions), so the driver receives a few matrices."""
 
-    def of_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        total = None
-        for batch in batches:
-            if len(batch):
-                part = Moments.of(np.stack(batch[column].to_numpy()).astype(np.float64))
-                total = part if total is None else total + part
+    def of_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        total, block, rows = None, [], 0
+        for batch in itertools.chain(batches, [None]):  # None: the end, for the last block
+            if batch is not None and batch.num_rows:
+                block.append(vectors(batch.column(0)))
+                rows += batch.num_rows
+            if block and (rows >= BLOCK_ROWS or batch is None):
+                total = _merge(total, Moments.of(np.concatenate(block)))
+                block, rows = [], 0
         if total is not None:
-            yield pd.DataFrame({"moments": [pickle.dumps(total)]})
+            yield _moments_batch(total)
 
     # One task per core: each partition's result is a full dim x dim matrix (13 MB at 1280),
     # so more partitions than cores would only ship and merge more matrices.
     parts = df.sparkSession.sparkContext.defaultParallelism
-    partial = df.select(column).coalesce(parts).mapInPandas(of_partition, "moments binary").rdd
-    # One pass: an aggregate from "nothing" rather than an emptiness check that reruns the stage.
-    return partial.map(lambda row: pickle.loads(row.moments)).treeAggregate(
-        None, _merge, _merge, depth=2
-    )
+    partial = df.select(column).coalesce(parts).mapInArrow(of_partition, MOMENTS_SCHEMA)
+    if parts > MAX_MERGED_ON_DRIVER:
+        partial = partial.repartition(math.isqrt(parts - 1) + 1).mapInArrow(
+            _merge_batches, MOMENTS_SCHEMA
+        )
+    return functools.reduce(_merge, (pickle.loads(row.moments) for row in partial.collect()), None)
+
+
+def _moments_batch(total: Moments) -> pa.RecordBatch:
+    return pa.RecordBatch.from_pydict({"moments": [pickle.dumps(total)]})
+
+
+def _merge_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    total = None
+    for batch in batches:
+        for data in batch.column(0).to_pylist():
+            total = _merge(total, pickle.loads(data))
+    if total is not None:
+        yield _moments_batch(total)
 
 
 def _merge(a: Moments | None, b: Moments | None) -> Moments | None:
@@ -132,17 +184,28 @@ def choose_k(explained_variance: Sequence[float], target: float) -> tuple[int, f
     return k, float(min(cumulative[k - 1], 1.0))
 
 
-def project_udf(spark, components: np.ndarray):  # Spark objects
-    """A pandas UDF: 1280-d features -> their k PCA coordinates, as Spark ML's PCAModel computes
-    them (components applied without centring), on the Python workers with numpy."""
-    import pandas as pd
-    from pyspark.sql import functions as F
+def projected(df, components: np.ndarray, column: str, output: str, keep: Sequence[str]):
+    """`df`'s `keep` columns and `output`: each 1280-d vector of `column` -> its k PCA
+    coordinates (array<float>), as Spark ML's PCAModel computes them (components applied without
+    centring), on the Python workers with numpy, from and to Arrow batches (no Python object per
+    row)."""
+    from pyspark.sql import types as T
 
+    spark = df.sparkSession
     matrix = spark.sparkContext.broadcast(np.ascontiguousarray(components.T, dtype=np.float64))
+    schema = T.StructType(
+        [df.schema[name] for name in keep] + [T.StructField(output, T.ArrayType(T.FloatType()))]
+    )
 
-    @F.pandas_udf("array<float>")
-    def project(features: pd.Series) -> pd.Series:
-        x = np.stack(features.to_numpy()).astype(np.float64)
-        return pd.Series(list((x @ matrix.value).astype(np.float32)))
+    def project(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        weights = matrix.value
+        for batch in batches:
+            x = vectors(batch.column(len(keep)), width=len(weights))
+            y = (x @ weights if len(x) else np.zeros((0, weights.shape[1]))).astype(np.float32)
+            offsets = np.arange(0, y.size + 1, y.shape[1], dtype=np.int32)
+            coordinates = pa.ListArray.from_arrays(pa.array(offsets), pa.array(y.reshape(-1)))
+            yield pa.RecordBatch.from_arrays(
+                [*batch.columns[: len(keep)], coordinates], names=[*keep, output]
+            )
 
-    return project
+    return df.select(*keep, column).mapInArrow(project, schema)

@@ -33,6 +33,13 @@ COMMON_SPARK_CONFIG: dict[str, Any] = {
 
 S3A_JARS = ("hadoop-aws-", "aws-java-sdk-bundle-")
 DELTA_JARS = ("delta-spark_", "delta-storage-")
+# Without Hadoop's native library (the pyspark wheel has none), Hadoop's local file system sets
+# the permissions of every file and folder it creates by starting a `chmod` process, and reads
+# them back with `ls`: a few processes per data file of a Delta write, over 3,000 in a run over
+# 141 classes, each a fork of the JVM. This drop-in (a subclass of Hadoop's local file system,
+# checksums included) does both through Java's own file API instead.
+LOCAL_FS_JARS = ("hadoop-bare-naked-local-fs-",)
+LOCAL_FS_CLASS = "com.globalmentor.apache.hadoop.fs.BareLocalFileSystem"
 # Environment first: the same code talks to AWS, MinIO or moto's server.
 S3A_CREDENTIALS = ",".join(
     [
@@ -63,6 +70,15 @@ def s3a_jars(jars_dir: str | Path) -> list[str]:
 def delta_jars(jars_dir: str | Path) -> list[str]:
     """Delta Lake for Spark and its storage layer, as fetched by scripts/fetch_jars.sh."""
     return _jars(jars_dir, DELTA_JARS, "Delta Lake")
+
+
+def local_fs_jars(jars_dir: str | Path) -> list[str]:
+    """The local file system without processes (`LOCAL_FS_JARS`), as fetched by
+    scripts/fetch_jars.sh; none in a cache fetched before it was added (Hadoop's own is used)."""
+    try:
+        return _jars(jars_dir, LOCAL_FS_JARS, "Local file system")
+    except FileNotFoundError:
+        return []
 
 
 def jars_config(jars: list[str]) -> dict[str, Any]:
@@ -123,31 +139,40 @@ INTERPRETED_SQL_CONFIG = {
 # cores that CPU is taken from the run. A run's JVM compiles that code with the quick compiler
 # (C1) only and keeps C2 for Spark ML's numerical code (the classifier's L-BFGS, BLAS, the Vector
 # API), which is several times slower without it. A one-class rerun 10-17 % shorter, a full
-# run about the same (BENCHMARKS.md, "The JVM's compilers"). The UI's long-lived JVM compiles
-# everything: it pays C2's cost once, not per run.
+# run about the same (BENCHMARKS.md, "The JVM's compilers"). A run without the classifier has no
+# Spark ML code to compile: its JVM stops at C1 outright, which also spares the profiling C1
+# adds to code meant for C2 and each hot method's second compilation once C2 declines it. The
+# UI's long-lived JVM compiles everything: it pays C2's cost once, not per run.
 COMPILER_DIRECTIVES = Path(__file__).with_name("jvm_compiler_directives.json")
 
 
-def driver_java_options(settings: FruitsSettings, long_lived: bool = False) -> str:
-    """The local Spark JVM's options (`spark.driver.extraJavaOptions`)."""
+def driver_java_options(
+    settings: FruitsSettings, long_lived: bool = False, spark_ml: bool = True
+) -> str:
+    """The local Spark JVM's options (`spark.driver.extraJavaOptions`); `spark_ml`: whether it
+    may run Spark ML (the classifier)."""
     options = [
         "-Dderby.system.home=/tmp/derby",
         # The incubator Vector API lets Spark ML's BLAS use SIMD instead of plain Java loops.
         "--add-modules=jdk.incubator.vector",
     ]
     if settings.spark_jit == "ml" and not long_lived:
-        options += [
-            "-XX:+UnlockDiagnosticVMOptions",
-            "-XX:CompilerDirectivesFile=" + shlex.quote(str(COMPILER_DIRECTIVES)),
-        ]
+        if spark_ml:
+            options += [
+                "-XX:+UnlockDiagnosticVMOptions",
+                "-XX:CompilerDirectivesFile=" + shlex.quote(str(COMPILER_DIRECTIVES)),
+            ]
+        else:
+            options.append("-XX:TieredStopAtLevel=1")
     return " ".join(options)
 
 
 def local_spark_config(
-    settings: FruitsSettings, s3: bool = False, long_lived: bool = False
+    settings: FruitsSettings, s3: bool = False, long_lived: bool = False, spark_ml: bool = True
 ) -> dict[str, Any]:
     """local[N] Spark (or the configured master) whose Python workers run this interpreter;
-    `long_lived`: a JVM that serves many runs (the UI's)."""
+    `long_lived`: a JVM that serves many runs (the UI's); `spark_ml`: one that may run Spark ML
+    (a run with the classifier)."""
     # Spark's Python workers must be this interpreter, with this package and its pins.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # local Spark listens on loopback only
@@ -165,12 +190,15 @@ def local_spark_config(
         "spark.databricks.delta.snapshotPartitions": str(max(2, cores)),
         "spark.ui.showConsoleProgress": "false",
         "spark.ui.enabled": str(settings.spark_ui).lower(),
-        "spark.driver.extraJavaOptions": driver_java_options(settings, long_lived),
+        "spark.driver.extraJavaOptions": driver_java_options(settings, long_lived, spark_ml),
     }
     if not settings.spark_codegen:
         config.update(INTERPRETED_SQL_CONFIG)
-    jars = delta_jars(settings.jars_dir) + (s3a_jars(settings.jars_dir) if s3 else [])
+    local_fs = local_fs_jars(settings.jars_dir)
+    jars = delta_jars(settings.jars_dir) + (s3a_jars(settings.jars_dir) if s3 else []) + local_fs
     config.update(jars_config(jars))
+    if local_fs:
+        config["spark.hadoop.fs.file.impl"] = LOCAL_FS_CLASS
     if s3:
         config.update(s3a_spark_config())
     return config
