@@ -126,6 +126,32 @@ def _local_spark():
     return builder.getOrCreate()
 
 
+def test_local_spark_creates_files_without_starting_a_process_for_each(tmp_path):
+    """The run's local Spark reaches local files through the drop-in file system that scripts/
+    fetch_jars.sh fetches (permissions set through Java's file API, not a `chmod` process per
+    file): a partitioned Delta table written through it has Hadoop's permissions (its default
+    umask, 022), checksums beside its files, and reads back whole."""
+    import stat
+
+    from fruits_assets.resources.spark import LOCAL_FS_CLASS
+
+    spark = _local_spark()
+    jvm = spark.sparkContext._jvm
+    hadoop = spark.sparkContext._jsc.hadoopConfiguration()
+    local = jvm.org.apache.hadoop.fs.FileSystem.get(jvm.java.net.URI("file:///"), hadoop)
+    assert local.getClass().getName() == LOCAL_FS_CLASS
+    table = tmp_path / "table"
+    rows = spark.range(6).selectExpr("id", "cast(id % 3 AS string) AS label")
+    rows.write.format("delta").partitionBy("label").save(f"file://{table}")
+    assert spark.read.format("delta").load(f"file://{table}").count() == 6
+    folders = list(table.glob("label=*"))
+    files = list(table.glob("label=*/*.parquet"))
+    assert len(folders) == 3 and len(files) >= 3
+    assert {stat.S_IMODE(f.stat().st_mode) for f in folders} == {0o755}
+    assert {stat.S_IMODE(f.stat().st_mode) for f in files} == {0o644}
+    assert all((f.parent / f".{f.name}.crc").exists() for f in files)
+
+
 def test_local_spark_interprets_queries_unless_told_to_compile_them():
     from fruits_assets.resources.spark import INTERPRETED_SQL_CONFIG, local_spark_config
     from fruits_assets.settings import FruitsSettings
