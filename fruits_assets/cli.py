@@ -208,7 +208,7 @@ def restore(args: argparse.Namespace) -> int:
     instance = _instance()
     spark = None
     if versions.OUTPUTS[args.asset][0].table:  # tables need Spark (Delta); files do not
-        config = local_spark_config(settings, s3=filesystem.is_s3(settings.output))
+        config = local_spark_config(settings, s3=filesystem.is_s3(settings.output), spark_ml=False)
         spark = LazyPySparkResource(spark_config=config).spark_session
     datasets = Datasets(spark, shared_resources(settings)["storage"], run_id="restore")
     if args.list or args.version is None:

@@ -141,12 +141,21 @@ def test_local_spark_creates_files_without_starting_a_process_for_each(tmp_path)
     local = jvm.org.apache.hadoop.fs.FileSystem.get(jvm.java.net.URI("file:///"), hadoop)
     assert local.getClass().getName() == LOCAL_FS_CLASS
     table = tmp_path / "table"
-    rows = spark.range(6).selectExpr("id", "cast(id % 3 AS string) AS label")
+    labels = ["Kiwi 1", "Kiwi [bio] #1", "Pomme Dorée 2"]
+    rows = spark.createDataFrame([(i, labels[i % 3]) for i in range(6)], "id long, label string")
     rows.write.format("delta").partitionBy("label").save(f"file://{table}")
-    assert spark.read.format("delta").load(f"file://{table}").count() == 6
+    rows.where("label = 'Kiwi 1'").write.format("delta").mode("overwrite").option(
+        "replaceWhere", "label = 'Kiwi 1'"
+    ).save(f"file://{table}")
+    read = spark.read.format("delta").load(f"file://{table}")
+    assert read.count() == 6 and {
+        r.label for r in read.select("label").distinct().collect()
+    } == set(labels)
+    first = spark.read.format("delta").option("versionAsOf", 0).load(f"file://{table}")
+    assert first.count() == 6
     folders = list(table.glob("label=*"))
     files = list(table.glob("label=*/*.parquet"))
-    assert len(folders) == 3 and len(files) >= 3
+    assert len(folders) == 3 and len(files) >= 4
     assert {stat.S_IMODE(f.stat().st_mode) for f in folders} == {0o755}
     assert {stat.S_IMODE(f.stat().st_mode) for f in files} == {0o644}
     assert all((f.parent / f".{f.name}.crc").exists() for f in files)
@@ -309,7 +318,9 @@ def test_projections_are_the_features_times_the_components_and_bad_vectors_say_w
         "path string, label string, features array<float>",
     )
     rows = pca.projected(df.repartition(3), components, "features", "pca", ("path", "label"))
-    assert rows.columns == ["path", "label", "pca"]
+    assert rows.schema.simpleString() == "struct<path:string,label:string,pca:array<float>>"
+    assert rows.schema["pca"].nullable and rows.schema["pca"].dataType.containsNull
+    assert pca.projected(df.limit(0), components, "features", "pca", ("path",)).count() == 0
     got = {r["path"]: r["pca"] for r in rows.collect()}
     expected = x.astype(np.float64) @ components.T
     for i, row in enumerate(expected):
@@ -322,6 +333,13 @@ def test_projections_are_the_features_times_the_components_and_bad_vectors_say_w
         pca.projected(ragged.coalesce(1), np.ones((1, 2)), "features", "pca", ("path",)).collect()
     with pytest.raises(Exception, match="feature vectors of 2 values where 3 are expected"):
         pca.projected(ragged.limit(1), np.ones((1, 3)), "features", "pca", ("path",)).collect()
+    holed = spark.createDataFrame(
+        [("a", [1.0, None]), ("b", None)], "path string, features array<float>"
+    )
+    with pytest.raises(Exception, match="feature vectors with missing values"):
+        pca.projected(holed.limit(1), np.ones((1, 2)), "features", "pca", ("path",)).collect()
+    with pytest.raises(Exception, match="feature vectors are null"):
+        pca.moments(holed.where("path = 'b'"), "features")
 
 
 def test_scree_plot_is_a_png():

@@ -67,16 +67,18 @@ def covariance(df, column: str) -> tuple[int, np.ndarray]:  # a Spark DataFrame
 
 
 # Rows per matrix product on a worker: a few thousand rows make one large product instead of a
-# scatter matrix (13 MB at 1280 dimensions) built and merged per Arrow batch of a few hundred.
-BLOCK_ROWS = 4096
+# scatter matrix (13 MB at 1280 dimensions) built and merged per Arrow batch (256 rows).
+BLOCK_ROWS = 2048
 # Up to this many partial results (one per task slot) are merged on the driver; past it (a
 # large cluster), the workers merge them first, so the driver receives a few matrices.
 MAX_MERGED_ON_DRIVER = 8
 MOMENTS_SCHEMA = "moments binary"
 
 
-def vectors(column: pa.Array | pa.ChunkedArray, width: int | None = None) -> np.ndarray:
-    """An Arrow array<float> column as a float64 matrix, one row per vector, from the list's
+def vectors(
+    column: pa.Array | pa.ChunkedArray, width: int | None = None, dtype: type = np.float64
+) -> np.ndarray:
+    """An Arrow array<float> column as a matrix of `dtype`, one row per vector, from the list's
     contiguous values (no Python object per row). A null, or a vector of another length than
     the others (or than `width`), fails with the cause."""
     if isinstance(column, pa.ChunkedArray):
@@ -91,9 +93,10 @@ def vectors(column: pa.Array | pa.ChunkedArray, width: int | None = None) -> np.
         raise ValueError(f"feature vectors of different lengths ({shortest} to {longest})")
     if width is not None and longest != width:
         raise ValueError(f"feature vectors of {longest} values where {width} are expected")
-    return (
-        column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), -1).astype(np.float64)
-    )
+    values = column.flatten()
+    if values.null_count:
+        raise ValueError(f"feature vectors with missing values ({values.null_count} of them)")
+    return values.to_numpy(zero_copy_only=False).reshape(len(column), -1).astype(dtype, copy=False)
 
 
 def moments(df, column: str) -> Moments | None:  # a Spark DataFrame
@@ -102,13 +105,14 @@ def moments(df, column: str) -> Moments | None:  # a Spark DataFrame
     first, past MAX_MERGED_ON_DRIVER partitions), so the driver receives a few matrices."""
 
     def of_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        total, block, rows = None, [], 0
+        total, block, rows, width = None, [], 0, None
         for batch in itertools.chain(batches, [None]):  # None: the end, for the last block
             if batch is not None and batch.num_rows:
-                block.append(vectors(batch.column(0)))
-                rows += batch.num_rows
+                # As float32 until the block is complete: one float64 copy per block.
+                block.append(vectors(batch.column(0), width, dtype=np.float32))
+                width, rows = block[-1].shape[1], rows + batch.num_rows
             if block and (rows >= BLOCK_ROWS or batch is None):
-                total = _merge(total, Moments.of(np.concatenate(block)))
+                total = _merge(total, Moments.of(np.concatenate(block, dtype=np.float64)))
                 block, rows = [], 0
         if total is not None:
             yield _moments_batch(total)

@@ -24,7 +24,7 @@ COMMON_SPARK_CONFIG: dict[str, Any] = {
     # A class named "2024" stays the string "2024" when staged data is read back.
     "spark.sql.sources.partitionColumnTypeInference.enabled": "false",
     "spark.sql.execution.arrow.pyspark.enabled": "true",
-    # Rows per Arrow batch sent to the pandas UDFs: each batch is a few MB of image bytes.
+    # Rows per Arrow batch sent to the Python UDFs: each batch is a few MB of image bytes.
     "spark.sql.execution.arrow.maxRecordsPerBatch": "256",
     "spark.sql.session.timeZone": "UTC",
     "spark.sql.parquet.compression.codec": "snappy",
@@ -37,7 +37,9 @@ DELTA_JARS = ("delta-spark_", "delta-storage-")
 # the permissions of every file and folder it creates by starting a `chmod` process, and reads
 # them back with `ls`: a few processes per data file of a Delta write, over 3,000 in a run over
 # 141 classes, each a fork of the JVM. This drop-in (a subclass of Hadoop's local file system,
-# checksums included) does both through Java's own file API instead.
+# checksums included) does both through Java's own file API instead. Its listings do not follow
+# a symbolic link to a folder (Spark and Delta reach this pipeline's files through the tables'
+# logs, not by listing folders: an output root or a table folder that is a link works).
 LOCAL_FS_JARS = ("hadoop-bare-naked-local-fs-",)
 LOCAL_FS_CLASS = "com.globalmentor.apache.hadoop.fs.BareLocalFileSystem"
 # Environment first: the same code talks to AWS, MinIO or moto's server.
@@ -73,12 +75,9 @@ def delta_jars(jars_dir: str | Path) -> list[str]:
 
 
 def local_fs_jars(jars_dir: str | Path) -> list[str]:
-    """The local file system without processes (`LOCAL_FS_JARS`), as fetched by
-    scripts/fetch_jars.sh; none in a cache fetched before it was added (Hadoop's own is used)."""
-    try:
-        return _jars(jars_dir, LOCAL_FS_JARS, "Local file system")
-    except FileNotFoundError:
-        return []
+    """The local file system that starts no process per file (`LOCAL_FS_CLASS`), as fetched by
+    scripts/fetch_jars.sh."""
+    return _jars(jars_dir, LOCAL_FS_JARS, "The local file system's")
 
 
 def jars_config(jars: list[str]) -> dict[str, Any]:
@@ -194,11 +193,9 @@ def local_spark_config(
     }
     if not settings.spark_codegen:
         config.update(INTERPRETED_SQL_CONFIG)
-    local_fs = local_fs_jars(settings.jars_dir)
-    jars = delta_jars(settings.jars_dir) + (s3a_jars(settings.jars_dir) if s3 else []) + local_fs
-    config.update(jars_config(jars))
-    if local_fs:
-        config["spark.hadoop.fs.file.impl"] = LOCAL_FS_CLASS
+    jars = delta_jars(settings.jars_dir) + (s3a_jars(settings.jars_dir) if s3 else [])
+    config.update(jars_config(jars + local_fs_jars(settings.jars_dir)))
+    config["spark.hadoop.fs.file.impl"] = LOCAL_FS_CLASS
     if s3:
         config.update(s3a_spark_config())
     return config
