@@ -35,7 +35,7 @@ S3A_JARS = ("hadoop-aws-", "aws-java-sdk-bundle-")
 DELTA_JARS = ("delta-spark_", "delta-storage-")
 # Without Hadoop's native library (the pyspark wheel has none), Hadoop's local file system sets
 # the permissions of every file and folder it creates by starting a `chmod` process, and reads
-# them back with `ls`: a few processes per data file of a Delta write, over 3,000 in a run over
+# them back with `ls`: a few processes per data file of a Delta write, thousands in a run over
 # 141 classes, each a fork of the JVM. This drop-in (a subclass of Hadoop's local file system,
 # checksums included) does both through Java's own file API instead. Its listings do not follow
 # a symbolic link to a folder (Spark and Delta reach this pipeline's files through the tables'
