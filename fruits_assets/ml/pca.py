@@ -84,7 +84,7 @@ def vectors(
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     if len(column) == 0:
-        return np.zeros((0, 0))
+        return np.zeros((0, width or 0), dtype)
     if column.null_count:
         raise ValueError(f"{column.null_count} of {len(column)} feature vectors are null")
     bounds = pc.min_max(pc.list_value_length(column))
@@ -205,7 +205,7 @@ def projected(df, components: np.ndarray, column: str, output: str, keep: Sequen
         weights = matrix.value
         for batch in batches:
             x = vectors(batch.column(len(keep)), width=len(weights))
-            y = (x @ weights if len(x) else np.zeros((0, weights.shape[1]))).astype(np.float32)
+            y = (x @ weights).astype(np.float32)
             offsets = np.arange(0, y.size + 1, y.shape[1], dtype=np.int32)
             coordinates = pa.ListArray.from_arrays(pa.array(offsets), pa.array(y.reshape(-1)))
             yield pa.RecordBatch.from_arrays(
