@@ -108,15 +108,13 @@ def mobilenet_features(
     seconds = time.perf_counter() - started
     by_class = {r["label"]: r for r in staged.audit}
     images_per_class = datasets.rows_per_class(layout.ACCEPTED_IMAGES, labels)
-    for label in labels:
-        row = by_class.get(label)
-        context.add_asset_metadata(
-            {
-                "num_rows": row["rows"] if row else 0,
-                "accepted_images": images_per_class.get(label, 0),
-            },
-            partition_key=label,
-        )
+    class_metadata = {
+        label: {
+            "num_rows": by_class[label]["rows"] if label in by_class else 0,
+            "accepted_images": images_per_class.get(label, 0),
+        }
+        for label in labels
+    }
     n_images = sum(images_per_class.values())
     rows = sum(r["rows"] for r in by_class.values())
     bad = sum(r["bad"] or 0 for r in by_class.values())
@@ -151,4 +149,5 @@ def mobilenet_features(
             checks.result(checks.FEATURES_DIMENSION, bad == 0, bad_vectors=bad),
         ],
         metadata=metadata,
+        per_class=class_metadata,
     )

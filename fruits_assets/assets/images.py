@@ -99,17 +99,18 @@ def raw_images(
     classes = set(scan.classes)
     per_class = Counter(f.label for f in files)
     outside = [(p, r) for p, r in scan.ignored if p.rsplit("/", 2)[-2] not in classes]
-    for label in labels:
-        ignored = [(p, r) for p, r in scan.ignored if p.rsplit("/", 2)[-2] == label]
-        context.add_asset_metadata(
-            {
-                "num_images": per_class[label],
-                "num_ignored_files": len(ignored),
-                "ignored_by_reason": dict(Counter(r for _, r in ignored)),
-                "ignored_files": rows_table(ignored, ("path", "reason")),
-            },
-            partition_key=label,
-        )
+    ignored_in: dict[str, list[tuple[str, str]]] = {label: [] for label in labels}
+    for path, reason in scan.ignored:
+        ignored_in.get(path.rsplit("/", 2)[-2], []).append((path, reason))
+    class_metadata = {
+        label: {
+            "num_images": per_class[label],
+            "num_ignored_files": len(ignored),
+            "ignored_by_reason": dict(Counter(r for _, r in ignored)),
+            "ignored_files": rows_table(ignored, ("path", "reason")),
+        }
+        for label, ignored in ignored_in.items()
+    }
     yield from publish_or_fail(
         context,
         datasets,
@@ -122,6 +123,7 @@ def raw_images(
             "ignored_outside_class_folders": len(outside),
             "ignored_outside": rows_table(outside, ("path", "reason")),
         },
+        per_class=class_metadata,
     )
     # Published: labeled_images, next in this run, need not count them again.
     datasets.remember(
@@ -180,21 +182,20 @@ def labeled_images(
             reasons[row["label"]][row["kind"]] += row["count"]
     rejected = staged.df.where(F.col("reason").isNotNull()).select("path", "label", "reason")
     rejections = rejected.orderBy("label", "path").collect() if rejected_per_class else []
-    for label in labels:
-        context.add_asset_metadata(
-            {
-                "num_raw_images": raw_per_class.get(label, 0),
-                "num_accepted": accepted_per_class[label],
-                "num_rejected": rejected_per_class[label],
-                "num_converted_to_rgb": converted_per_class[label],
-                "rejected_by_reason": dict(reasons[label]),
-                "rejected_images": rows_table(
-                    [(r["path"], r["reason"]) for r in rejections if r["label"] == label],
-                    ("path", "reason"),
-                ),
-            },
-            partition_key=label,
-        )
+    rejected_in: dict[str, list[tuple[str, str]]] = {label: [] for label in labels}
+    for r in rejections:
+        rejected_in.setdefault(r["label"], []).append((r["path"], r["reason"]))
+    class_metadata = {
+        label: {
+            "num_raw_images": raw_per_class.get(label, 0),
+            "num_accepted": accepted_per_class[label],
+            "num_rejected": rejected_per_class[label],
+            "num_converted_to_rgb": converted_per_class[label],
+            "rejected_by_reason": dict(reasons[label]),
+            "rejected_images": rows_table(rejected_in[label], ("path", "reason")),
+        }
+        for label in labels
+    }
     n_accepted, n_rejected = sum(accepted_per_class.values()), sum(rejected_per_class.values())
     accepted = staged.df.where(F.col("reason").isNull()).drop("reason")
     yield from publish_or_fail(
@@ -218,6 +219,7 @@ def labeled_images(
             "classes_in_run": len(labels),
             "rejected_path": dg.MetadataValue.path(datasets.location(layout.REJECTED_IMAGES)),
         },
+        per_class=class_metadata,
     )
     datasets.remember(
         layout.ACCEPTED_IMAGES,
