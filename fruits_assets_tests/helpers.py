@@ -86,3 +86,16 @@ def keras_features(weights_path, photos: list[bytes]) -> np.ndarray:
     model = keras.Model(full.input, full.layers[-2].output)
     batch = np.stack([featurizer.preprocess(photo) for photo in photos])
     return model.predict(batch, verbose=0)
+
+
+def local_spark():
+    """This process's Spark session, configured as `fruits` configures local Spark (Delta and
+    the local file system included), whichever test creates it first."""
+    from pyspark.sql import SparkSession
+
+    from fruits_assets.resources.spark import local_spark_config
+
+    builder = SparkSession.builder
+    for key, value in local_spark_config(FruitsSettings()).items():
+        builder = builder.config(key, value)
+    return builder.getOrCreate()

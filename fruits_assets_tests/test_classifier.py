@@ -8,7 +8,6 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 import pytest
-from pyspark.sql import SparkSession
 
 from fruits_assets import runner
 from fruits_assets.assets.current_features import WEIGHTS_COLUMN, features_weights
@@ -16,7 +15,7 @@ from fruits_assets.ml.serving import Predictor
 from fruits_assets.storage import layout
 from fruits_assets_tests.conftest import REAL_CLASSES as CLASSES
 from fruits_assets_tests.conftest import WEIGHTS_SHA256
-from fruits_assets_tests.helpers import FAST_CLASSIFIER, fruits, read_dataset, settings
+from fruits_assets_tests.helpers import FAST_CLASSIFIER, fruits, local_spark, read_dataset, settings
 
 pytestmark = pytest.mark.slow
 
@@ -63,7 +62,7 @@ def test_classifier_exports_the_featurizer_that_computed_the_features(real_run, 
 
 def test_mixed_or_unrecorded_weights_are_refused():
     """Features from two sets of weights would make a meaningless PCA: a clear failure instead."""
-    spark = SparkSession.builder.getOrCreate()
+    spark = local_spark()
     columns = ["path", "label", WEIGHTS_COLUMN]
     one = spark.createDataFrame([("a", "Kiwi", "s1"), ("b", "Lemon", "s1")], columns)
     assert features_weights(one) == "s1"

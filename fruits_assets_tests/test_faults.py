@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 
 from fruits_assets.storage import layout
-from fruits_assets_tests.helpers import FRUITS, copy_classes, fruits, read_dataset
+from fruits_assets_tests.helpers import FRUITS, copy_classes, fruits, local_spark, read_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -363,11 +363,9 @@ def test_hostile_names_and_links_are_kept_exactly_or_reported(tmp_path, fruits36
         rows = list(csv.reader(handle))[1:]
     assert len(rows) == 31 and {r[0] for r in rows} == set(features.path)
     assert len(pd.read_csv(csv_path)) == 31
-    from pyspark.sql import SparkSession
-
-    spark = SparkSession.builder.getOrCreate()
     read_back = (
-        spark.read.option("header", True)
+        local_spark()
+        .read.option("header", True)
         .option("multiLine", True)
         .option("escape", '"')
         .csv(str(csv_path))

@@ -16,7 +16,7 @@ from PIL import Image
 from fruits_assets import partitions
 from fruits_assets.ml import decoding, pca, plots, training
 from fruits_assets.storage import discovery, layout
-from fruits_assets_tests.helpers import fruits
+from fruits_assets_tests.helpers import fruits, local_spark
 from fruits_assets_tests.images import BAD_CLASS, EXPECTED, GOOD_CLASS, noisy_jpeg, write_mixed_root
 
 
@@ -114,18 +114,6 @@ def test_principal_components_are_the_covariance_eigenvectors_largest_first():
         pca.principal_components(np.zeros((4, 4)), 3)
 
 
-def _local_spark():
-    from pyspark.sql import SparkSession
-
-    from fruits_assets.resources.spark import local_spark_config
-    from fruits_assets.settings import FruitsSettings
-
-    builder = SparkSession.builder
-    for key, value in local_spark_config(FruitsSettings()).items():
-        builder = builder.config(key, value)
-    return builder.getOrCreate()
-
-
 def test_local_spark_creates_files_without_starting_a_process_for_each(tmp_path):
     """The run's local Spark reaches local files through the drop-in file system that scripts/
     fetch_jars.sh fetches (permissions set through Java's file API, not a `chmod` process per
@@ -135,7 +123,7 @@ def test_local_spark_creates_files_without_starting_a_process_for_each(tmp_path)
 
     from fruits_assets.resources.spark import LOCAL_FS_CLASS
 
-    spark = _local_spark()
+    spark = local_spark()
     jvm = spark.sparkContext._jvm
     hadoop = spark.sparkContext._jsc.hadoopConfiguration()
     local = jvm.org.apache.hadoop.fs.FileSystem.get(jvm.java.net.URI("file:///"), hadoop)
@@ -165,7 +153,7 @@ def test_local_spark_interprets_queries_unless_told_to_compile_them():
     from fruits_assets.resources.spark import INTERPRETED_SQL_CONFIG, local_spark_config
     from fruits_assets.settings import FruitsSettings
 
-    spark = _local_spark()
+    spark = local_spark()
     rows = spark.range(0, 1000, numPartitions=2).selectExpr("id % 7 AS k", "id * 2 AS v")
     query = rows.where("v > 10").groupBy("k").sum("v")
     expected = {k: sum(2 * i for i in range(1000) if i % 7 == k and 2 * i > 10) for k in range(7)}
@@ -258,7 +246,7 @@ def test_spark_regression_starts_from_given_coefficients():
     the first objective is that fit's last, well below the start from zero."""
     from pyspark.ml.linalg import Vectors
 
-    spark = _local_spark()
+    spark = local_spark()
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(3, 4)) * 2
     rows = [
@@ -284,7 +272,7 @@ def test_class_order_is_string_indexers_whatever_the_characters():
     from pyspark.ml.feature import StringIndexer
 
     labels = ["Kiwi 1", "kiwi", "Apple 6", "Äpfel", "\U0001d538pple", "\uff21pple", "Zebra 2"]
-    spark = _local_spark()
+    spark = local_spark()
     data = spark.createDataFrame([(label,) for label in labels * 2], ["label"])
     fitted = StringIndexer(inputCol="label", outputCol="y", stringOrderType="alphabetAsc").fit(data)
     assert training.class_order(labels) == list(fitted.labelsArray[0])
@@ -292,7 +280,7 @@ def test_class_order_is_string_indexers_whatever_the_characters():
 
 
 def test_spark_covariance_matches_numpy_whatever_the_partitioning(monkeypatch):
-    spark = _local_spark()
+    spark = local_spark()
     x = _rank_deficient_features()
     df = spark.createDataFrame([(row.tolist(),) for row in x], "features array<float>")
     expected = np.cov(x.astype(np.float64), rowvar=False)
@@ -310,7 +298,7 @@ def test_spark_covariance_matches_numpy_whatever_the_partitioning(monkeypatch):
 
 
 def test_projections_are_the_features_times_the_components_and_bad_vectors_say_why():
-    spark = _local_spark()
+    spark = local_spark()
     x = _rank_deficient_features()
     components = np.random.default_rng(3).normal(size=(4, x.shape[1]))
     df = spark.createDataFrame(
@@ -340,6 +328,54 @@ def test_projections_are_the_features_times_the_components_and_bad_vectors_say_w
         pca.projected(holed.limit(1), np.ones((1, 2)), "features", "pca", ("path",)).collect()
     with pytest.raises(Exception, match="feature vectors are null"):
         pca.moments(holed.where("path = 'b'"), "features")
+
+
+def test_csv_lines_quote_what_needs_it_and_keep_every_float32():
+    """Each line reads back (Python's csv) as its path, label and exactly its float32 values,
+    sliced batches included; bad vectors fail with their cause."""
+    import csv as csv_module
+
+    import pyarrow as pa
+
+    from fruits_assets.storage import csv_text
+
+    paths = ["a.jpg", "with,comma.jpg", 'with "quotes".jpg', "line\nbreak.jpg", " spaced .jpg"]
+    values = np.random.default_rng(5).normal(size=(5, 3)).astype(np.float32)
+    values[0] = [1e-5, 3.0, -0.0]
+    batch = pa.RecordBatch.from_pydict(
+        {
+            "path": paths,
+            "label": ["2024", "Kiwi", "Kiwi", "Kiwi", 'Kiwi "gold"'],
+            "pca_features": pa.array(values.tolist(), pa.list_(pa.float32())),
+        }
+    )
+    format_lines = csv_text.lines("pca_features", 3)
+    out = pa.Table.from_batches(list(format_lines(iter([batch, batch.slice(2, 2)]))))
+    assert out.column_names == ["label", "path", "line"]
+    rows = list(csv_module.reader(io.StringIO("\n".join(out.column("line").to_pylist()))))
+    assert [r[0] for r in rows] == paths + paths[2:4]
+    assert [r[1] for r in rows[:5]] == batch.column("label").to_pylist()
+    read_back = np.array([r[2:] for r in rows], np.float32)
+    np.testing.assert_array_equal(read_back, np.concatenate([values, values[2:4]]))
+    no_values = csv_text.lines("pca_features", 0)(
+        iter([pa.RecordBatch.from_pydict({"path": ["p"], "label": ["l"], "pca_features": [[]]})])
+    )
+    assert next(no_values).column("line").to_pylist() == ["p,l"]
+    for vectors, cause in [
+        ([[1.0, 2.0, 3.0], None], "feature vectors are null"),
+        ([[1.0, 2.0, 3.0], [1.0, 2.0]], "of 2 to 3 values where 3 are expected"),
+        ([[1.0, 2.0]], "of 2 values where 3 are expected"),
+        ([[1.0, None, 3.0]], "missing values"),
+    ]:
+        bad = pa.RecordBatch.from_pydict(
+            {
+                "path": ["p"] * len(vectors),
+                "label": ["l"] * len(vectors),
+                "pca_features": pa.array(vectors, pa.list_(pa.float32())),
+            }
+        )
+        with pytest.raises(ValueError, match=cause):
+            next(format_lines(iter([bad])))
 
 
 def test_scree_plot_is_a_png():
@@ -437,7 +473,7 @@ def test_publish_writes_one_file_per_class_and_a_small_rerun_still_uses_every_co
     from fruits_assets.resources.storage import FruitsStorage
     from fruits_assets.storage.datasets import Datasets
 
-    spark = _local_spark()
+    spark = local_spark()
     storage = FruitsStorage(images_root=str(tmp_path / "in"), output_root=str(tmp_path / "out"))
     datasets = Datasets(spark, storage, "run-1")
     rows = [(f"/p/{label}/{i}.jpg", label, i) for label in "abc" for i in range(200)]
@@ -461,7 +497,7 @@ def test_classes_are_selected_and_replaced_by_name_whatever_their_characters(tmp
     from fruits_assets.resources.storage import FruitsStorage
     from fruits_assets.storage.datasets import Datasets, labels_filter
 
-    spark = _local_spark()
+    spark = local_spark()
     storage = FruitsStorage(images_root=str(tmp_path / "in"), output_root=str(tmp_path / "out"))
     datasets = Datasets(spark, storage, "run-1")
     names = ["O'Henry pear", "back\\slash", "Pomme ñ", "2024", 'say "kiwi"', "Kiwi 1"]
@@ -488,7 +524,7 @@ def test_a_tables_facts_are_reused_until_its_next_commit(tmp_path):
     from fruits_assets.resources.storage import FruitsStorage
     from fruits_assets.storage.datasets import MAX_FACTS, Datasets
 
-    spark = _local_spark()
+    spark = local_spark()
     storage = FruitsStorage(images_root=str(tmp_path / "in"), output_root=str(tmp_path / "out"))
     datasets = Datasets(spark, storage, "run-1")
     df = spark.createDataFrame([("/p/a/1.jpg", "a")], "path string, label string")
@@ -534,7 +570,7 @@ def test_publishing_no_row_commits_only_where_a_class_had_rows(tmp_path):
     from fruits_assets.resources.storage import FruitsStorage
     from fruits_assets.storage.datasets import ROWS_PER_CLASS, Datasets
 
-    spark = _local_spark()
+    spark = local_spark()
     storage = FruitsStorage(images_root=str(tmp_path / "in"), output_root=str(tmp_path / "out"))
     datasets = Datasets(spark, storage, "run-1")
     schema = "path string, label string"
@@ -568,7 +604,7 @@ def test_pca_training_moments_follow_the_feature_tables_changes(tmp_path, folder
     from fruits_assets.resources.storage import FruitsStorage
     from fruits_assets.storage.datasets import Datasets, labels_filter
 
-    spark = _local_spark()
+    spark = local_spark()
     storage = FruitsStorage(images_root=str(tmp_path / "in"), output_root=str(tmp_path / "out"))
     datasets = Datasets(spark, storage, "run-1")
     table = layout.MOBILENET_FEATURES
