@@ -12,9 +12,11 @@ Dagster and the checks included; warm model cache, and once per repetition with 
 and the seed notebook's script doing the same work (featurize, PCA with the same k, Parquet);
 `--against` adds another `fruits` (e.g. an earlier checkout's) to the same interleaved
 repetitions (`--no-seed --no-cold`: only the two, in alternating order, for a quick
-before/after). For each of our runs it prints where the seconds went: start-up
-(process start to the first step), each asset's step, and the end (last step to process exit),
-from the run's own Dagster events.
+before/after); `--against-env` runs it (or, alone, this `fruits`) with other settings, e.g.
+`--against-env FRUITS_CLASS_ARCHIVE=false` for the JVM's class archive. Every run finds this
+machine's class archive (`fruits jvm-archive`) in its model cache. For each of our runs it
+prints where the seconds went: start-up (process start to the first step), each asset's step,
+and the end (last step to process exit), from the run's own Dagster events.
 `memory` runs `fruits run` on growing subsets of Training+Test and reports the peak RSS of the whole
 process tree (driver, JVM, Python workers).
 """
@@ -152,8 +154,25 @@ def fill_model_cache(cache: str) -> None:
     subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True)
 
 
+def machine_cache(cache: str) -> str:
+    """`cache` with this machine's class archive (`fruits jvm-archive`, part of its set-up like
+    the jars) linked in, so that a run with a fresh model cache still finds it."""
+    from fruits_assets.resources.class_archive import ARCHIVE_DIR
+    from fruits_assets.settings import FruitsSettings
+
+    archives = Path(FruitsSettings.from_env().cache_dir) / ARCHIVE_DIR
+    if archives.is_dir() and not (Path(cache) / ARCHIVE_DIR).exists():
+        (Path(cache) / ARCHIVE_DIR).symlink_to(archives, target_is_directory=True)
+    return cache
+
+
 def compare(
-    reps: int, against: str | None, seed: bool = True, cold: bool = True, images: Path = TEST
+    reps: int,
+    against: str | None,
+    seed: bool = True,
+    cold: bool = True,
+    images: Path = TEST,
+    against_env: dict[str, str] | None = None,
 ) -> None:
     """`fruits run --no-classifier` (and `against`'s) vs the seed-style script; without `seed`
     and `cold`, only the `fruits` runs, in alternating order, against the first one."""
@@ -164,27 +183,29 @@ def compare(
         walls["fruits run, empty model cache"] = []
     if seed:
         walls["seed-style"] = []
-    if against:
+    if against or against_env:
         walls["--against"] = []
     budgets: dict[str, list[dict[str, float]]] = {"fruits run": [], "--against": []}
-    cache = tempfile.mkdtemp(prefix="e2e_cache_")
+    cache = machine_cache(tempfile.mkdtemp(prefix="e2e_cache_"))
     fill_model_cache(cache)
     for rep in range(reps):
         with tempfile.TemporaryDirectory(prefix="e2e_") as tmp:
             runs = [("fruits run", FRUITS, cache)]
             if cold:
                 runs.append(("fruits run, empty model cache", FRUITS, None))
-            if against:
-                runs.append(("--against", against, cache))
+            if against or against_env:
+                runs.append(("--against", against or FRUITS, cache))
             if not seed and rep % 2:
                 runs.reverse()
             for name, fruits, run_cache in runs:
                 workdir = Path(tmp) / name.replace(" ", "_").replace(",", "")
-                model_cache = run_cache or tempfile.mkdtemp(prefix="e2e_cold_")
+                model_cache = run_cache or machine_cache(tempfile.mkdtemp(prefix="e2e_cold_"))
+                env = {"FRUITS_CACHE_DIR": model_cache}
+                if name == "--against":
+                    env.update(against_env or {})
                 wall, peak, k, budget = fruits_run(
-                    images, workdir, "--no-classifier", fruits=fruits,
-                    env={"FRUITS_CACHE_DIR": model_cache},
-                )  # fmt: skip
+                    images, workdir, "--no-classifier", fruits=fruits, env=env
+                )
                 walls[name].append(wall)
                 if name in budgets:
                     budgets[name].append(budget)
@@ -297,6 +318,14 @@ def main() -> None:
     compare_parser.add_argument("--reps", type=int, default=3)
     compare_parser.add_argument("--against", help="another `fruits` executable to time alike")
     compare_parser.add_argument(
+        "--against-env",
+        nargs="+",
+        default=[],
+        metavar="NAME=VALUE",
+        help="environment of the --against runs (without --against: this `fruits`), e.g. "
+        "FRUITS_CLASS_ARCHIVE=false",
+    )
+    compare_parser.add_argument(
         "--no-seed", action="store_true", help="without the seed-style script (before/after)"
     )
     compare_parser.add_argument(
@@ -311,7 +340,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.mode == "compare":
         compare(args.reps, args.against, seed=not args.no_seed, cold=not args.no_cold,
-                images=SAMPLE if args.sample else TEST)  # fmt: skip
+                images=SAMPLE if args.sample else TEST,
+                against_env=dict(item.split("=", 1) for item in args.against_env))  # fmt: skip
     else:
         memory(args.sizes, args.against)
 

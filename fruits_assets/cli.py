@@ -194,6 +194,28 @@ def sync(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def jvm_archive(args: argparse.Namespace) -> int:
+    """Record the classes local Spark loads, so that later local JVMs start sooner."""
+    from fruits_assets.resources import class_archive
+    from fruits_assets.resources.spark import local_spark_config
+    from fruits_assets.settings import FruitsSettings
+
+    settings = FruitsSettings.from_env()
+    config = local_spark_config(settings, spark_ml=False, class_archive=False)
+    path = class_archive.archive_path(config, settings.cache_dir)
+    if path is not None and path.is_file() and not args.again:
+        print(f"class archive: {path} (recorded before; --again records it anew)")
+        return EXIT_OK
+    try:
+        path = class_archive.record(config, settings.cache_dir)
+    except class_archive.ArchiveError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    size = path.stat().st_size / 2**20
+    print(f"class archive: {path} ({size:.0f} MiB); local Spark JVMs map it from now on")
+    return EXIT_OK
+
+
 def restore(args: argparse.Namespace) -> int:
     """List an asset's published versions, or publish an earlier one again."""
     from dagster_pyspark import LazyPySparkResource
@@ -470,6 +492,15 @@ def _parser() -> argparse.ArgumentParser:
     restore_parser.add_argument("--version", type=int, help="the version to publish again")
     restore_parser.add_argument("--list", action="store_true", help="list the versions")
     restore_parser.set_defaults(func=restore)
+
+    archive_parser = commands.add_parser(
+        "jvm-archive",
+        help="record the classes local Spark loads (class-data sharing): later runs start sooner",
+    )
+    archive_parser.add_argument(
+        "--again", action="store_true", help="record it even if it was recorded before"
+    )
+    archive_parser.set_defaults(func=jvm_archive)
 
     ui_parser = commands.add_parser("ui", help="open the Dagster UI on this project")
     pipeline(ui_parser)

@@ -68,10 +68,16 @@ class FruitsSettings(BaseModel):
             "(the rest with the quick one; a run without the classifier: none) or all"
         ),
     )
+    class_archive: bool = Field(
+        True,
+        **_local("local Spark JVMs map the class archive `fruits jvm-archive` recorded, if any"),
+    )
     ui_warm_spark: bool = Field(
         True, **_local("`fruits ui` keeps one warm Spark JVM for the local runs it launches")
     )
-    cache_dir: str = Field(str(CACHE_ROOT), **_local("downloaded weights, converted models"))
+    cache_dir: str = Field(
+        str(CACHE_ROOT), **_local("downloaded weights, converted models, the class archive")
+    )
     jars_dir: str = Field(str(CACHE_ROOT / "jars"), **_local("S3A and Delta jars"))
     remote_step: bool = Field(False, **_local("set by the EMR step main: the step of a run"))
     failpoint: str = Field("", description="fault-injection tests only: <asset>:pause|exit")

@@ -8,6 +8,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -196,6 +197,58 @@ def test_a_runs_jvm_keeps_the_optimizing_compiler_for_spark_ml_only():
     flags = [option for option in shlex.split(without_ml) if option.startswith("-XX:")]
     done = subprocess.run([java, *flags, "-version"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.slow
+def test_a_recorded_class_archive_serves_the_next_local_spark_jvm(tmp_path, monkeypatch):
+    """`fruits jvm-archive` records the classes a local Spark JVM loads; the next JVM started
+    with the run's configuration maps Spark's and Delta's classes from it. Nothing is mapped
+    before it is recorded, or where a configuration folder with files is on the class path."""
+    from fruits_assets.resources import class_archive
+    from fruits_assets.resources.spark import local_spark_config
+    from fruits_assets.settings import FruitsSettings
+
+    settings = FruitsSettings.from_env(cache_dir=str(tmp_path / "cache"))
+    assert "SharedArchiveFile" not in local_spark_config(settings)["spark.driver.extraJavaOptions"]
+    env = {"FRUITS_CACHE_DIR": settings.cache_dir}
+    done = fruits("jvm-archive", home=tmp_path / "home", env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (archive,) = (tmp_path / "cache" / "jvm").glob("spark-classes-*.jsa")
+    assert f"class archive: {archive}" in done.stdout
+    assert not list(archive.parent.glob(".*.tmp"))  # recorded aside, then renamed into place
+    options = local_spark_config(settings)["spark.driver.extraJavaOptions"]
+    assert f"-XX:SharedArchiveFile={archive}" in options
+
+    loaded = tmp_path / "classes.log"
+    script = (
+        "import sys\n"
+        "from pyspark.sql import SparkSession\n"
+        "from fruits_assets.resources.spark import local_spark_config\n"
+        "from fruits_assets.settings import FruitsSettings\n"
+        f"config = local_spark_config(FruitsSettings.from_env(cache_dir={settings.cache_dir!r}))\n"
+        "config['spark.driver.extraJavaOptions'] += "
+        f"' -Xlog:class+load=info:file={loaded}'\n"
+        "spark = SparkSession.builder.config(map={k: str(v) for k, v in config.items()})"
+        ".getOrCreate()\n"
+        f"spark.range(3).write.format('delta').save('file://{tmp_path}/table')\n"
+        f"print(spark.read.format('delta').load('file://{tmp_path}/table').count())\n"
+    )
+    ran = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert ran.returncode == 0 and ran.stdout.strip().endswith("3"), ran.stderr[-3000:]
+    lines = loaded.read_text().splitlines()
+    mapped = [line for line in lines if line.endswith("source: shared objects file (top)")]
+    assert any(" org.apache.spark.sql.delta." in line for line in mapped)
+    assert any(" org.apache.spark.SparkContext " in line for line in mapped)
+
+    again = fruits("jvm-archive", home=tmp_path / "home", env=env)
+    assert again.returncode == 0 and "recorded before" in again.stdout
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "spark-defaults.conf").write_text("")
+    monkeypatch.setenv("SPARK_CONF_DIR", str(conf))
+    assert "SharedArchiveFile" not in local_spark_config(settings)["spark.driver.extraJavaOptions"]
+    with pytest.raises(class_archive.ArchiveError, match=r"SPARK_CONF_DIR .* holds files"):
+        class_archive.record({}, settings.cache_dir)
 
 
 def _predictor(rng, pc, n_classes=4, hist_dims=6, reg_param=1e-3):

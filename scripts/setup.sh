@@ -10,6 +10,8 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[dev]"
 scripts/fetch_jars.sh
+# Local Spark JVMs start sooner from an archive of the classes they load (once per machine).
+.venv/bin/fruits jvm-archive || echo "note: local Spark runs without a class archive" >&2
 
 # The browser test drives a system Chromium through Playwright (never Playwright's own download).
 have_chromium() {
