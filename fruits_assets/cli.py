@@ -201,7 +201,9 @@ def jvm_archive(args: argparse.Namespace) -> int:
     from fruits_assets.settings import FruitsSettings
 
     settings = FruitsSettings.from_env()
-    config = local_spark_config(settings, spark_ml=False, class_archive=False)
+    # The recording JVM maps no archive of its own.
+    recording = settings.model_copy(update={"class_archive": False})
+    config = local_spark_config(recording, spark_ml=False)
     path = class_archive.archive_path(config, settings.cache_dir)
     if path is not None and path.is_file() and not args.again:
         print(f"class archive: {path} (recorded before; --again records it anew)")

@@ -85,7 +85,8 @@ def features_csv(
     k, expected_rows = size
     # Each row's line is formatted on every core; one task sorts them and writes the one file.
     # The header sorts first: its `order` is 0, the rows' 1.
-    header_line = ",".join(["path", "label", *(f"pca_feature_{i + 1}" for i in range(k))])
+    expected_header = ["path", "label", *(f"pca_feature_{i + 1}" for i in range(k))]
+    header_line = ",".join(expected_header)
     header_row = spark.range(1).select(
         F.lit(0).alias("order"),
         F.lit("").alias("label"),
@@ -111,7 +112,6 @@ def features_csv(
         if info.base_name.startswith("part-")
     )
     header, rows, labels = read_csv_facts(part)
-    expected_header = ["path", "label", *(f"pca_feature_{i + 1}" for i in range(k))]
     target = layout.csv_path(storage.output)
     yield from publish_or_fail(
         context,

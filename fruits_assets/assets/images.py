@@ -101,7 +101,9 @@ def raw_images(
     outside = [(p, r) for p, r in scan.ignored if p.rsplit("/", 2)[-2] not in classes]
     ignored_in: dict[str, list[tuple[str, str]]] = {label: [] for label in labels}
     for path, reason in scan.ignored:
-        ignored_in.get(path.rsplit("/", 2)[-2], []).append((path, reason))
+        folder = path.rsplit("/", 2)[-2]
+        if folder in ignored_in:
+            ignored_in[folder].append((path, reason))
     class_metadata = {
         label: {
             "num_images": per_class[label],

@@ -75,27 +75,38 @@ MAX_MERGED_ON_DRIVER = 8
 MOMENTS_SCHEMA = "moments binary"
 
 
+def checked_values(column: pa.Array, width: int | None = None) -> pa.Array:
+    """The values of an Arrow array<float> column, in order. A null vector, a missing value, or
+    a vector of another length than the others (or than `width`) fails with the cause."""
+    if column.null_count:
+        raise ValueError(f"{column.null_count} of {len(column)} feature vectors are null")
+    if len(column):
+        bounds = pc.min_max(pc.list_value_length(column))
+        shortest, longest = bounds["min"].as_py(), bounds["max"].as_py()
+        if shortest != longest:
+            where = f" where {width} are expected" if width is not None else ""
+            raise ValueError(
+                "feature vectors of different lengths "
+                f"(vectors of {shortest} to {longest} values{where})"
+            )
+        if width is not None and longest != width:
+            raise ValueError(f"feature vectors of {longest} values where {width} are expected")
+    values = column.flatten()
+    if values.null_count:
+        raise ValueError(f"feature vectors with missing values ({values.null_count} of them)")
+    return values
+
+
 def vectors(
     column: pa.Array | pa.ChunkedArray, width: int | None = None, dtype: type = np.float64
 ) -> np.ndarray:
     """An Arrow array<float> column as a matrix of `dtype`, one row per vector, from the list's
-    contiguous values (no Python object per row). A null, or a vector of another length than
-    the others (or than `width`), fails with the cause."""
+    contiguous values (no Python object per row), checked as `checked_values` does."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     if len(column) == 0:
         return np.zeros((0, width or 0), dtype)
-    if column.null_count:
-        raise ValueError(f"{column.null_count} of {len(column)} feature vectors are null")
-    bounds = pc.min_max(pc.list_value_length(column))
-    shortest, longest = bounds["min"].as_py(), bounds["max"].as_py()
-    if shortest != longest:
-        raise ValueError(f"feature vectors of different lengths ({shortest} to {longest})")
-    if width is not None and longest != width:
-        raise ValueError(f"feature vectors of {longest} values where {width} are expected")
-    values = column.flatten()
-    if values.null_count:
-        raise ValueError(f"feature vectors with missing values ({values.null_count} of them)")
+    values = checked_values(column, width)
     return values.to_numpy(zero_copy_only=False).reshape(len(column), -1).astype(dtype, copy=False)
 
 

@@ -104,11 +104,9 @@ def record(config: dict[str, Any], cache_dir: str | Path, timeout: float = 900) 
     """Record the archive for this config: a JVM started as a run's, with a short workload of
     the pipeline's kinds of Spark work, writes it when it exits; it is renamed into place only
     after that JVM ended well. Returns its path; raises ArchiveError with the cause."""
-    reason = obstacle()
-    if reason:
-        raise ArchiveError(f"No class archive can serve local Spark here: {reason}")
     path = archive_path(config, cache_dir)
-    assert path is not None
+    if path is None:
+        raise ArchiveError(f"No class archive can serve local Spark here: {obstacle()}")
     path.parent.mkdir(parents=True, exist_ok=True)
     aside = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     options = config.get("spark.driver.extraJavaOptions", "")

@@ -171,12 +171,11 @@ def local_spark_config(
     s3: bool = False,
     long_lived: bool = False,
     spark_ml: bool = True,
-    class_archive: bool = True,
 ) -> dict[str, Any]:
     """local[N] Spark (or the configured master) whose Python workers run this interpreter;
     `long_lived`: a JVM that serves many runs (the UI's); `spark_ml`: one that may run Spark ML
-    (a run with the classifier); `class_archive`: mapping the recorded class archive, if any
-    (`class_archive.py`)."""
+    (a run with the classifier). It maps the recorded class archive (`class_archive.py`), if
+    any, unless the `class_archive` setting is off."""
     # Spark's Python workers must be this interpreter, with this package and its pins.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # local Spark listens on loopback only
@@ -203,7 +202,7 @@ def local_spark_config(
     config["spark.hadoop.fs.file.impl"] = LOCAL_FS_CLASS
     if s3:
         config.update(s3a_spark_config())
-    if class_archive and settings.class_archive:
+    if settings.class_archive:
         from fruits_assets.resources import class_archive as archive
 
         mapped = archive.java_options(config, settings.cache_dir)

@@ -11,6 +11,8 @@ from functools import partial
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from fruits_assets.ml import pca
+
 # RFC 4180: a field with a comma, a quote or a line break is quoted, its quotes doubled.
 NEEDS_QUOTES = '[",\r\n]'
 LINE_SCHEMA = "label string, path string, line string"
@@ -25,19 +27,10 @@ def field(values: pa.Array) -> pa.Array:
 def _lines(batches: Iterator[pa.RecordBatch], vector: str, k: int) -> Iterator[pa.RecordBatch]:
     for batch in batches:
         vectors = batch.column(vector)
-        if vectors.null_count:
-            raise ValueError(f"{vectors.null_count} of {len(vectors)} feature vectors are null")
-        if len(vectors):
-            lengths = pc.min_max(pc.list_value_length(vectors))
-            shortest, longest = lengths["min"].as_py(), lengths["max"].as_py()
-            if not shortest == longest == k:
-                found = shortest if shortest == longest else f"{shortest} to {longest}"
-                raise ValueError(f"feature vectors of {found} values where {k} are expected")
+        pca.checked_values(vectors, width=k)
         # `values` and `offsets` are the list's underlying arrays, consistent even when the
         # batch is a slice of a larger one (`flatten` would renumber the values).
         numbers = vectors.values.cast(pa.string())
-        if numbers.null_count:
-            raise ValueError(f"feature vectors with missing values ({numbers.null_count})")
         fields = [field(batch.column("path")), field(batch.column("label"))]
         if k:
             fields.append(pc.binary_join(pa.ListArray.from_arrays(vectors.offsets, numbers), ","))
