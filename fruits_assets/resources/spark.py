@@ -28,6 +28,10 @@ COMMON_SPARK_CONFIG: dict[str, Any] = {
     "spark.sql.execution.arrow.maxRecordsPerBatch": "256",
     "spark.sql.session.timeZone": "UTC",
     "spark.sql.parquet.compression.codec": "snappy",
+    # Parquet's dictionary encoding pays only for repeated values. Nearly every value here is
+    # unique (feature floats, photo bytes, paths): the writer would hash each into a dictionary,
+    # find it no smaller than the values, and write them plain anyway.
+    "spark.hadoop.parquet.enable.dictionary": "false",
 }
 
 
