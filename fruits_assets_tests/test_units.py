@@ -9,6 +9,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -542,6 +543,34 @@ def test_publish_writes_one_file_per_class_and_a_small_rerun_still_uses_every_co
         assert one_class.rdd.getNumPartitions() >= slots
         assert one_class.agg(F.sum("n")).first()[0] == sum(range(200))
     datasets.discard(staged)
+
+
+def test_classes_are_split_for_featurizing_by_count_not_by_bytes(tmp_path):
+    """Classes whose rows weigh very different numbers of bytes (small and large photos) still
+    reach the featurizer in splits of equal rows, each class in one split."""
+    from pyspark.sql import functions as F
+
+    from fruits_assets.resources.storage import FruitsStorage
+    from fruits_assets.storage.datasets import Datasets
+
+    spark = local_spark()
+    storage = FruitsStorage(images_root=str(tmp_path / "in"), output_root=str(tmp_path / "out"))
+    datasets = Datasets(spark, storage, "run-1")
+    splits = spark.sparkContext.defaultParallelism * 4
+    # Two classes per split: half of them with rows of 20 kB, half with rows of a few bytes.
+    labels = [f"class {i:02d}" for i in range(2 * splits)]
+    rows = [
+        (f"/p/{label}/{n}.jpg", label, os.urandom(20_000 if i % 2 else 4))
+        for i, label in enumerate(labels)
+        for n in range(10)
+    ]
+    df = spark.createDataFrame(rows, "path string, label string, content binary")
+    datasets.publish_partitions(df, "t", set(labels))
+    with datasets.spread("t", labels) as images:
+        placed = images.select("label", F.spark_partition_id().alias("split")).collect()
+    rows_per_split = sorted(Counter(r["split"] for r in placed).values())
+    assert rows_per_split == [20] * splits
+    assert all(len({r["split"] for r in placed if r["label"] == label}) == 1 for label in labels)
 
 
 def test_classes_are_selected_and_replaced_by_name_whatever_their_characters(tmp_path):

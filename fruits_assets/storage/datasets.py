@@ -37,6 +37,8 @@ _FACTS: dict[tuple[str, str], tuple[tuple[int, int], Any]] = {}
 MAX_FACTS = 16  # a run keeps about six; a process that serves many output roots, no more
 # A fact: {class: rows} for the classes a step published (`Datasets.rows_per_class`).
 ROWS_PER_CLASS = "rows per class"
+# What `Datasets.spread` tells Spark a file costs to read, whatever its size (1 GiB).
+FILE_COST = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -406,13 +408,15 @@ class Datasets:
         if len(files) < splits:
             yield rows.repartition(splits)
             return
-        split = max(1 << 16, -(-filesystem.total_size(files) // splits))
         with spark_conf(
             self.spark,
             {
-                "spark.sql.files.maxPartitionBytes": str(split),
-                # Count files by their bytes only, so the splits hold equal shares.
-                "spark.sql.files.openCostInBytes": "0",
+                # Spark packs files into splits by their bytes plus a cost per file. A cost far
+                # above any file's bytes packs them by count: the splits hold equal numbers of
+                # classes, and so about equal numbers of photos, where splits of equal bytes
+                # would not (one class's photos can weigh several times another's).
+                "spark.sql.files.openCostInBytes": str(FILE_COST),
+                "spark.sql.files.maxPartitionBytes": str(-(-len(files) // splits) * FILE_COST),
             },
         ):
             yield rows

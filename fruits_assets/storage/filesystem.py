@@ -108,21 +108,6 @@ def list_names(uri: str) -> list[str]:
     return [info.base_name for info in list_entries(uri)]
 
 
-def total_size(uris: list[str]) -> int:
-    """Bytes of the given files (Spark's `file:` and `s3a://` URIs accepted)."""
-    if not uris:
-        return 0
-    local = [u for u in uris if not is_s3(u)]
-    paths = [urlparse(u).path if u.startswith("file:") else u for u in local]
-    total = 0
-    if paths:
-        total += sum(i.size or 0 for i in pafs.LocalFileSystem().get_file_info(paths))
-    remote = [Location.of(u).path for u in uris if is_s3(u)]
-    if remote:
-        total += sum(i.size or 0 for i in _s3_filesystem().get_file_info(remote))
-    return total
-
-
 def delete_file(uri: str) -> None:
     loc = Location.of(uri)
     loc.fs.delete_file(loc.path)
