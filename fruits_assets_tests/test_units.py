@@ -540,14 +540,17 @@ def test_publish_writes_one_file_per_class_and_a_small_rerun_still_uses_every_co
 
     slots = spark.sparkContext.defaultParallelism
     with datasets.spread("t", {"b"}) as one_class:
-        assert one_class.rdd.getNumPartitions() >= slots
-        assert one_class.agg(F.sum("n")).first()[0] == sum(range(200))
+        assert not one_class.whole_classes
+        assert one_class.df.rdd.getNumPartitions() >= slots
+        assert one_class.df.agg(F.sum("n")).first()[0] == sum(range(200))
     datasets.discard(staged)
 
 
 def test_classes_are_split_for_featurizing_by_count_not_by_bytes(tmp_path):
     """Classes whose rows weigh very different numbers of bytes (small and large photos) still
-    reach the featurizer in splits of equal rows, each class in one split."""
+    reach the featurizer in splits of equal rows, each class in one split; what is computed from
+    them is published one file per class without a shuffle."""
+    from deltalake import DeltaTable
     from pyspark.sql import functions as F
 
     from fruits_assets.resources.storage import FruitsStorage
@@ -567,10 +570,19 @@ def test_classes_are_split_for_featurizing_by_count_not_by_bytes(tmp_path):
     df = spark.createDataFrame(rows, "path string, label string, content binary")
     datasets.publish_partitions(df, "t", set(labels))
     with datasets.spread("t", labels) as images:
-        placed = images.select("label", F.spark_partition_id().alias("split")).collect()
+        assert images.whole_classes
+        placed = images.df.select("label", F.spark_partition_id().alias("split")).collect()
+        staged = datasets.stage(
+            images.df.withColumn("content", F.unhex(F.sha2("content", 256))), "t"
+        )
     rows_per_split = sorted(Counter(r["split"] for r in placed).values())
     assert rows_per_split == [20] * splits
     assert all(len({r["split"] for r in placed if r["label"] == label}) == 1 for label in labels)
+    datasets.publish_partitions(staged.df, "t", set(labels), whole_classes=True)
+    datasets.discard(staged)
+    files = DeltaTable(datasets.location("t")).file_uris()
+    assert sorted(f.split("/")[-2] for f in files) == [f"label={label}" for label in labels]
+    assert datasets.read("t").where(F.length("content") == 32).count() == len(rows)
 
 
 def test_classes_are_selected_and_replaced_by_name_whatever_their_characters(tmp_path):

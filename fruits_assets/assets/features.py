@@ -90,7 +90,7 @@ def mobilenet_features(
     started = time.perf_counter()
     with datasets.spread(layout.ACCEPTED_IMAGES, labels) as images:
         staged = datasets.stage(
-            images.select("path", "label", featurize("content").alias("out")).select(
+            images.df.select("path", "label", featurize("content").alias("out")).select(
                 "path",
                 "label",
                 "out.features",
@@ -137,7 +137,15 @@ def mobilenet_features(
         context,
         datasets,
         staged=[staged],
-        publications=[Publication(layout.MOBILENET_FEATURES, staged.df, frozenset(labels))],
+        publications=[
+            Publication(
+                layout.MOBILENET_FEATURES,
+                staged.df,
+                frozenset(labels),
+                # Each featurizing task's rows are whole classes: written as they are.
+                whole_classes=images.whole_classes,
+            )
+        ],
         checks=[
             checks.result(
                 checks.FEATURES_ONE_PER_IMAGE,

@@ -24,6 +24,7 @@ class Publication:
     labels: frozenset[str] | None = None
     partitioned: bool = True
     rows: int | None = None  # the rows of `df`, when the audit counted them
+    whole_classes: bool = False  # each class's rows in one partition of `df` (`Spread`)
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,11 @@ def publish_or_fail(
                 )
             else:
                 versions[publication.dataset] = datasets.publish_partitions(
-                    publication.df, publication.dataset, publication.labels, publication.rows
+                    publication.df,
+                    publication.dataset,
+                    publication.labels,
+                    publication.rows,
+                    publication.whole_classes,
                 )
     for item in staged:
         datasets.discard(item)

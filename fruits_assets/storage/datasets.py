@@ -272,20 +272,26 @@ class Datasets:
         return Staged(name, location, held, written=False, partitioned=partitioned, audit=rows)
 
     def publish_partitions(
-        self, df: DataFrame, dataset: str, labels: Iterable[str], rows: int | None = None
+        self,
+        df: DataFrame,
+        dataset: str,
+        labels: Iterable[str],
+        rows: int | None = None,
+        whole_classes: bool = False,
     ) -> int:
         """Replace exactly the given classes' rows, in one commit; every other class is kept.
 
         A class with no row left loses its rows; a row of another class is refused by Delta.
         `rows`: the number of rows of `df`, when known. No row, for classes the table holds none
         of (a rerun of a class without rejected images): nothing to commit, the table already
-        says it.
+        says it. `whole_classes`: each class's rows are in one partition of `df` already, so
+        they are written one file per class as they are.
         """
         labels = set(labels)
         if rows == 0 and self._holds_none(dataset, labels):
             return self._published_version(dataset)
         writer = (
-            one_file_per_class(df)
+            (df if whole_classes else one_file_per_class(df))
             .write.format("delta")
             .mode("overwrite")
             .option("replaceWhere", labels_predicate(labels))
@@ -390,7 +396,7 @@ class Datasets:
         return self._published_version(dataset)
 
     @contextmanager
-    def spread(self, dataset: str, labels: Iterable[str], per_slot: int = 4) -> Iterator[DataFrame]:
+    def spread(self, dataset: str, labels: Iterable[str], per_slot: int = 4) -> Iterator[Spread]:
         """The classes' rows, in about `per_slot` splits per task slot, for expensive per-row
         work (reading the rows inside this block plans them with those splits).
 
@@ -406,8 +412,11 @@ class Datasets:
         # Fewer classes than splits are fewer files: no need to plan the read to list them.
         files = [] if len(labels) < splits else rows.inputFiles()
         if len(files) < splits:
-            yield rows.repartition(splits)
+            yield Spread(rows.repartition(splits), whole_classes=False)
             return
+        # Files are read whole (none but a class of over a GiB of photos reaches a split's size):
+        # a class folder that holds one file is in one split.
+        folders = {file.rsplit("/", 1)[0] for file in files}
         with spark_conf(
             self.spark,
             {
@@ -419,7 +428,17 @@ class Datasets:
                 "spark.sql.files.maxPartitionBytes": str(-(-len(files) // splits) * FILE_COST),
             },
         ):
-            yield rows
+            yield Spread(rows, whole_classes=len(folders) == len(files))
+
+
+@dataclass(frozen=True)
+class Spread:
+    """Rows split for expensive per-row work (`Datasets.spread`)."""
+
+    df: DataFrame
+    # Each class's rows in one split: what is computed from them, row for row, can be
+    # published one file per class without a shuffle (`publish_partitions(whole_classes=...)`).
+    whole_classes: bool
 
 
 def one_file_per_class(df: DataFrame) -> DataFrame:
