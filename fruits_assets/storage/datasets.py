@@ -414,8 +414,8 @@ class Datasets:
         if len(files) < splits:
             yield Spread(rows.repartition(splits), whole_classes=False)
             return
-        # Files are read whole (none but a class of over a GiB of photos reaches a split's size):
-        # a class folder that holds one file is in one split.
+        # Each file is read whole by one split (unless it reaches a split's size: a class of
+        # over a GiB of photos, whose features would then take a file per split, rows intact).
         folders = {file.rsplit("/", 1)[0] for file in files}
         with spark_conf(
             self.spark,
