@@ -142,7 +142,7 @@ def mobilenet_features(
                 layout.MOBILENET_FEATURES,
                 staged.df,
                 frozenset(labels),
-                # Each featurizing task's rows are whole classes: written as they are.
+                # When each featurizing split held whole classes, its rows are written as they are.
                 whole_classes=images.whole_classes,
             )
         ],
