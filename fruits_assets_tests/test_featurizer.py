@@ -65,3 +65,11 @@ def test_a_model_that_is_not_the_featurizer_is_refused(shared_weights, tmp_path)
     """Garbage bytes fail loudly instead of producing vectors."""
     with pytest.raises(ValueError):
         featurizer.Featurizer(b"not a tflite model")
+
+
+def test_a_row_with_any_value_that_is_not_finite_is_flagged():
+    """NaN or an infinity anywhere in a photo's vector or histogram flags that photo only."""
+    features = np.ones((5, featurizer.FEATURE_DIM), dtype=np.float32)
+    histograms = np.full((5, 64), 0.5, dtype=np.float32)
+    features[1, 1279], features[2, 0], histograms[3, 10] = np.nan, np.inf, -np.inf
+    assert featurizer.all_finite(features, histograms).tolist() == [True, False, False, False, True]

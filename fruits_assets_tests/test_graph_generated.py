@@ -8,6 +8,7 @@ import pytest
 from dagster import DagsterInstance
 
 from fruits_assets import runner
+from fruits_assets.assets import checks
 from fruits_assets.resources.ml_settings import ClassifierSettings
 from fruits_assets.storage import layout
 from fruits_assets_tests.helpers import materialize_graph, settings
@@ -139,3 +140,45 @@ def test_each_class_partition_carries_its_own_facts(mixed_run):
         metadata = records[0].asset_materialization.metadata
         assert metadata[key].value == expected, (asset, label, key)
         assert "published_version" in metadata
+
+
+def _featurizer_with_a_nan() -> bytes:
+    """A TFLite model with the featurizer's shapes (a photo in, 1,280 values out) whose 8th
+    value is NaN for every photo."""
+    import keras
+    import numpy as np
+
+    from fruits_assets.ml import featurizer
+
+    photo = keras.Input((featurizer.IMAGE_SIZE, featurizer.IMAGE_SIZE, 3))
+    dense = keras.layers.Dense(featurizer.FEATURE_DIM)
+    model = keras.Model(photo, dense(keras.layers.GlobalAveragePooling2D()(photo)))
+    kernel, bias = dense.get_weights()
+    bias[7] = np.nan
+    dense.set_weights([kernel, bias])
+    return featurizer.convert_to_tflite(model, 1)
+
+
+def test_vectors_that_are_not_all_finite_fail_their_check_and_publish_nothing(
+    tmp_path, monkeypatch
+):
+    """Features holding a NaN fail the dimension check: no feature is published, the staged
+    rows are kept aside with the featurizer's flag, and nothing downstream runs."""
+    from fruits_assets.ml import featurizer
+
+    root, output = tmp_path / "images", tmp_path / "out"
+    root.mkdir()
+    expected = write_mixed_root(root)
+    model = _featurizer_with_a_nan()
+    monkeypatch.setattr(featurizer, "tflite_model", lambda info, batch_size: (model, "0" * 64))
+    outcome = materialize_graph(DagsterInstance.ephemeral(), root, output, "random")
+    assert not outcome.ok
+    assert outcome.checks[("mobilenet_features", checks.FEATURES_DIMENSION)] is False
+    assert outcome.checks[("mobilenet_features", checks.FEATURES_ONE_PER_IMAGE)] is True
+    assert any(checks.FEATURES_DIMENSION in failure for failure in outcome.failures)
+    assert not (output / layout.MOBILENET_FEATURES / "_delta_log").exists()
+    assert "pca_model" not in outcome.metadata
+    (kept,) = [p.parent for p in (output / "_staging").rglob("_AUDIT_FAILED.json")]
+    assert kept.name == layout.MOBILENET_FEATURES
+    rows = pd.read_parquet(kept)
+    assert len(rows) == expected["accepted"] and not rows[featurizer.ALL_FINITE].any()

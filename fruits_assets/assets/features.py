@@ -81,10 +81,13 @@ def mobilenet_features(
     featurize = featurizer.featurize_udf(
         spark, model, sha256, settings.batch_size, settings.threads_per_task
     )
+    # The featurizer says whether a row's values are all finite (`featurizer.all_finite`): the
+    # flag stays with the staged rows for the audit (and any failed rows kept for inspection),
+    # not in the published table.
     bad_vector = (
         (F.size("features") != featurizer.FEATURE_DIM)
-        | F.exists("features", lambda x: F.isnan(x) | (F.abs(x) == float("inf")))
         | (F.size("color_histogram") != color.HISTOGRAM_DIM)
+        | ~F.col(featurizer.ALL_FINITE)
     )
     context.log.info(f"featurizing {len(labels)} classes with MobileNetV2 weights {info.source}")
     started = time.perf_counter()
@@ -96,6 +99,7 @@ def mobilenet_features(
                 "out.features",
                 "out.color_histogram",
                 F.lit(sha256).alias(WEIGHTS_COLUMN),
+                f"out.{featurizer.ALL_FINITE}",
             ),
             layout.MOBILENET_FEATURES,
             # Every count the checks and metadata need, from the job that featurizes.
@@ -140,7 +144,7 @@ def mobilenet_features(
         publications=[
             Publication(
                 layout.MOBILENET_FEATURES,
-                staged.df,
+                staged.df.drop(featurizer.ALL_FINITE),
                 frozenset(labels),
                 # When each featurizing split held whole classes, its rows are written as they are.
                 whole_classes=images.whole_classes,

@@ -268,7 +268,20 @@ def worker_featurizer(key: str, model, threads: int) -> Featurizer:
 
 
 # The MobileNetV2 vector, and the colour histogram the classifier also uses (cheap next to it).
-UDF_OUTPUT_TYPE = "struct<features: array<float>, color_histogram: array<float>>"
+# Per photo, whether its vectors hold only finite values (`all_finite`).
+ALL_FINITE = "all_finite"
+UDF_OUTPUT_TYPE = (
+    f"struct<features: array<float>, color_histogram: array<float>, {ALL_FINITE}: boolean>"
+)
+
+
+def all_finite(features: np.ndarray, histograms: np.ndarray) -> np.ndarray:
+    """Per photo, whether its feature vector and its colour histogram hold only finite values.
+
+    Computed where the vectors are made, from the very values handed to Spark: the JVM's own
+    test of 1,280 values a row (a lambda per value, interpreted) took a second of a run's
+    featurizing step, and the vectors' lengths are still checked there, on the staged rows."""
+    return np.isfinite(features).all(axis=1) & np.isfinite(histograms).all(axis=1)
 
 
 def featurize_udf(spark, model: bytes, sha256: str, batch_size: int, threads: int):
@@ -286,6 +299,12 @@ def featurize_udf(spark, model: bytes, sha256: str, batch_size: int, threads: in
         for batch in contents:
             # The histogram rides along: the image bytes cross to Python and are decoded once.
             features, histograms = model.with_histograms(batch.tolist())
-            yield pd.DataFrame({"features": list(features), "color_histogram": list(histograms)})
+            yield pd.DataFrame(
+                {
+                    "features": list(features),
+                    "color_histogram": list(histograms),
+                    ALL_FINITE: all_finite(features, histograms),
+                }
+            )
 
     return featurize
