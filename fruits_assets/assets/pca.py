@@ -7,9 +7,12 @@ from typing import Any
 import dagster as dg
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from dagster_pyspark import LazyPySparkResource
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
+from pyspark.sql.pandas.types import to_arrow_schema
 
 from fruits_assets.assets import checks
 from fruits_assets.assets.current_features import current_features
@@ -68,6 +71,27 @@ class PcaModel:
         return cls(row["k"], np.array(row["components"], dtype=np.float64), row["weights_sha256"])
 
 
+def _model_frame(spark: SparkSession, row: tuple) -> DataFrame:
+    """The model's one row as a DataFrame of `PCA_MODEL_SCHEMA`.
+
+    Its Arrow batch (the components' 1280 x k doubles as one columnar buffer, not pickled
+    Python floats) reaches the executors once, as a broadcast: a DataFrame made from local data
+    carries it inside every task that reads it (several MB in each stage of the write and the
+    audit, and a warning from Spark each time)."""
+    fields = PCA_MODEL_SCHEMA.fields
+    frame = pd.DataFrame({f.name: [v] for f, v in zip(fields, row, strict=True)})
+    batch = pa.RecordBatch.from_pandas(
+        frame, schema=to_arrow_schema(PCA_MODEL_SCHEMA), preserve_index=False
+    )
+    shared = spark.sparkContext.broadcast(batch)
+
+    def emit(ticks: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for _ in ticks:  # the one row of `spark.range(1)`
+            yield shared.value
+
+    return spark.range(1, numPartitions=1).mapInArrow(emit, PCA_MODEL_SCHEMA)
+
+
 @dg.asset(
     automation_condition=dg.AutomationCondition.eager(),
     deps=[mobilenet_features],
@@ -107,12 +131,8 @@ def pca_model(
         n_rows, fit_on, weights_sha256, scree,
     )  # fmt: skip
     # The audit reads back what was staged: k, the components' shape, the variance reached.
-    # Through Arrow: the components' 1280 x k doubles reach the JVM as one columnar buffer
-    # rather than as pickled Python floats (a third of the time).
-    fields = PCA_MODEL_SCHEMA.fields
-    model_row = pd.DataFrame({f.name: [v] for f, v in zip(fields, row, strict=True)})
     staged = datasets.stage(
-        spark.createDataFrame(model_row, PCA_MODEL_SCHEMA),
+        _model_frame(spark, row),
         layout.PCA_MODEL,
         partitioned=False,
         audit=lambda rows: rows.select(
