@@ -278,9 +278,9 @@ UDF_OUTPUT_TYPE = (
 def all_finite(features: np.ndarray, histograms: np.ndarray) -> np.ndarray:
     """Per photo, whether its feature vector and its colour histogram hold only finite values.
 
-    Computed where the vectors are made, from the very values handed to Spark: the JVM's own
-    test of 1,280 values a row (a lambda per value, interpreted) took a second of a run's
-    featurizing step, and the vectors' lengths are still checked there, on the staged rows."""
+    Computed where the vectors are made, from the very values handed to Spark: in the JVM, the
+    test of 1,280 values a row (a lambda per value, interpreted) needed a pass of its own over
+    the staged rows. The vectors' lengths are still checked there."""
     return np.isfinite(features).all(axis=1) & np.isfinite(histograms).all(axis=1)
 
 
