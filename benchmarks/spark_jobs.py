@@ -25,7 +25,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections import Counter
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -57,6 +56,8 @@ THREAD_KINDS = (
     ("G1 ", "JVM CPU: GC"),
     ("stdout writer", "JVM CPU: feeding Python workers"),
 )
+OTHER_THREADS, ALL_THREADS = "JVM CPU: other threads", "JVM CPU: all"
+KINDS = (*dict.fromkeys(kind for _, kind in THREAD_KINDS), OTHER_THREADS, ALL_THREADS)
 
 
 class JvmCpu:
@@ -98,12 +99,13 @@ class JvmCpu:
                     self.seen[(pid, tid)] = (name, (int(fields[11]) + int(fields[12])) / tick)
 
     def by_kind(self) -> dict[str, float]:
-        kinds: Counter[str] = Counter()
+        """CPU seconds for each of `KINDS` (0 for a kind no thread had)."""
+        kinds = dict.fromkeys(KINDS, 0.0)
         for name, cpu in self.seen.values():
             kind = next((k for prefix, k in THREAD_KINDS if name.startswith(prefix)), None)
-            kinds[kind or "JVM CPU: other threads"] += cpu
-            kinds["JVM CPU: all"] += cpu
-        return dict(kinds)
+            kinds[kind or OTHER_THREADS] += cpu
+            kinds[ALL_THREADS] += cpu
+        return kinds
 
 
 def jobs_of(event_log: Path) -> dict[int, tuple[float, float, str]]:
@@ -162,11 +164,7 @@ def one_run(checkout: Path, images: Path, workdir: Path) -> dict[str, float]:
         logs = list(events.iterdir())
     figures = featurizing_tail(jobs_of(logs[0]))
     figures["large-task warnings"] = (done.stdout + done.stderr).count(LARGE_TASK_WARNING)
-    kinds = jvm.by_kind()
-    figures.update({kind: kinds.get(kind, 0.0) for _, kind in THREAD_KINDS})
-    figures["JVM CPU: other threads"] = kinds.get("JVM CPU: other threads", 0.0)
-    figures["JVM CPU: all"] = kinds.get("JVM CPU: all", 0.0)
-    return {"wall": wall, **figures}
+    return {"wall": wall, **figures, **jvm.by_kind()}
 
 
 def main() -> None:
