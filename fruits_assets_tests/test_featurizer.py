@@ -73,3 +73,16 @@ def test_a_row_with_any_value_that_is_not_finite_is_flagged():
     histograms = np.full((5, 64), 0.5, dtype=np.float32)
     features[1, 1279], features[2, 0], histograms[3, 10] = np.nan, np.inf, -np.inf
     assert featurizer.all_finite(features, histograms).tolist() == [True, False, False, False, True]
+
+
+@pytest.mark.parametrize("rows", [0, 1, 3])
+def test_vectors_reach_arrow_as_one_list_per_row_in_order(rows):
+    """The featurizer's (and the projection's) vectors as Arrow lists: row for row, every value."""
+    from fruits_assets.ml.arrow_vectors import list_array
+    from fruits_assets.ml.pca import vectors
+
+    matrix = np.arange(rows * 4, dtype=np.float64).reshape(rows, 4) / 3
+    column = list_array(matrix)
+    assert str(column.type) == "list<item: float>" and len(column) == rows
+    assert column.to_pylist() == [list(np.float32(row)) for row in matrix]
+    assert np.array_equal(vectors(column, width=4, dtype=np.float32), matrix.astype(np.float32))

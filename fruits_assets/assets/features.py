@@ -78,9 +78,6 @@ def mobilenet_features(
         filesystem.write_bytes(model_path, model)
 
     datasets = Datasets(spark, storage, context.run.run_id)
-    featurize = featurizer.featurize_udf(
-        spark, model, sha256, settings.batch_size, settings.threads_per_task
-    )
     # The featurizer says whether a row's values are all finite (`featurizer.all_finite`): the
     # flag stays with the staged rows for the audit (and any failed rows kept for inspection),
     # not in the published table.
@@ -93,13 +90,20 @@ def mobilenet_features(
     started = time.perf_counter()
     with datasets.spread(layout.ACCEPTED_IMAGES, labels) as images:
         staged = datasets.stage(
-            images.df.select("path", "label", featurize("content").alias("out")).select(
+            featurizer.featurized(
+                images.df,
+                model,
+                sha256,
+                settings.batch_size,
+                settings.threads_per_task,
+                keep=("path", "label"),
+            ).select(
                 "path",
                 "label",
-                "out.features",
-                "out.color_histogram",
+                "features",
+                "color_histogram",
                 F.lit(sha256).alias(WEIGHTS_COLUMN),
-                f"out.{featurizer.ALL_FINITE}",
+                featurizer.ALL_FINITE,
             ),
             layout.MOBILENET_FEATURES,
             # Every count the checks and metadata need, from the job that featurizes.

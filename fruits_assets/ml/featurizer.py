@@ -1,5 +1,5 @@
 """The MobileNetV2 featurizer: weights, the cached TFLite conversion, preprocessing, the XNNPACK
-interpreter (one per Spark Python worker) and the pandas UDF that runs it."""
+interpreter (one per Spark Python worker) and the Spark stage that runs it."""
 
 import hashlib
 import io
@@ -270,9 +270,6 @@ def worker_featurizer(key: str, model, threads: int) -> Featurizer:
 # The MobileNetV2 vector, and the colour histogram the classifier also uses (cheap next to it).
 # Per photo, whether its vectors hold only finite values (`all_finite`).
 ALL_FINITE = "all_finite"
-UDF_OUTPUT_TYPE = (
-    f"struct<features: array<float>, color_histogram: array<float>, {ALL_FINITE}: boolean>"
-)
 
 
 def all_finite(features: np.ndarray, histograms: np.ndarray) -> np.ndarray:
@@ -284,27 +281,43 @@ def all_finite(features: np.ndarray, histograms: np.ndarray) -> np.ndarray:
     return np.isfinite(features).all(axis=1) & np.isfinite(histograms).all(axis=1)
 
 
-def featurize_udf(spark, model: bytes, sha256: str, batch_size: int, threads: int):
-    """The iterator pandas UDF: the TFLite model broadcast once, one interpreter per Python
-    worker process for the whole stage."""
-    import pandas as pd
-    from pyspark.sql import functions as F
+def featurized(df, model: bytes, sha256: str, batch_size: int, threads: int, keep: Sequence[str]):
+    """`df`'s `keep` columns and, computed from its `content` (photo bytes), each photo's
+    `features`, `color_histogram` and `all_finite` flag: the TFLite model broadcast once, one
+    interpreter per Python worker process for the whole stage.
 
-    broadcast = spark.sparkContext.broadcast(model)
+    From and to Arrow batches (`mapInArrow`): the vectors reach Spark as the matrix's own
+    values, where a pandas UDF's result would be converted to Arrow one float at a time."""
+    import pyarrow as pa
+    from pyspark.sql import types as T
+
+    from fruits_assets.ml.arrow_vectors import list_array
+
+    broadcast = df.sparkSession.sparkContext.broadcast(model)
     key = f"{sha256}:{batch_size}"
+    vector = T.ArrayType(T.FloatType())
+    schema = T.StructType(
+        [
+            *(df.schema[name] for name in keep),
+            T.StructField("features", vector),
+            T.StructField("color_histogram", vector),
+            T.StructField(ALL_FINITE, T.BooleanType()),
+        ]
+    )
 
-    @F.pandas_udf(UDF_OUTPUT_TYPE)
-    def featurize(contents: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
+    def featurize(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         model = worker_featurizer(key, lambda: broadcast.value, threads)
-        for batch in contents:
+        for batch in batches:
             # The histogram rides along: the image bytes cross to Python and are decoded once.
-            features, histograms = model.with_histograms(batch.tolist())
-            yield pd.DataFrame(
-                {
-                    "features": list(features),
-                    "color_histogram": list(histograms),
-                    ALL_FINITE: all_finite(features, histograms),
-                }
+            features, histograms = model.with_histograms(batch.column(len(keep)).to_pylist())
+            yield pa.RecordBatch.from_arrays(
+                [
+                    *batch.columns[: len(keep)],
+                    list_array(features),
+                    list_array(histograms),
+                    pa.array(all_finite(features, histograms)),
+                ],
+                names=schema.names,
             )
 
-    return featurize
+    return df.select(*keep, "content").mapInArrow(featurize, schema)

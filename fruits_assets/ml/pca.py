@@ -14,6 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from fruits_assets.ml.arrow_vectors import list_array
+
 
 @dataclass(frozen=True)
 class Moments:
@@ -216,9 +218,7 @@ def projected(df, components: np.ndarray, column: str, output: str, keep: Sequen
         weights = matrix.value
         for batch in batches:
             x = vectors(batch.column(len(keep)), width=len(weights))
-            y = (x @ weights).astype(np.float32)
-            offsets = np.arange(0, y.size + 1, y.shape[1], dtype=np.int32)
-            coordinates = pa.ListArray.from_arrays(pa.array(offsets), pa.array(y.reshape(-1)))
+            coordinates = list_array(x @ weights)
             yield pa.RecordBatch.from_arrays(
                 [*batch.columns[: len(keep)], coordinates], names=[*keep, output]
             )
