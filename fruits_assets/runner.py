@@ -14,6 +14,7 @@ from typing import Any
 import dagster as dg
 
 from fruits_assets import dagster_sqlite, failpoints, partitions, preflight, runs
+from fruits_assets.assets import checks
 from fruits_assets.definitions import ALL_ASSETS_JOB, build_definitions
 from fruits_assets.settings import FruitsSettings
 from fruits_assets.storage import datasets, discovery, layout, lock
@@ -71,8 +72,17 @@ class RunOutcome:
             self.checks[(asset, evaluation.check_name)] = evaluation.passed
             if not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR:
                 self.ok = False
+                step_said = f"step {asset} failed: check {evaluation.check_name} failed"
+                if any(failure.startswith(step_said) for failure in self.failures):
+                    continue  # its step's error names it (and its cause) already
                 details = {k: v.value for k, v in evaluation.metadata.items()}
-                self.failures.append(f"check {evaluation.check_name} on {asset} FAILED: {details}")
+                # Its one-line cause when it has one; the metadata's lists can be long.
+                summary = details.pop(checks.SUMMARY, None) or {
+                    k: f"{len(v)} items: {checks.a_few(v)}" if isinstance(v, list) and len(v) > 5
+                    else v
+                    for k, v in details.items()
+                }  # fmt: skip
+                self.failures.append(f"check {evaluation.check_name} on {asset} FAILED: {summary}")
 
 
 def _cause(failure_event: Any) -> str:

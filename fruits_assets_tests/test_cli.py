@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from fruits_assets import cli
-from fruits_assets_tests.helpers import FRUITS, copy_classes, fruits
+from fruits_assets_tests.helpers import FRUITS, copy_classes, fruits, read_dataset
 from fruits_assets_tests.images import noisy_jpeg
 
 
@@ -46,6 +46,35 @@ def test_no_classifier_runs_the_seed_pipeline_only(tmp_path, fruits360, shared_w
     instance = dg.DagsterInstance.from_config(str(home))
     materialized = {key.to_user_string() for key in instance.get_asset_keys()}
     assert "features_csv" in materialized and "fruit_classifier" not in materialized
+
+
+@pytest.mark.slow
+def test_classes_run_on_a_new_output_says_the_other_classes_need_features(
+    tmp_path, fruits360, shared_weights
+):
+    """--classes on an output root that no full run has filled: the chosen class is featurized
+    and kept; the PCA's output fails its label check, and the error's first line says which
+    classes have no features and how to make them. The run it suggests succeeds."""
+    images = copy_classes(
+        fruits360 / "Test", tmp_path / "images", ["Banana 1", "Kiwi 1", "Lemon 1"]
+    )
+    home, output = tmp_path / "dagster_home", tmp_path / "out"
+    args = ("run", "--images", str(images), "--output", str(output), "--weights",
+            str(shared_weights), "--no-classifier")  # fmt: skip
+    done = fruits(*args, "--classes", "Kiwi 1", home=home)
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    failures = done.stdout.split("\nFAILED:\n", 1)[1].splitlines()[:-1]
+    assert failures[0].startswith(
+        "  - step pca_features_parquet failed: check label_set_equals_discovered_classes failed: "
+        "2 of the input root's 3 classes have no rows (Banana 1, Lemon 1); mobilenet_features "
+        "has no rows for them: featurize them with `fruits run` without --classes"
+    ), failures
+    assert len(failures) == 1, failures  # the check's own line would only repeat it
+    assert set(read_dataset(output / "mobilenet_features").label) == {"Kiwi 1"}
+    assert not (output / "features_csv").exists()
+    done = fruits(*args, home=home)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert len(pd.read_csv(output / "features_csv" / "features.csv")) == 45
 
 
 @pytest.mark.slow

@@ -245,9 +245,13 @@ def test_a_failing_check_keeps_the_previous_version_and_the_failed_data(workspac
         (broken / name).write_bytes(b"not a photo")
     done = fruits(*run_args(images, output, weights), home=tmp_path / "home")
     assert done.returncode == 1
-    assert "check label_set_equals_discovered_classes failed, so nothing was published" in (
-        done.stdout
-    )
+    # The first line of the run's errors names the check, the class and what to look at.
+    first = done.stdout.split("\nFAILED:\n", 1)[1].splitlines()[0]
+    assert first.startswith(
+        "  - step pca_features_parquet failed: check label_set_equals_discovered_classes failed: "
+        "1 of the input root's 4 classes has no rows (Broken 1); mobilenet_features has no rows"
+    ), first
+    assert "labeled_images/rejected" in first and "Nothing was published" in first, first
     after = snapshot(output)
     for name in (layout.PCA_FEATURES_PARQUET, "features.csv", "predictor.npz"):
         assert after[name] == before[name], name

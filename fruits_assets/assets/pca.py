@@ -30,6 +30,12 @@ from fruits_assets.storage.datasets import Datasets
 SIZE_FACT = "k and rows"
 # The classes of a published pca_features_parquet (each with rows), likewise.
 CLASSES_FACT = "classes"
+# Why a class of the input root may have no feature rows, and what to do about it.
+NOT_FEATURIZED = (
+    "mobilenet_features has no rows for them: featurize them with `fruits run` without "
+    "--classes (in the UI: materialize their mobilenet_features partitions), or see "
+    "labeled_images/rejected for a class whose every photo was rejected"
+)
 
 # One row per published model: the PCA's components and how k was chosen.
 PCA_MODEL_SCHEMA = T.StructType(
@@ -117,6 +123,11 @@ def pca_model(
     datasets = Datasets(spark, storage, context.run.run_id)
     current = current_features(context, datasets)
     weights_sha256 = current.weights_sha256()
+    if current.without_features:
+        context.log.warning(
+            f"fitting the PCA without {len(current.without_features)} classes: "
+            f"{checks.a_few(current.without_features)}; {NOT_FEATURIZED}"
+        )
     moments, fit_on = training_moments(context, datasets, current)
     n_rows = moments.n if moments is not None else 0
     k_max = pca.max_components(n_rows, featurizer.FEATURE_DIM)  # fails on fewer than 2 rows
@@ -248,7 +259,11 @@ def pca_features_parquet(
                 checks.ROWS_MATCH_FEATURES, rows == n_features, rows=rows, features=n_features
             ),
             checks.result(checks.VECTOR_LENGTH_K, bad_length == 0, k=k, wrong_length=bad_length),
-            checks.labels_match(current.classes, set(per_class)),
+            checks.labels_match(
+                current.classes,
+                set(per_class),
+                why_missing=NOT_FEATURIZED if current.without_features else "",
+            ),
         ],
         metadata={
             "num_rows": rows,

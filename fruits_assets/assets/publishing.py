@@ -11,6 +11,7 @@ import dagster as dg
 from pyspark.sql import DataFrame
 
 from fruits_assets import failpoints
+from fruits_assets.assets.checks import SUMMARY
 from fruits_assets.storage import files, filesystem
 from fruits_assets.storage.datasets import Datasets, Staged
 
@@ -48,6 +49,20 @@ def failed_error_checks(checks: list[dg.AssetCheckResult]) -> list[str]:
         for c in checks
         if not c.passed and c.severity == dg.AssetCheckSeverity.ERROR
     ]
+
+
+def _unpublished(checks: list[dg.AssetCheckResult], failed: list[str]) -> str:
+    """The failed checks, each with its one-line `SUMMARY` where it has one: the cause leads."""
+    summaries = {
+        c.check_name: c.metadata[SUMMARY].value
+        for c in checks
+        if c.check_name in failed and SUMMARY in c.metadata
+    }
+    if not summaries:
+        return f"check {', '.join(failed)} failed, so nothing was published"
+    causes = (f"check {name} failed: {summaries[name]}" if name in summaries else
+              f"check {name} failed" for name in failed)  # fmt: skip
+    return "; ".join(causes) + ". Nothing was published"
 
 
 @contextmanager
@@ -109,8 +124,8 @@ def publish_or_fail(
                 metadata={**check.metadata, **(where if not check.passed else {})},
             )
         raise dg.Failure(
-            description=f"check {', '.join(failed)} failed, so nothing was published: the "
-            "previous version stays in place"
+            description=_unpublished(checks, failed)
+            + ": the previous version stays in place"
             + (f"; the new data is kept for inspection at {', '.join(kept)}" if kept else ""),
             metadata=where,
         )
