@@ -6,7 +6,7 @@ from typing import Any
 
 def warm(batches: Iterator[Any]) -> Iterator[Any]:
     """Import what the image, featurizer and PCA stages use, then pass the rows through."""
-    import pyarrow  # noqa: F401  (the pandas UDFs' batches)
+    import pyarrow  # noqa: F401  (every Arrow stage's batches)
 
     from fruits_assets.ml import color, decoding, featurizer, pca  # noqa: F401
 
