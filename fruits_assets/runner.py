@@ -72,10 +72,12 @@ class RunOutcome:
             self.checks[(asset, evaluation.check_name)] = evaluation.passed
             if not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR:
                 self.ok = False
-                step_said = f"step {asset} failed: check {evaluation.check_name} failed"
-                if any(failure.startswith(step_said) for failure in self.failures):
-                    continue  # its step's error names it (and its cause) already
                 details = {k: v.value for k, v in evaluation.metadata.items()}
+                step, said = f"step {asset} failed: ", f"check {evaluation.check_name} failed: "
+                if checks.SUMMARY in details and any(
+                    failure.startswith(step) and said in failure for failure in self.failures
+                ):
+                    continue  # its step's error leads with its cause already
                 # Its one-line cause when it has one; the metadata's lists can be long.
                 summary = details.pop(checks.SUMMARY, None) or {
                     k: f"{len(v)} items: {checks.a_few(v)}" if isinstance(v, list) and len(v) > 5

@@ -832,3 +832,29 @@ def test_pca_training_moments_follow_the_feature_tables_changes(tmp_path, folder
     shutil.rmtree(tmp_path / "out" / table / "label=a 1")
     publish(set(data))
     assert "computed over every class" in fit(after)[1]
+
+
+def test_a_failed_check_leads_its_error_with_its_cause_in_one_line():
+    """The label check counts and names a few classes (the full lists stay in its metadata);
+    the step's error leads with each failed check's cause, where it has one."""
+    from fruits_assets.assets import checks
+    from fruits_assets.assets.publishing import _unpublished
+
+    classes = [f"Class {i}" for i in range(10)]
+    label_check = checks.labels_match(classes, {"Class 0", "Other"}, why_missing="featurize them")
+    assert not label_check.passed
+    assert label_check.metadata[checks.SUMMARY].value == (
+        "9 of the input root's 10 classes have no rows (Class 1, Class 2, Class 3 and 6 more); "
+        "featurize them; 1 label is not a class of the input root (Other)"
+    )
+    assert len(label_check.metadata["missing_classes"].value) == 9
+    assert checks.SUMMARY not in checks.labels_match(classes, set(classes)).metadata
+    rows_check = checks.result(checks.ROWS_MATCH_FEATURES, False, rows=1, features=2)
+    failed = [checks.ROWS_MATCH_FEATURES, checks.LABELS_MATCH_CLASSES]
+    assert _unpublished([rows_check, label_check], failed) == (
+        f"check {checks.ROWS_MATCH_FEATURES} failed; check {checks.LABELS_MATCH_CLASSES} failed: "
+        f"{label_check.metadata[checks.SUMMARY].value}. Nothing was published"
+    )
+    assert _unpublished([rows_check], failed[:1]) == (
+        f"check {checks.ROWS_MATCH_FEATURES} failed, so nothing was published"
+    )

@@ -48,7 +48,8 @@ def labels_match(
             f"({a_few(missing)})" + (f"; {why_missing}" if why_missing else "")
         )
     if extra:
-        causes.append(f"{len(extra)} labels are not classes of the input root ({a_few(extra)})")
+        are = "label is not a class" if len(extra) == 1 else "labels are not classes"
+        causes.append(f"{len(extra)} {are} of the input root ({a_few(extra)})")
     return result(
         LABELS_MATCH_CLASSES,
         not missing and not extra,
