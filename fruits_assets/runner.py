@@ -14,7 +14,7 @@ from typing import Any
 import dagster as dg
 
 from fruits_assets import dagster_sqlite, failpoints, partitions, preflight, runs
-from fruits_assets.assets import checks
+from fruits_assets.assets.checks import SUMMARY, a_few
 from fruits_assets.definitions import ALL_ASSETS_JOB, build_definitions
 from fruits_assets.settings import FruitsSettings
 from fruits_assets.storage import datasets, discovery, layout, lock
@@ -74,13 +74,13 @@ class RunOutcome:
                 self.ok = False
                 details = {k: v.value for k, v in evaluation.metadata.items()}
                 step, said = f"step {asset} failed: ", f"check {evaluation.check_name} failed: "
-                if checks.SUMMARY in details and any(
+                if SUMMARY in details and any(
                     failure.startswith(step) and said in failure for failure in self.failures
                 ):
                     continue  # its step's error leads with its cause already
                 # Its one-line cause when it has one; the metadata's lists can be long.
-                summary = details.pop(checks.SUMMARY, None) or {
-                    k: f"{len(v)} items: {checks.a_few(v)}" if isinstance(v, list) and len(v) > 5
+                summary = details.pop(SUMMARY, None) or {
+                    k: f"{len(v)} items: {a_few(v)}" if isinstance(v, list) and len(v) > 5
                     else v
                     for k, v in details.items()
                 }  # fmt: skip

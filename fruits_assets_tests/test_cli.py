@@ -67,7 +67,7 @@ def test_classes_run_on_a_new_output_says_the_other_classes_need_features(
     assert failures[0].startswith(
         "  - step pca_features_parquet failed: check label_set_equals_discovered_classes failed: "
         "2 of the input root's 3 classes have no rows (Banana 1, Lemon 1); mobilenet_features "
-        "has no rows for them: featurize them with `fruits run` without --classes"
+        "has none of their rows: featurize them with `fruits run` without --classes"
     ), failures
     assert len(failures) == 1, failures  # the check's own line would only repeat it
     assert set(read_dataset(output / "mobilenet_features").label) == {"Kiwi 1"}

@@ -249,7 +249,8 @@ def test_a_failing_check_keeps_the_previous_version_and_the_failed_data(workspac
     first = done.stdout.split("\nFAILED:\n", 1)[1].splitlines()[0]
     assert first.startswith(
         "  - step pca_features_parquet failed: check label_set_equals_discovered_classes failed: "
-        "1 of the input root's 4 classes has no rows (Broken 1); mobilenet_features has no rows"
+        "1 of the input root's 4 classes has no rows (Broken 1); mobilenet_features has none of "
+        "their rows"
     ), first
     assert "labeled_images/rejected" in first and "Nothing was published" in first, first
     after = snapshot(output)

@@ -32,9 +32,9 @@ SIZE_FACT = "k and rows"
 CLASSES_FACT = "classes"
 # Why a class of the input root may have no feature rows, and what to do about it.
 NOT_FEATURIZED = (
-    "mobilenet_features has no rows for them: featurize them with `fruits run` without "
-    "--classes (in the UI: materialize their mobilenet_features partitions), or see "
-    "labeled_images/rejected for a class whose every photo was rejected"
+    "mobilenet_features has none of their rows: featurize them with `fruits run` without "
+    "--classes (in the UI: materialize their mobilenet_features partitions) or, if every "
+    "photo of a class was rejected, see labeled_images/rejected"
 )
 
 # One row per published model: the PCA's components and how k was chosen.
@@ -124,8 +124,9 @@ def pca_model(
     current = current_features(context, datasets)
     weights_sha256 = current.weights_sha256()
     if current.without_features:
+        n = len(current.without_features)
         context.log.warning(
-            f"fitting the PCA without {len(current.without_features)} classes: "
+            f"fitting the PCA without {n} class{'' if n == 1 else 'es'}: "
             f"{checks.a_few(current.without_features)}; {NOT_FEATURIZED}"
         )
     moments, fit_on = training_moments(context, datasets, current)

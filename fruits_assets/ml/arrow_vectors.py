@@ -5,8 +5,9 @@ import pyarrow as pa
 
 
 def list_array(rows: np.ndarray) -> pa.ListArray:
-    """A matrix as an Arrow array<float> column, one list per row, over the matrix's own values
-    (Spark reads it as `array<float>` from `mapInArrow`)."""
+    """A matrix as an Arrow array<float> column, one list per row, without a Python object per
+    value (Spark reads it as `array<float>` from `mapInArrow`)."""
     rows = np.ascontiguousarray(rows, dtype=np.float32)
-    offsets = np.arange(len(rows) + 1, dtype=np.int32) * np.int32(rows.shape[1])
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(rows.reshape(-1)))
+    # Arrow lists hold 32-bit offsets: a batch past 2**31 values fails here rather than wraps.
+    offsets = pa.array(np.arange(len(rows) + 1, dtype=np.int64) * rows.shape[1], type=pa.int32())
+    return pa.ListArray.from_arrays(offsets, pa.array(rows.reshape(-1)))

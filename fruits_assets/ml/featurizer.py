@@ -267,7 +267,6 @@ def worker_featurizer(key: str, model, threads: int) -> Featurizer:
     return _WORKER_FEATURIZERS[key]
 
 
-# The MobileNetV2 vector, and the colour histogram the classifier also uses (cheap next to it).
 # Per photo, whether its vectors hold only finite values (`all_finite`).
 ALL_FINITE = "all_finite"
 
@@ -286,8 +285,8 @@ def featurized(df, model: bytes, sha256: str, batch_size: int, threads: int, kee
     `features`, `color_histogram` and `all_finite` flag: the TFLite model broadcast once, one
     interpreter per Python worker process for the whole stage.
 
-    From and to Arrow batches (`mapInArrow`): the vectors reach Spark as the matrix's own
-    values, where a pandas UDF's result would be converted to Arrow one float at a time."""
+    From and to Arrow batches (`mapInArrow`): the vectors reach Spark as contiguous values,
+    without a Python object per value."""
     import pyarrow as pa
     from pyspark.sql import types as T
 
@@ -296,6 +295,7 @@ def featurized(df, model: bytes, sha256: str, batch_size: int, threads: int, kee
     broadcast = df.sparkSession.sparkContext.broadcast(model)
     key = f"{sha256}:{batch_size}"
     vector = T.ArrayType(T.FloatType())
+    # The MobileNetV2 vector, and the colour histogram the classifier also uses (cheap next to it).
     schema = T.StructType(
         [
             *(df.schema[name] for name in keep),
@@ -309,7 +309,7 @@ def featurized(df, model: bytes, sha256: str, batch_size: int, threads: int, kee
         model = worker_featurizer(key, lambda: broadcast.value, threads)
         for batch in batches:
             # The histogram rides along: the image bytes cross to Python and are decoded once.
-            features, histograms = model.with_histograms(batch.column(len(keep)).to_pylist())
+            features, histograms = model.with_histograms(batch.column("content").to_pylist())
             yield pa.RecordBatch.from_arrays(
                 [
                     *batch.columns[: len(keep)],
