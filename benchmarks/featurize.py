@@ -10,6 +10,12 @@ memory is the RSS of the whole process tree (driver, JVM, Python workers), sampl
 The project converts the weights to a TFLite model once per weights file and caches it:
 `project` runs with that cache filled (by an untimed conversion before the first repetition,
 whose time is printed), `project_cold` with an empty cache each time (conversion timed).
+
+`project_int8` and `tflite_int8` are the opt-in int8 featurizer (`--precision int8`). Each
+`project_int8` repetition is the first int8 run of a new output root: it reads its calibration
+sample from the accepted photos (timed), then finds the quantized model in the converter's cache
+(filled by the first repetition's untimed warm-up run). `tflite_int8` runs a model quantized the
+same way on 128 photos of the input, converted before the first repetition.
 """
 
 from __future__ import annotations
@@ -39,10 +45,12 @@ VARIANTS = {
     "tf": "(c) plain TensorFlow, one process, batches of 64, tf.function",
     "tf16": "(c') plain TensorFlow, one process, batches of 16",
     "tflite": "(d) plain TFLite (XNNPACK), one process, 2 threads, batch 1",
+    "project_int8": "(a8) mobilenet_features at --precision int8, on local Spark",
+    "tflite_int8": "(d8) plain TFLite int8 (XNNPACK), one process, 2 threads, batch 1",
 }
 
 
-def run_project(images: str, weights: str, workdir: str) -> int:
+def run_project(images: str, weights: str, workdir: str, precision: str = "float32") -> int:
     import dagster as dg
 
     from fruits_assets import runner
@@ -51,7 +59,9 @@ def run_project(images: str, weights: str, workdir: str) -> int:
     from fruits_assets.settings import FruitsSettings
 
     instance = dg.DagsterInstance.ephemeral()
-    settings = FruitsSettings.from_env(images=images, output=workdir, weights=weights)
+    settings = FruitsSettings.from_env(
+        images=images, output=workdir, weights=weights, precision=precision
+    )
     plan = runner.plan(settings, instance)
     job = build_definitions(settings).resolve_implicit_global_asset_job_def()
     tags = range_tags(plan.classes[0], plan.classes[-1])
@@ -111,6 +121,21 @@ def run_tflite(images: str, weights: str, workdir: str) -> int:
     )
 
 
+def calibration_photos(images: str) -> list[bytes]:
+    """128 photos spread over the input, in a fixed order (for `tflite_int8`)."""
+    files = sorted(Path(images).rglob("*.jpg"))
+    return [f.read_bytes() for f in files[:: max(1, len(files) // 128)][:128]]
+
+
+def run_tflite_int8(images: str, weights: str, workdir: str) -> int:
+    """The int8 model alone, 2 XNNPACK threads, no Spark (converted before: a cache hit)."""
+    from fruits_assets.ml import featurizer
+
+    info = featurizer.resolve_weights(weights)
+    model = featurizer.int8_model(info, 1, calibration_photos(images))[0]
+    return run_in_process(images, lambda: featurizer.Featurizer(model, threads=2))
+
+
 def child(variant: str, images: str, weights: str, result_path: str) -> None:
     with tempfile.TemporaryDirectory(prefix=f"bench_{variant}_") as workdir:
         runner = {
@@ -120,6 +145,8 @@ def child(variant: str, images: str, weights: str, result_path: str) -> None:
             "tf": run_tf,
             "tf16": lambda *a: run_tf(*a, batch=16),
             "tflite": run_tflite,
+            "project_int8": lambda *a: run_project(*a, precision="int8"),
+            "tflite_int8": run_tflite_int8,
         }[variant]
         n = runner(images, weights, workdir)
         seconds = time.perf_counter() - STARTED
@@ -163,11 +190,17 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--json", help="also write the raw results here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--convert-int8", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
     images, weights = str(Path(args.images).resolve()), str(Path(args.weights).resolve())
     if args.child:
         child(args.child, images, weights, args.result)
+        return
+    if args.convert_int8:
+        from fruits_assets.ml import featurizer
+
+        featurizer.int8_model(featurizer.resolve_weights(weights), 1, calibration_photos(images))
         return
 
     machine = describe()
@@ -178,6 +211,16 @@ def main() -> None:
     subprocess.run([sys.executable, "-c", CONVERT, weights], check=True, env=env)
     print(f"one-off TFLite conversion (fresh process, TensorFlow import included): "
           f"{time.perf_counter() - started:.1f} s")  # fmt: skip
+    if "tflite_int8" in args.variants:
+        started = time.perf_counter()
+        subprocess.run(
+            [sys.executable, __file__, "--convert-int8", "--images", images, "--weights", weights],
+            check=True,
+            env=env,
+        )
+        print(f"one-off int8 conversion for tflite_int8: {time.perf_counter() - started:.1f} s")
+    if "project_int8" in args.variants:  # fills the cache with the asset's own calibration
+        measure("project_int8", images, weights, cache)
     runs: dict[str, list[dict]] = {v: [] for v in args.variants}
     for rep in range(args.reps):  # interleaved, so drift in the machine hits every variant
         for variant in args.variants:
@@ -215,6 +258,12 @@ def main() -> None:
         print(f"a/c' (project / plain TF b16):    {rate['project'] / rate['tf16']:.0%}")
     if "project" in rate and "tflite" in rate:
         print(f"a/d (project / plain TFLite):     {rate['project'] / rate['tflite']:.0%}")
+    if "project_int8" in rate and "tflite_int8" in rate:
+        print(f"a8/d8 (int8 / plain TFLite int8): {rate['project_int8'] / rate['tflite_int8']:.0%}")
+    if "project_int8" in rate and "project" in rate:
+        print(f"a8/a (int8 / float32 project):    {rate['project_int8'] / rate['project']:.2f}x")
+    if "tflite_int8" in rate and "tflite" in rate:
+        print(f"d8/d (int8 / float32 TFLite):     {rate['tflite_int8'] / rate['tflite']:.2f}x")
     shutil.rmtree(cache, ignore_errors=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": machine, "runs": runs}, indent=1))

@@ -80,6 +80,7 @@ def _settings(args: argparse.Namespace, reads_images: bool = True) -> FruitsSett
         images=args.images,
         output=args.output,
         weights=getattr(args, "weights", None),
+        precision=getattr(args, "precision", None),
         variance=getattr(args, "variance", None),
     )
     if settings.demo and reads_images:
@@ -146,7 +147,8 @@ def _print_summary(outcome, output: str) -> None:  # a runner.RunOutcome
         f"features:           {features.get('num_rows', '-')} "
         f"({features.get('images_per_second', '-')} images/s)"
     )
-    print(f"weights:            {features.get('weights_source', '-')}")
+    precision = " (int8 featurizer)" if features.get("precision") == "int8" else ""
+    print(f"weights:            {features.get('weights_source', '-')}{precision}")
     if "WARNING" in features:
         print(f"WARNING:            {features['WARNING']}")
     if pca:
@@ -434,6 +436,12 @@ def _parser() -> argparse.ArgumentParser:
     def pipeline(sub: argparse.ArgumentParser) -> None:
         roots(sub)
         sub.add_argument("--weights", help="imagenet (default) | random | PATH or s3:// .h5")
+        sub.add_argument(
+            "--precision",
+            choices=["float32", "int8"],
+            help="the featurizer's arithmetic: float32 (default, Keras's features) or int8 "
+            "(about twice as fast on CPUs with int8 dot products; different features)",
+        )
         sub.add_argument("--variance", type=float, help="target explained variance (0.99)")
 
     run_parser = commands.add_parser("run", help="materialize the asset graph")

@@ -44,6 +44,11 @@ class FruitsSettings(BaseModel):
     allow_random_fallback: bool = Field(
         False, description="demo only: random weights when ImageNet can't be downloaded"
     )
+    precision: Literal["float32", "int8"] = Field(
+        "float32",
+        description="the featurizer's arithmetic: float32 (Keras's features) or int8 (faster, "
+        "different features)",
+    )
     variance: float = Field(0.99, gt=0, le=1, description="PCA target explained variance")
     accuracy_floor: float = Field(0.9, ge=0, le=1, description="classifier top-1 floor (WARN)")
     classifier_max_iter: int = Field(100, ge=1, description="logistic regression iterations")

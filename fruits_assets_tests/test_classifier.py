@@ -67,7 +67,7 @@ def test_mixed_or_unrecorded_weights_are_refused():
     one = spark.createDataFrame([("a", "Kiwi", "s1"), ("b", "Lemon", "s1")], columns)
     assert features_weights(one) == "s1"
     mixed = spark.createDataFrame([("a", "Kiwi", "s1"), ("b", "Lemon", "s2")], columns)
-    with pytest.raises(dg.Failure, match="mixes 2 sets of weights.*Lemon"):
+    with pytest.raises(dg.Failure, match="mixes 2 featurizers.*Lemon"):
         features_weights(mixed)
     with pytest.raises(dg.Failure, match="does not record its weights"):
         features_weights(one.drop(WEIGHTS_COLUMN))

@@ -7,6 +7,7 @@ import signal
 import subprocess
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -75,6 +76,47 @@ def test_classes_run_on_a_new_output_says_the_other_classes_need_features(
     done = fruits(*args, home=home)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert len(pd.read_csv(output / "features_csv" / "features.csv")) == 45
+
+
+@pytest.mark.slow
+def test_int8_runs_keep_one_quantized_model_and_refuse_to_mix_precisions(
+    tmp_path, fruits360, shared_weights
+):
+    """--precision int8: the features name the quantized model, which is kept beside them and
+    featurizes the output root's later class runs. A class run at the other precision is refused
+    before it featurizes anything: the class keeps its int8 features."""
+    images = copy_classes(fruits360 / "Test", tmp_path / "images", ["Banana 1", "Kiwi 1"])
+    home, output = tmp_path / "dagster_home", tmp_path / "out"
+    args = ("run", "--images", str(images), "--output", str(output), "--weights",
+            str(shared_weights), "--no-classifier")  # fmt: skip
+    done = fruits(*args, "--precision", "int8", home=home)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "(int8 featurizer)" in done.stdout
+    features = read_dataset(output / "mobilenet_features")
+    (identity,) = set(features.weights_sha256)
+    assert "-int8-" in identity
+    models = output / "mobilenet_features" / "_featurizer"
+    assert [m.name for m in models.iterdir()] == [f"{identity}.tflite"]
+    kiwi = features[features.label == "Kiwi 1"].set_index("path").features
+
+    done = fruits(*args, "--classes", "Kiwi 1", home=home)  # float32, the default
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    failures = done.stdout.split("\nFAILED:\n", 1)[1].splitlines()[:-1]
+    assert failures[0].startswith(
+        "  - step mobilenet_features failed: this run featurizes with weights "
+        f"{identity[:12]}…, float32, but the other classes' features were computed with weights "
+        f"{identity[:12]}…, int8: 1 class (Banana 1). Nothing was featurized"
+    ), failures
+    after = read_dataset(output / "mobilenet_features")
+    assert set(after.weights_sha256) == {identity}
+    kept = after[after.label == "Kiwi 1"].set_index("path").features
+    assert all(np.array_equal(kept[p], kiwi[p]) for p in kiwi.index)
+
+    done = fruits(*args, "--classes", "Kiwi 1", "--precision", "int8", home=home)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "int8 featurizer: the model kept in" in done.stdout + done.stderr
+    assert set(read_dataset(output / "mobilenet_features").weights_sha256) == {identity}
+    assert [m.name for m in models.iterdir()] == [f"{identity}.tflite"]
 
 
 @pytest.mark.slow

@@ -49,6 +49,36 @@ def test_conversion_is_cached_per_weights(shared_weights, tmp_path, monkeypatch)
     assert featurizer.tflite_model(info, 1)[0] == first
 
 
+def test_int8_features_stay_close_to_float32_and_are_cached_per_calibration(
+    shared_weights, photos, fruits360, tmp_path, monkeypatch
+):
+    """The int8 model, calibrated on real photos, gives other photos' vectors close to float32's
+    (not equal: an opt-in); the same calibration photos give the same model from the cache."""
+    monkeypatch.setenv("FRUITS_CACHE_DIR", str(tmp_path))
+    info = featurizer.resolve_weights(str(shared_weights))
+    calibration = [p.read_bytes() for p in sorted((fruits360 / "Training" / "Lemon 1").glob("*"))]
+    int8, sha256 = featurizer.int8_model(info, 1, calibration[:8])
+    assert sha256 == info.sha256
+    identity = featurizer.int8_identity(sha256, int8)
+    assert identity.startswith(featurizer.int8_prefix(info.sha256)) and identity != sha256
+    float32, _ = featurizer.tflite_model(info, 1)
+    assert len(int8) < len(float32) // 3  # int8 weights: a quarter of float32's bytes
+    ours, theirs = (featurizer.Featurizer(m)(photos) for m in (int8, float32))
+    cosine = (ours * theirs).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(theirs, axis=1)
+    assert cosine.min() > 0.97, cosine
+    assert np.abs(ours - theirs).max() > 1e-3  # a different model, not float32 under a new name
+
+    def fail(*_, **__):
+        raise AssertionError("converted again")
+
+    monkeypatch.setattr(featurizer, "convert_to_tflite", fail)
+    assert featurizer.int8_model(info, 1, calibration[:8])[0] == int8
+    with pytest.raises(AssertionError, match="converted again"):  # other photos: another model
+        featurizer.int8_model(info, 1, calibration[8:16])
+    with pytest.raises(ValueError, match="calibrates on accepted photos"):
+        featurizer.int8_model(info, 1, [])
+
+
 def test_random_weights_are_reproducible(tmp_path, monkeypatch):
     """The demo's random model is seeded: same digest, same features, run after run."""
     monkeypatch.setenv("FRUITS_CACHE_DIR", str(tmp_path))

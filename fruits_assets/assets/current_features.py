@@ -9,7 +9,7 @@ import dagster as dg
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from fruits_assets.ml import splits
+from fruits_assets.ml import featurizer, splits
 from fruits_assets.partitions import registered_classes
 from fruits_assets.storage import filesystem, layout
 from fruits_assets.storage.datasets import Datasets, labels_filter
@@ -66,6 +66,49 @@ def current_features(context: dg.AssetExecutionContext, datasets: Datasets) -> C
         training_rows=sum(g["train"] or 0 for g in groups if g[layout.LABEL_COLUMN] in registered)
         if folders
         else rows,
+    )
+
+
+def other_featurizers(
+    context: dg.AssetExecutionContext, datasets: Datasets, identity: str
+) -> dict[str, set[str]]:
+    """The featurizers (weights column values) other than `identity` that computed the stored
+    features of registered classes outside this run, each with those classes: a run of some
+    classes must featurize them as the others were, or the PCA would mix two feature spaces."""
+    if not datasets.exists(layout.MOBILENET_FEATURES):
+        return {}
+    outside = set(registered_classes(context.instance)) - set(context.partition_keys)
+    if not outside:
+        return {}
+    table = datasets.read(layout.MOBILENET_FEATURES)
+    groups = datasets.remembered(
+        layout.MOBILENET_FEATURES, FACTS, lambda: _kept_groups(datasets, table)
+    )
+    others: dict[str, set[str]] = {}
+    for g in groups:
+        if g[layout.LABEL_COLUMN] in outside and g["w"] is not None and g["w"] != identity:
+            others.setdefault(g["w"], set()).add(g[layout.LABEL_COLUMN])
+    return others
+
+
+def refuse_other_featurizers(
+    context: dg.AssetExecutionContext, datasets: Datasets, identity: str
+) -> None:
+    """Fail, before anything is featurized, a run of some classes whose featurizer (weights or
+    precision) is not the one the other classes' stored features were computed with."""
+    others = other_featurizers(context, datasets, identity)
+    if not others:
+        return
+    detail = "; ".join(
+        f"{_featurizer_name(sha)}: {len(labels)} class{'' if len(labels) == 1 else 'es'} "
+        f"({', '.join(sorted(labels)[:3])}{', …' if len(labels) > 3 else ''})"
+        for sha, labels in sorted(others.items())
+    )
+    raise dg.Failure(
+        description=f"this run featurizes with {_featurizer_name(identity)}, but the other "
+        f"classes' features were computed with {detail}. Nothing was featurized: rerun these "
+        "classes with the other classes' --weights and --precision, or run every class (`fruits "
+        "run` without --classes) to change them"
     )
 
 
@@ -176,10 +219,17 @@ def _one_set_of_weights(weights: dict[str | None, set[str]]) -> str:
         )
     if len(weights) != 1:
         detail = "; ".join(
-            f"{sha[:12]}…: {', '.join(sorted(labels)[:5])}" for sha, labels in weights.items()
+            f"{_featurizer_name(sha)}: {', '.join(sorted(labels)[:5])}"
+            for sha, labels in sorted(weights.items())
         )
         raise dg.Failure(
-            description=f"mobilenet_features mixes {len(weights)} sets of weights across classes "
-            f"({detail}): rerun the classes with one --weights"
+            description=f"mobilenet_features mixes {len(weights)} featurizers across classes "
+            f"({detail}): rerun the classes with one --weights and one --precision"
         )
     return next(iter(weights))
+
+
+def _featurizer_name(identity: str) -> str:
+    """A featurizer's identity (the weights column) as a user reads it: weights and precision."""
+    weights, int8, _ = identity.partition(featurizer.INT8_MARK)
+    return f"weights {weights[:12]}…, {'int8' if int8 else 'float32'}"

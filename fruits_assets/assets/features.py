@@ -9,7 +9,7 @@ from dagster_pyspark import LazyPySparkResource
 from pyspark.sql import functions as F
 
 from fruits_assets.assets import checks
-from fruits_assets.assets.current_features import WEIGHTS_COLUMN
+from fruits_assets.assets.current_features import WEIGHTS_COLUMN, refuse_other_featurizers
 from fruits_assets.assets.images import labeled_images
 from fruits_assets.assets.publishing import Publication, publish_or_fail
 from fruits_assets.ml import color, featurizer
@@ -37,6 +37,52 @@ def weights_with_demo_fallback(
         warning = f"{RANDOM_WEIGHTS_WARNING} ({settings.weights!r} unavailable: {exc})"
         context.log.warning(warning)
         return featurizer.resolve_weights("random"), warning
+
+
+def int8_model(
+    context: dg.AssetExecutionContext,
+    datasets: Datasets,
+    info: featurizer.WeightsInfo,
+    batch_size: int,
+) -> tuple[bytes, str]:
+    """The int8 model this output root's features are computed with, and its identity.
+
+    Its quantization depends on the photos it was calibrated on, so every class of an output root
+    is featurized with one model: the one kept beside the features by the first int8 run, else
+    one calibrated now on a fixed sample of the accepted photos (spread over every class)."""
+    sha256 = (
+        featurizer.tflite_model(info, batch_size)[1] if info.is_random else info.sha256
+    )  # random weights: their digest, from the model
+    folder = layout.featurizer_models_dir(datasets.output)
+    kept = sorted(
+        (
+            i
+            for i in filesystem.list_entries(folder)
+            if i.base_name.startswith(featurizer.int8_prefix(sha256))
+            and i.base_name.endswith(".tflite")
+        ),
+        key=lambda i: i.mtime_ns or 0,
+    )
+    if kept:  # one, unless the file was replaced by hand: the latest
+        identity = kept[-1].base_name[: -len(".tflite")]
+        context.log.info(f"int8 featurizer: the model kept in {folder} ({identity})")
+        return filesystem.read_bytes(filesystem.join(folder, kept[-1].base_name)), identity
+    photos = [
+        row["content"]
+        for row in datasets.read(layout.ACCEPTED_IMAGES)
+        .select("path", "content")
+        .orderBy(F.xxhash64("path"), "path")
+        .limit(featurizer.CALIBRATION_PHOTOS)
+        .collect()
+    ]
+    started = time.perf_counter()
+    model, sha256 = featurizer.int8_model(info, batch_size, photos)
+    identity = featurizer.int8_identity(sha256, model)
+    context.log.info(
+        f"int8 featurizer: quantized, calibrated on {len(photos)} accepted photos "
+        f"({time.perf_counter() - started:.1f} s): {identity}"
+    )
+    return model, identity
 
 
 @dg.asset(
@@ -71,13 +117,18 @@ def mobilenet_features(
     settings = featurizer_settings
     labels = set(context.partition_keys)
     info, warning = weights_with_demo_fallback(context, settings)
-    model, sha256 = featurizer.tflite_model(info, settings.batch_size)
-    # Kept beside the features: the classifier exports the model that really computed them.
+    datasets = Datasets(spark, storage, context.run.run_id)
+    if settings.precision == "int8":
+        model, sha256 = int8_model(context, datasets, info, settings.batch_size)
+    else:
+        model, sha256 = featurizer.tflite_model(info, settings.batch_size)
+    refuse_other_featurizers(context, datasets, sha256)
+    # Kept beside the features: the classifier exports the model that really computed them,
+    # and later int8 runs on this output root featurize with the same quantized model.
     model_path = layout.featurizer_model_path(storage.output, sha256)
     if not filesystem.exists(model_path):
         filesystem.write_bytes(model_path, model)
 
-    datasets = Datasets(spark, storage, context.run.run_id)
     # The featurizer says whether a row's values are all finite (`featurizer.all_finite`): the
     # flag stays with the staged rows for the audit (and any failed rows kept for inspection),
     # not in the published table.
@@ -133,7 +184,8 @@ def mobilenet_features(
         "weights": info.spec,
         "weights_source": info.source,
         "weights_sha256": sha256,
-        "runtime": f"TFLite float32 on XNNPACK, batch {settings.batch_size}, "
+        "precision": settings.precision,
+        "runtime": f"TFLite {settings.precision} on XNNPACK, batch {settings.batch_size}, "
         f"{settings.threads_per_task} thread(s) per task",
         "classes_in_run": len(labels),
         "featurize_seconds": round(seconds, 2),

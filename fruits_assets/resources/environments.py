@@ -35,6 +35,7 @@ def shared_resources(settings: FruitsSettings, check_weights: bool = True) -> di
         "featurizer_settings": FeaturizerSettings(
             weights=settings.weights,
             allow_random_fallback=settings.allow_random_fallback,
+            precision=settings.precision,
             check_on_start=check_weights,
         ),
         "classifier_settings": ClassifierSettings(

@@ -56,9 +56,14 @@ def rejected_images_dir(output_root: str) -> str:
     return dataset_dir(output_root, REJECTED_IMAGES)
 
 
+def featurizer_models_dir(output_root: str) -> str:
+    """The TFLite models that computed the stored features (the `_` keeps them out of the data)."""
+    return join(output_root, MOBILENET_FEATURES, "_featurizer")
+
+
 def featurizer_model_path(output_root: str, weights_sha256: str) -> str:
-    """The TFLite model that computed the stored features (the `_` keeps it out of the dataset)."""
-    return join(output_root, MOBILENET_FEATURES, "_featurizer", f"{weights_sha256}.tflite")
+    """The TFLite model named by the features' weights column (`weights_sha256`)."""
+    return join(featurizer_models_dir(output_root), f"{weights_sha256}.tflite")
 
 
 def training_moments_path(output_root: str) -> str:
