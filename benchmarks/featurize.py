@@ -14,8 +14,8 @@ whose time is printed), `project_cold` with an empty cache each time (conversion
 `project_int8` and `tflite_int8` are the opt-in int8 featurizer (`--precision int8`). Each
 `project_int8` repetition is the first int8 run of a new output root: it reads its calibration
 sample from the accepted photos (timed), then finds the quantized model in the converter's cache
-(filled by the first repetition's untimed warm-up run). `tflite_int8` runs a model quantized the
-same way on 128 photos of the input, converted before the first repetition.
+(filled by an untimed warm-up run before the first repetition). `tflite_int8` runs a model
+quantized the same way on 128 photos of the input, converted before the first repetition.
 """
 
 from __future__ import annotations

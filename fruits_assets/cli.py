@@ -440,7 +440,7 @@ def _parser() -> argparse.ArgumentParser:
             "--precision",
             choices=["float32", "int8"],
             help="the featurizer's arithmetic: float32 (default, Keras's features) or int8 "
-            "(about twice as fast on CPUs with int8 dot products; different features)",
+            "(faster on CPUs with int8 dot products; different features)",
         )
         sub.add_argument("--variance", type=float, help="target explained variance (0.99)")
 

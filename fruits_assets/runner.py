@@ -252,8 +252,14 @@ def rehearse(settings: FruitsSettings, images_per_class: int = 8, reruns: int = 
         failpoints.suspended(),
     ):
         images = demo_data.generate(os.path.join(scratch, "images"), images_per_class)
+        # float32 whatever the setting: the rehearsal warms code paths, and an int8 model is
+        # calibrated on a user's own photos, once per output root.
         rehearsal = settings.model_copy(
-            update={"images": str(images), "output": os.path.join(scratch, "output")}
+            update={
+                "images": str(images),
+                "output": os.path.join(scratch, "output"),
+                "precision": "float32",
+            }
         )
         defs = build_definitions(rehearsal)
         job = defs.resolve_job_def(ALL_ASSETS_JOB)

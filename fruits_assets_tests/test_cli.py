@@ -83,8 +83,9 @@ def test_int8_runs_keep_one_quantized_model_and_refuse_to_mix_precisions(
     tmp_path, fruits360, shared_weights
 ):
     """--precision int8: the features name the quantized model, which is kept beside them and
-    featurizes the output root's later class runs. A class run at the other precision is refused
-    before it featurizes anything: the class keeps its int8 features."""
+    featurizes the output root's later class runs (a kept copy cut short is made again). A class
+    run at the other precision is refused before it featurizes anything: the class keeps its
+    int8 features."""
     images = copy_classes(fruits360 / "Test", tmp_path / "images", ["Banana 1", "Kiwi 1"])
     home, output = tmp_path / "dagster_home", tmp_path / "out"
     args = ("run", "--images", str(images), "--output", str(output), "--weights",
@@ -97,6 +98,7 @@ def test_int8_runs_keep_one_quantized_model_and_refuse_to_mix_precisions(
     assert "-int8-" in identity
     models = output / "mobilenet_features" / "_featurizer"
     assert [m.name for m in models.iterdir()] == [f"{identity}.tflite"]
+    model = (models / f"{identity}.tflite").read_bytes()
     kiwi = features[features.label == "Kiwi 1"].set_index("path").features
 
     done = fruits(*args, "--classes", "Kiwi 1", home=home)  # float32, the default
@@ -105,7 +107,8 @@ def test_int8_runs_keep_one_quantized_model_and_refuse_to_mix_precisions(
     assert failures[0].startswith(
         "  - step mobilenet_features failed: this run featurizes with weights "
         f"{identity[:12]}…, float32, but the other classes' features were computed with weights "
-        f"{identity[:12]}…, int8: 1 class (Banana 1). Nothing was featurized"
+        f"{identity[:12]}…, int8 model {identity.split('-int8-')[1][:8]}…: 1 class (Banana 1). "
+        "Nothing was featurized"
     ), failures
     after = read_dataset(output / "mobilenet_features")
     assert set(after.weights_sha256) == {identity}
@@ -116,7 +119,14 @@ def test_int8_runs_keep_one_quantized_model_and_refuse_to_mix_precisions(
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "int8 featurizer: the model kept in" in done.stdout + done.stderr
     assert set(read_dataset(output / "mobilenet_features").weights_sha256) == {identity}
+
+    (models / f"{identity}.tflite").write_bytes(model[: len(model) // 2])  # a write cut short
+    done = fruits(*args, "--classes", "Kiwi 1", "--precision", "int8", home=home)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "is damaged; calibrating anew" in done.stdout + done.stderr
+    assert set(read_dataset(output / "mobilenet_features").weights_sha256) == {identity}
     assert [m.name for m in models.iterdir()] == [f"{identity}.tflite"]
+    assert (models / f"{identity}.tflite").read_bytes() == model
 
 
 @pytest.mark.slow

@@ -25,7 +25,8 @@ class CurrentFeatures:
     classes: list[str]  # the fruit_class partitions: the class folders of the input root
     stale: list[str]  # stored classes not under the input root (another dataset's leftovers)
     without_features: list[str]  # registered classes with no feature rows (not yet materialized)
-    # For each set of weights in `df`, the classes computed with it (None: not recorded).
+    # For each featurizer in `df` (the weights column: the weights' sha256, and for the int8
+    # featurizer its model's), the classes computed with it (None: not recorded).
     weights: dict[str | None, set[str]]
     rows: int  # the number of rows in `df`
     # Whether the dataset's Training/Test folders split every class of `df` (`splits.with_split`).
@@ -33,8 +34,8 @@ class CurrentFeatures:
     training_rows: int = -1  # the rows of `df` a model learns from (`splits.training_rows`)
 
     def weights_sha256(self) -> str:
-        """The sha256 of the weights every current row was computed with (see
-        `features_weights`), from the facts gathered with the rows: no further Spark job."""
+        """The featurizer every current row was computed with, as the weights column names it
+        (see `features_weights`), from the facts gathered with the rows: no further Spark job."""
         return _one_set_of_weights(self.weights)
 
 
@@ -70,11 +71,12 @@ def current_features(context: dg.AssetExecutionContext, datasets: Datasets) -> C
 
 
 def other_featurizers(
-    context: dg.AssetExecutionContext, datasets: Datasets, identity: str
+    context: dg.AssetExecutionContext, datasets: Datasets, identity: str, prefix: bool = False
 ) -> dict[str, set[str]]:
-    """The featurizers (weights column values) other than `identity` that computed the stored
-    features of registered classes outside this run, each with those classes: a run of some
-    classes must featurize them as the others were, or the PCA would mix two feature spaces."""
+    """The featurizers (weights column values) other than `identity` (`prefix`: not beginning
+    with it) that computed the stored features of registered classes outside this run, each
+    with those classes: a run of some classes must featurize them as the others were, or the
+    PCA would mix two feature spaces."""
     if not datasets.exists(layout.MOBILENET_FEATURES):
         return {}
     outside = set(registered_classes(context.instance)) - set(context.partition_keys)
@@ -86,17 +88,20 @@ def other_featurizers(
     )
     others: dict[str, set[str]] = {}
     for g in groups:
-        if g[layout.LABEL_COLUMN] in outside and g["w"] is not None and g["w"] != identity:
-            others.setdefault(g["w"], set()).add(g[layout.LABEL_COLUMN])
+        w = g["w"]
+        same = w is not None and (w.startswith(identity) if prefix else w == identity)
+        if g[layout.LABEL_COLUMN] in outside and w is not None and not same:
+            others.setdefault(w, set()).add(g[layout.LABEL_COLUMN])
     return others
 
 
 def refuse_other_featurizers(
-    context: dg.AssetExecutionContext, datasets: Datasets, identity: str
+    context: dg.AssetExecutionContext, datasets: Datasets, identity: str, prefix: bool = False
 ) -> None:
     """Fail, before anything is featurized, a run of some classes whose featurizer (weights or
-    precision) is not the one the other classes' stored features were computed with."""
-    others = other_featurizers(context, datasets, identity)
+    precision; `prefix`: any whose identity begins with `identity`) is not the one the other
+    classes' stored features were computed with."""
+    others = other_featurizers(context, datasets, identity, prefix)
     if not others:
         return
     detail = "; ".join(
@@ -113,8 +118,9 @@ def refuse_other_featurizers(
 
 
 def features_weights(features: DataFrame) -> str:
-    """The sha256 of the weights every feature row was computed with; mixed weights (or rows
-    from a version that did not record them) fail, as a PCA over them would mean nothing."""
+    """The featurizer every feature row was computed with (the weights column's value); mixed
+    featurizers (or rows from a version that did not record them) fail, as a PCA over them
+    would mean nothing."""
     _, weights, _ = _weights_by_class(_groups(features), None, WEIGHTS_COLUMN in features.columns)
     return _one_set_of_weights(weights)
 
@@ -231,5 +237,7 @@ def _one_set_of_weights(weights: dict[str | None, set[str]]) -> str:
 
 def _featurizer_name(identity: str) -> str:
     """A featurizer's identity (the weights column) as a user reads it: weights and precision."""
-    weights, int8, _ = identity.partition(featurizer.INT8_MARK)
-    return f"weights {weights[:12]}…, {'int8' if int8 else 'float32'}"
+    weights, int8, model = identity.partition(featurizer.INT8_MARK)
+    if not int8:
+        return f"weights {weights[:12]}…, float32"
+    return f"weights {weights[:12]}…, int8" + (f" model {model[:8]}…" if model else "")

@@ -49,10 +49,15 @@ def int8_model(
 
     Its quantization depends on the photos it was calibrated on, so every class of an output root
     is featurized with one model: the one kept beside the features by the first int8 run, else
-    one calibrated now on a fixed sample of the accepted photos (spread over every class)."""
+    one calibrated now on a fixed sample of the accepted photos (chosen by a hash of their bytes:
+    the same photos give the same model, wherever they are stored)."""
+    # Random weights (demo only) are named by their digest, from the model.
     sha256 = (
-        featurizer.tflite_model(info, batch_size)[1] if info.is_random else info.sha256
-    )  # random weights: their digest, from the model
+        featurizer.weights_digest(featurizer.build_model(None)) if info.is_random else info.sha256
+    )
+    # A run of some classes is refused before any calibration when the other classes' features
+    # are not int8 ones of these weights (the exact model is checked once it is known).
+    refuse_other_featurizers(context, datasets, featurizer.int8_prefix(sha256), prefix=True)
     folder = layout.featurizer_models_dir(datasets.output)
     kept = sorted(
         (
@@ -65,13 +70,17 @@ def int8_model(
     )
     if kept:  # one, unless the file was replaced by hand: the latest
         identity = kept[-1].base_name[: -len(".tflite")]
-        context.log.info(f"int8 featurizer: the model kept in {folder} ({identity})")
-        return filesystem.read_bytes(filesystem.join(folder, kept[-1].base_name)), identity
+        model = filesystem.read_bytes(filesystem.join(folder, kept[-1].base_name))
+        if featurizer.int8_identity(sha256, model) == identity:
+            context.log.info(f"int8 featurizer: the model kept in {folder} ({identity})")
+            return model, identity
+        # A write cut short: the same photos calibrate the same model again, under this name.
+        context.log.warning(f"int8 featurizer: {identity}.tflite is damaged; calibrating anew")
     photos = [
         row["content"]
         for row in datasets.read(layout.ACCEPTED_IMAGES)
-        .select("path", "content")
-        .orderBy(F.xxhash64("path"), "path")
+        .select("content")
+        .orderBy(F.xxhash64("content"), "content")
         .limit(featurizer.CALIBRATION_PHOTOS)
         .collect()
     ]
@@ -124,9 +133,10 @@ def mobilenet_features(
         model, sha256 = featurizer.tflite_model(info, settings.batch_size)
     refuse_other_featurizers(context, datasets, sha256)
     # Kept beside the features: the classifier exports the model that really computed them,
-    # and later int8 runs on this output root featurize with the same quantized model.
+    # and later int8 runs on this output root featurize with the same quantized model. Written
+    # again when a write was cut short (a model's size is fixed by its graph).
     model_path = layout.featurizer_model_path(storage.output, sha256)
-    if not filesystem.exists(model_path):
+    if not filesystem.exists(model_path) or filesystem.size(model_path) != len(model):
         filesystem.write_bytes(model_path, model)
 
     # The featurizer says whether a row's values are all finite (`featurizer.all_finite`): the

@@ -142,6 +142,9 @@ def convert_to_tflite(model, batch_size: int, calibration: Sequence[bytes] = ())
     converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
     if calibration:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        # Every op in int8: an op the converter could not quantize fails here, instead of
+        # silently staying float32 in a model said to be int8.
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
 
         def representative() -> Iterator[list[np.ndarray]]:
             batch = np.zeros((batch_size, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.float32)
@@ -186,12 +189,11 @@ def tflite_model(info: WeightsInfo, batch_size: int) -> tuple[bytes, str]:
     return data, info.sha256
 
 
-# The `precision` setting: `float32` gives the features Keras computes (to ~1e-5); `int8` a
-# full-integer quantization of the same model, whose features differ from float32's (cosine
-# ~0.995 on Fruits-360) and whose model runs in half the time on a core with int8 dot products
-# (AVX-512 VNNI): an opt-in, never the default.
-# Photos the int8 quantization calibrates its activation ranges on: TFLite's guidance is 100 to
-# 500; each takes the converter ~50 ms, once per output root.
+# The int8 featurizer (the `precision` setting's opt-in): a full-integer quantization of the
+# model, whose features differ from float32's (cosine ~0.995 on Fruits-360) and which runs in
+# half the time on a core with int8 dot products (AVX-512 VNNI).
+# Photos it calibrates its activation ranges on: TFLite's guidance is 100 to 500; each takes the
+# converter ~50 ms, once per output root.
 CALIBRATION_PHOTOS = 128
 # Between the weights' sha256 and the model's in an int8 featurizer's identity.
 INT8_MARK = "-int8-"
@@ -210,12 +212,13 @@ def int8_identity(weights_sha256: str, model: bytes) -> str:
 
 def int8_model(info: WeightsInfo, batch_size: int, photos: Sequence[bytes]) -> tuple[bytes, str]:
     """The model quantized to int8 (weights per channel, activations calibrated on `photos`), and
-    the weights' sha256; converted once per weights, batch size, converter and set of photos."""
+    the weights' sha256; converted once per weights, batch size, converter and set of photos (in
+    whatever order they come: they are calibrated on in the order of their digests)."""
     if not photos:
         raise ValueError("the int8 featurizer calibrates on accepted photos, and there are none")
-    calibration = hashlib.sha256()
-    for photo in photos:
-        calibration.update(hashlib.sha256(photo).digest())
+    by_digest = sorted((hashlib.sha256(photo).digest(), photo) for photo in photos)
+    photos = [photo for _, photo in by_digest]
+    calibration = hashlib.sha256(b"".join(digest for digest, _ in by_digest))
     if info.is_random:
         keras_model = build_model(None)
         sha256 = weights_digest(keras_model)

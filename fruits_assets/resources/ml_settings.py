@@ -17,9 +17,9 @@ class FeaturizerSettings(dg.ConfigurableResource):
     # thread), 16 slower (≈147); 1 never pads. See BENCHMARKS.md.
     batch_size: int = 1
     threads_per_task: int = 1  # one XNNPACK thread per Spark task slot: no oversubscription
-    # float32: Keras's features. int8: a quantized model, about twice as fast on CPUs with int8
-    # dot products, whose features differ (`featurizer.PRECISIONS`); classes featurized at one
-    # precision cannot be mixed with classes at the other (the PCA refuses).
+    # float32: Keras's features. int8: a quantized model, whose features differ and which runs
+    # in about half the time on CPUs with int8 dot products (README, "The int8 featurizer"). A
+    # run of some classes must use the other classes' precision (mobilenet_features refuses).
     precision: Literal["float32", "int8"] = "float32"
     # Check the weights when a run that featurizes starts, before any asset rewrites data.
     check_on_start: bool = True
