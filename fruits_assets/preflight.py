@@ -54,10 +54,10 @@ def check_output_root(output_root: str, needed_bytes: int = 0) -> None:
 
 
 @contextmanager
-def _quiet_stderr() -> Iterator[None]:
+def quiet_stderr() -> Iterator[None]:
     """TensorFlow writes start-up chatter to the process's stderr (file descriptor 2, below
-    Python): keep it out of the terminal while the weights are checked, so that a failure's
-    first line is its cause."""
+    Python): keep it out of the terminal while it converts or checks weights, so that a failure's
+    first line is its cause (its exception carries it)."""
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as sink:
@@ -75,7 +75,7 @@ def check_weights(spec: str, batch_size: int, convert: bool = True) -> None:
     from fruits_assets.ml import featurizer
 
     try:
-        with _quiet_stderr():
+        with quiet_stderr():
             info = featurizer.resolve_weights(spec)
             if convert:
                 featurizer.tflite_model(info, batch_size)

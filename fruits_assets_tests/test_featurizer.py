@@ -77,6 +77,8 @@ def test_int8_features_stay_close_to_float32_and_are_cached_per_calibration(
         featurizer.int8_model(info, 1, calibration[8:16])
     with pytest.raises(ValueError, match="calibrates on accepted photos"):
         featurizer.int8_model(info, 1, [])
+    with pytest.raises(ValueError, match="needs trained weights"):  # they quantize to constants
+        featurizer.int8_model(featurizer.resolve_weights("random"), 1, calibration[:8])
 
 
 def test_random_weights_are_reproducible(tmp_path, monkeypatch):

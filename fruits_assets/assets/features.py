@@ -14,6 +14,7 @@ from fruits_assets.assets.images import labeled_images
 from fruits_assets.assets.publishing import Publication, publish_or_fail
 from fruits_assets.ml import color, featurizer
 from fruits_assets.partitions import ONE_RUN_FOR_ALL_CLASSES, fruit_class_partitions
+from fruits_assets.preflight import quiet_stderr
 from fruits_assets.resources.ml_settings import FeaturizerSettings
 from fruits_assets.resources.storage import FruitsStorage
 from fruits_assets.storage import filesystem, layout
@@ -45,16 +46,20 @@ def int8_model(
     info: featurizer.WeightsInfo,
     batch_size: int,
 ) -> tuple[bytes, str]:
-    """The int8 model this output root's features are computed with, and its identity.
+    """The int8 model this output root's features are computed with, and its identity (trained
+    weights only).
 
     Its quantization depends on the photos it was calibrated on, so every class of an output root
     is featurized with one model: the one kept beside the features by the first int8 run, else
     one calibrated now on a fixed sample of the accepted photos (chosen by a hash of their bytes:
     the same photos give the same model, wherever they are stored)."""
-    # Random weights (demo only) are named by their digest, from the model.
-    sha256 = (
-        featurizer.weights_digest(featurizer.build_model(None)) if info.is_random else info.sha256
-    )
+    if info.is_random:
+        raise dg.Failure(
+            description="the int8 featurizer needs trained weights: an untrained MobileNetV2 "
+            "quantized to int8 gives every photo the same features. Use ImageNet's weights or a "
+            ".h5 file (--weights), or --precision float32"
+        )
+    sha256 = info.sha256
     # A run of some classes is refused before any calibration when the other classes' features
     # are not int8 ones of these weights (the exact model is checked once it is known).
     refuse_other_featurizers(context, datasets, featurizer.int8_prefix(sha256), prefix=True)
@@ -85,7 +90,8 @@ def int8_model(
         .collect()
     ]
     started = time.perf_counter()
-    model, sha256 = featurizer.int8_model(info, batch_size, photos)
+    with quiet_stderr():  # TensorFlow's import and the converter's chatter
+        model, sha256 = featurizer.int8_model(info, batch_size, photos)
     identity = featurizer.int8_identity(sha256, model)
     context.log.info(
         f"int8 featurizer: quantized, calibrated on {len(photos)} accepted photos "

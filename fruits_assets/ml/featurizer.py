@@ -220,10 +220,8 @@ def int8_model(info: WeightsInfo, batch_size: int, photos: Sequence[bytes]) -> t
     photos = [photo for _, photo in by_digest]
     calibration = hashlib.sha256(b"".join(digest for digest, _ in by_digest))
     if info.is_random:
-        keras_model = build_model(None)
-        sha256 = weights_digest(keras_model)
-    else:
-        keras_model, sha256 = None, info.sha256
+        raise ValueError("the int8 featurizer needs trained weights, not random ones")
+    sha256 = info.sha256
     path = os.path.join(
         cache_dir("tflite"),
         f"{sha256}-b{batch_size}-tf{_tensorflow_version()}-int8-{calibration.hexdigest()[:16]}"
@@ -232,9 +230,7 @@ def int8_model(info: WeightsInfo, batch_size: int, photos: Sequence[bytes]) -> t
     if os.path.exists(path):
         with open(path, "rb") as handle:
             return handle.read(), sha256
-    if keras_model is None:
-        keras_model = build_model(info.local_path)
-    data = convert_to_tflite(keras_model, batch_size, calibration=photos)
+    data = convert_to_tflite(build_model(info.local_path), batch_size, calibration=photos)
     _write_atomically(path, data)
     return data, sha256
 
