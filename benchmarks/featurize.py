@@ -248,28 +248,27 @@ def main() -> None:
             + f" | {s['median_peak_rss_mib']:.0f} |"
         )
     rate = {v: s["median_images_per_second"] for v, s in summary.items()}
-    if "project" in rate and "seed" in rate:
-        print(f"\na/b (project / seed-style):     {rate['project'] / rate['seed']:.2f}x")
-    if "project_cold" in rate and "seed" in rate:
-        print(f"a'/b (cold cache / seed-style):   {rate['project_cold'] / rate['seed']:.2f}x")
-    if "project" in rate and "tf" in rate:
-        print(f"a/c (project / plain TF ceiling): {rate['project'] / rate['tf']:.0%}")
-    if "project" in rate and "tf16" in rate:
-        print(f"a/c' (project / plain TF b16):    {rate['project'] / rate['tf16']:.0%}")
-    if "project" in rate and "tflite" in rate:
-        print(f"a/d (project / plain TFLite):     {rate['project'] / rate['tflite']:.0%}")
-    if "project_int8" in rate and "tflite_int8" in rate:
-        print(f"a8/d8 (int8 / plain TFLite int8): {rate['project_int8'] / rate['tflite_int8']:.0%}")
-    if "project_int8" in rate and "project" in rate:
-        print(f"a8/a (int8 / float32 project):    {rate['project_int8'] / rate['project']:.2f}x")
-    if "tflite_int8" in rate and "tflite" in rate:
-        print(f"d8/d (int8 / float32 TFLite):     {rate['tflite_int8'] / rate['tflite']:.2f}x")
+    print()
+    for label, a, b, form in RATIOS:
+        if a in rate and b in rate:
+            print(f"{label:33} {form.format(rate[a] / rate[b])}")
     shutil.rmtree(cache, ignore_errors=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": machine, "runs": runs}, indent=1))
 
 
 STARTED = 0.0
+# The ratios printed when both variants ran: (label, numerator, denominator, format).
+RATIOS = (
+    ("a/b (project / seed-style):", "project", "seed", "{:.2f}x"),
+    ("a'/b (cold cache / seed-style):", "project_cold", "seed", "{:.2f}x"),
+    ("a/c (project / plain TF ceiling):", "project", "tf", "{:.0%}"),
+    ("a/c' (project / plain TF b16):", "project", "tf16", "{:.0%}"),
+    ("a/d (project / plain TFLite):", "project", "tflite", "{:.0%}"),
+    ("a8/d8 (int8 / plain TFLite int8):", "project_int8", "tflite_int8", "{:.0%}"),
+    ("a8/a (int8 / float32 project):", "project_int8", "project", "{:.2f}x"),
+    ("d8/d (int8 / float32 TFLite):", "tflite_int8", "tflite", "{:.2f}x"),
+)
 CONVERT = (
     "import sys; from fruits_assets.ml import featurizer; "
     "featurizer.tflite_model(featurizer.resolve_weights(sys.argv[1]), 1)"

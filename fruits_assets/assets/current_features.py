@@ -9,6 +9,7 @@ import dagster as dg
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from fruits_assets.assets import checks
 from fruits_assets.ml import featurizer, splits
 from fruits_assets.partitions import registered_classes
 from fruits_assets.storage import filesystem, layout
@@ -106,7 +107,7 @@ def refuse_other_featurizers(
         return
     detail = "; ".join(
         f"{_featurizer_name(sha)}: {len(labels)} class{'' if len(labels) == 1 else 'es'} "
-        f"({', '.join(sorted(labels)[:3])}{', …' if len(labels) > 3 else ''})"
+        f"({checks.a_few(sorted(labels))})"
         for sha, labels in sorted(others.items())
     )
     raise dg.Failure(

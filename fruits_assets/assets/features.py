@@ -40,7 +40,7 @@ def weights_with_demo_fallback(
         return featurizer.resolve_weights("random"), warning
 
 
-def int8_model(
+def kept_int8_model(
     context: dg.AssetExecutionContext,
     datasets: Datasets,
     info: featurizer.WeightsInfo,
@@ -64,7 +64,7 @@ def int8_model(
     # are not int8 ones of these weights (the exact model is checked once it is known).
     refuse_other_featurizers(context, datasets, featurizer.int8_prefix(sha256), prefix=True)
     folder = layout.featurizer_models_dir(datasets.output)
-    kept = sorted(
+    kept = max(  # one, unless a file was replaced by hand: the latest
         (
             i
             for i in filesystem.list_entries(folder)
@@ -72,10 +72,11 @@ def int8_model(
             and i.base_name.endswith(".tflite")
         ),
         key=lambda i: i.mtime_ns or 0,
+        default=None,
     )
-    if kept:  # one, unless the file was replaced by hand: the latest
-        identity = kept[-1].base_name[: -len(".tflite")]
-        model = filesystem.read_bytes(filesystem.join(folder, kept[-1].base_name))
+    if kept is not None:
+        identity = kept.base_name[: -len(".tflite")]
+        model = filesystem.read_bytes(filesystem.join(folder, kept.base_name))
         if featurizer.int8_identity(sha256, model) == identity:
             context.log.info(f"int8 featurizer: the model kept in {folder} ({identity})")
             return model, identity
@@ -134,7 +135,7 @@ def mobilenet_features(
     info, warning = weights_with_demo_fallback(context, settings)
     datasets = Datasets(spark, storage, context.run.run_id)
     if settings.precision == "int8":
-        model, sha256 = int8_model(context, datasets, info, settings.batch_size)
+        model, sha256 = kept_int8_model(context, datasets, info, settings.batch_size)
     else:
         model, sha256 = featurizer.tflite_model(info, settings.batch_size)
     refuse_other_featurizers(context, datasets, sha256)

@@ -6,7 +6,7 @@ import io
 import os
 import socket
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -172,21 +172,28 @@ def _tensorflow_version() -> str:
     return "unknown"
 
 
+def _converted(name: str, convert: Callable[[], bytes]) -> bytes:
+    """The converted model cached as `name` (weights, batch size, converter version and any
+    calibration in it), converted and cached on a miss: a hit needs no TensorFlow."""
+    path = os.path.join(cache_dir("tflite"), name)
+    if os.path.exists(path):
+        with open(path, "rb") as handle:
+            return handle.read()
+    data = convert()
+    _write_atomically(path, data)
+    return data
+
+
 def tflite_model(info: WeightsInfo, batch_size: int) -> tuple[bytes, str]:
     """The TFLite featurizer for these weights and the weights' sha256; converted once per
     weights file, converter version and batch size, then read from the cache (no TensorFlow)."""
     if info.is_random:
         model = build_model(None)
         return convert_to_tflite(model, batch_size), weights_digest(model)
-    path = os.path.join(
-        cache_dir("tflite"), f"{info.sha256}-b{batch_size}-tf{_tensorflow_version()}.tflite"
-    )
-    if os.path.exists(path):
-        with open(path, "rb") as handle:
-            return handle.read(), info.sha256
-    data = convert_to_tflite(build_model(info.local_path), batch_size)
-    _write_atomically(path, data)
-    return data, info.sha256
+    name = f"{info.sha256}-b{batch_size}-tf{_tensorflow_version()}.tflite"
+    return _converted(
+        name, lambda: convert_to_tflite(build_model(info.local_path), batch_size)
+    ), info.sha256
 
 
 # The int8 featurizer (the `precision` setting's opt-in): a full-integer quantization of the
@@ -214,25 +221,18 @@ def int8_model(info: WeightsInfo, batch_size: int, photos: Sequence[bytes]) -> t
     """The model quantized to int8 (weights per channel, activations calibrated on `photos`), and
     the weights' sha256; converted once per weights, batch size, converter and set of photos (in
     whatever order they come: they are calibrated on in the order of their digests)."""
+    if info.is_random:
+        raise ValueError("the int8 featurizer needs trained weights, not random ones")
     if not photos:
         raise ValueError("the int8 featurizer calibrates on accepted photos, and there are none")
     by_digest = sorted((hashlib.sha256(photo).digest(), photo) for photo in photos)
     photos = [photo for _, photo in by_digest]
-    calibration = hashlib.sha256(b"".join(digest for digest, _ in by_digest))
-    if info.is_random:
-        raise ValueError("the int8 featurizer needs trained weights, not random ones")
-    sha256 = info.sha256
-    path = os.path.join(
-        cache_dir("tflite"),
-        f"{sha256}-b{batch_size}-tf{_tensorflow_version()}-int8-{calibration.hexdigest()[:16]}"
-        ".tflite",
-    )
-    if os.path.exists(path):
-        with open(path, "rb") as handle:
-            return handle.read(), sha256
-    data = convert_to_tflite(build_model(info.local_path), batch_size, calibration=photos)
-    _write_atomically(path, data)
-    return data, sha256
+    calibration = hashlib.sha256(b"".join(digest for digest, _ in by_digest)).hexdigest()[:16]
+    name = f"{info.sha256}-b{batch_size}-tf{_tensorflow_version()}-int8-{calibration}.tflite"
+    return _converted(
+        name,
+        lambda: convert_to_tflite(build_model(info.local_path), batch_size, calibration=photos),
+    ), info.sha256
 
 
 def _decode_rgb(content: bytes):
