@@ -34,12 +34,14 @@ from end_to_end import step_spans  # noqa: E402
 from machine import describe  # noqa: E402
 
 from fruits_assets import dagster_sqlite, partitions  # noqa: E402
-from fruits_assets.cli import INSTANCE_CONFIG  # noqa: E402
+from fruits_assets.cli import INSTANCE_CONFIG, instance_config  # noqa: E402
 from fruits_assets.runner import ALL_CLASSES, PER_CLASS, RUN_CONFIG  # noqa: E402
 from fruits_assets.storage import layout  # noqa: E402
 
 EMPTY_TABLE = dg.MetadataValue.md("| path | reason |\n| --- | --- |")
 WHOLE = tuple(name for name in ALL_CLASSES if name != layout.FRUIT_CLASSIFIER)
+# The instance `fruits` sets up, with Dagster's own event log instead of the batched one.
+UNBATCHED_CONFIG = INSTANCE_CONFIG.split("event_log_storage:")[0]
 CHECKS = {"raw_images": 0, "labeled_images": 1, "mobilenet_features": 2, "pca_model": 2,
           "pca_features_parquet": 3, "features_csv": 3}  # fmt: skip
 
@@ -116,6 +118,9 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--no-class-metadata", action="store_true")
     parser.add_argument("--plain-sqlite", action="store_true", help="without kept_open()")
+    parser.add_argument(
+        "--unbatched", action="store_true", help="Dagster's own SQLite event log, event by event"
+    )
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
@@ -126,7 +131,8 @@ def main() -> None:
     for rep in range(args.reps):
         for n in args.classes:
             with tempfile.TemporaryDirectory(prefix="dagster_overhead_") as home:
-                Path(home, "dagster.yaml").write_text(INSTANCE_CONFIG)
+                config = UNBATCHED_CONFIG if args.unbatched else instance_config(home)
+                Path(home, "dagster.yaml").write_text(config)
                 command = [sys.executable, __file__, "--child", str(n)]
                 command += ["--no-class-metadata"] * args.no_class_metadata
                 command += ["--plain-sqlite"] * args.plain_sqlite

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -27,7 +29,9 @@ ALL_ASSET_NAMES = [
 # The Dagster instance `fruits` creates. A run the UI launches waits in Dagster's queue until the
 # daemon next looks at it: every second rather than Dagster's default five, a sizeable share of a
 # one-class rerun that takes tens of seconds. Its process is one that has already imported Dagster
-# and the pipeline's libraries (`fruits_assets.launcher`).
+# and the pipeline's libraries (`fruits_assets.launcher`). Its event log stores a step's per-class
+# events, a few hundred in a run over every class, in one transaction rather than one each
+# (`fruits_assets.dagster_sqlite`). `instance_config` fills in the home's own folder.
 INSTANCE_CONFIG = """\
 telemetry:
   enabled: false
@@ -36,11 +40,32 @@ run_queue:
 run_launcher:
   module: fruits_assets.launcher
   class: StandbyRunLauncher
+event_log_storage:
+  module: fruits_assets.dagster_sqlite
+  class: BatchedSqliteEventLogStorage
+  config:
+    base_dir: {events}
 """
 PREVIOUS_INSTANCE_CONFIGS = (
     "telemetry:\n  enabled: false\n",
     "telemetry:\n  enabled: false\nrun_queue:\n  dequeue_interval_seconds: 1\n",
+    "telemetry:\n  enabled: false\nrun_queue:\n  dequeue_interval_seconds: 1\n"
+    "run_launcher:\n  module: fruits_assets.launcher\n  class: StandbyRunLauncher\n",
 )
+
+
+def instance_config(home: str) -> str:
+    """INSTANCE_CONFIG for the Dagster home `home`: its event log where Dagster's own would be
+    (a YAML string: JSON's quoting is YAML's)."""
+    events = os.path.join(os.path.abspath(home), "history", "runs", "")
+    return INSTANCE_CONFIG.format(events=json.dumps(events))
+
+
+def _written_by_fruits(config: str) -> bool:
+    """Whether `config` is a dagster.yaml this command wrote, now or in an earlier version (for
+    this home or, moved since, another)."""
+    current = re.escape(INSTANCE_CONFIG).replace(re.escape("{events}"), '".*"')
+    return config in PREVIOUS_INSTANCE_CONFIGS or re.fullmatch(current, config) is not None
 
 
 def _read(path: str) -> str:
@@ -60,9 +85,11 @@ def _instance():  # a DagsterInstance, imported lazily
     os.makedirs(home, exist_ok=True)
     config = os.path.join(home, "dagster.yaml")
     # A user's own dagster.yaml is left as it is; the one this command wrote before is updated.
-    if not os.path.exists(config) or _read(config) in PREVIOUS_INSTANCE_CONFIGS:
+    wanted = instance_config(home)
+    existing = _read(config) if os.path.exists(config) else None
+    if existing is None or (existing != wanted and _written_by_fruits(existing)):
         with open(config, "w") as handle:
-            handle.write(INSTANCE_CONFIG)
+            handle.write(wanted)
     instance = dg.DagsterInstance.get()
     for run_id in runs.fail_dead_runs(instance):
         print(f"run {run_id} was left unfinished by a process that is gone: marked FAILED")

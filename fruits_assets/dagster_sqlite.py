@@ -14,17 +14,27 @@ closes those connections; the last close checkpoints the WAL as before.
 
 Uses SQLAlchemy's public `connect` event, not Dagster's internals, and touches only SQLite
 files under the Dagster home (Postgres storage and in-memory instances are left alone).
+
+`BatchedSqliteEventLogStorage`, the event log of the Dagster home `fruits` sets up, stores the
+events Dagster hands it in batches (a step's per-class materializations, a run's "planned"
+events: a few hundred of each in a run over every class) in one transaction per database
+instead of two connections and two commits per event.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import dagster as dg
+from dagster._core.events import ASSET_EVENTS
+from dagster._core.storage.event_log import SqliteEventLogStorage
+from dagster._serdes import ConfigurableClassData
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
@@ -107,3 +117,62 @@ def kept_open(home: str | None = None) -> Iterator[None]:
     finally:
         event.remove(Engine, "connect", holder.on_connect)
         holder.close()
+
+
+# Events Dagster may hand the storage at once: more than a run over every class plans per asset.
+EVENT_BATCH_SIZE = 1000
+# Rows of one INSERT statement: well under SQLite's limit on a statement's bound values.
+ROWS_PER_INSERT = 200
+
+
+def _is_asset_event(entry: dg.EventLogEntry) -> bool:
+    return entry.is_dagster_event and entry.dagster_event_type in ASSET_EVENTS
+
+
+class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
+    """Dagster's SQLite event log, storing each batch of asset events Dagster hands it in one
+    transaction per database: the run's own log, then its mirror in the event index. The rows
+    are those `SqliteEventLogStorage.store_event` writes for each event, in the same order.
+
+    Dagster batches events only while $DAGSTER_EVENT_BATCH_SIZE is set, and reads it at each
+    event: the storage sets it (unless set already) in every process that loads it, a run's or
+    the UI's. Should a batch fail, Dagster stores it again event by event: the run's log is one
+    statement and the index one transaction, so an event is never half stored, and only a
+    failure of the index after the run's log was written can show an event twice in the log."""
+
+    def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None):
+        os.environ.setdefault("DAGSTER_EVENT_BATCH_SIZE", str(EVENT_BATCH_SIZE))
+        super().__init__(base_dir, inst_data)
+
+    @classmethod
+    def from_config_value(
+        cls, inst_data: ConfigurableClassData | None, config_value: dict[str, Any]
+    ) -> BatchedSqliteEventLogStorage:
+        return cls(inst_data=inst_data, **config_value)
+
+    def store_event_batch(self, events: Sequence[dg.EventLogEntry]) -> None:
+        for (asset_events, _), group in itertools.groupby(
+            events, key=lambda entry: (_is_asset_event(entry), entry.run_id)
+        ):
+            entries = list(group)
+            if not asset_events or len(entries) == 1:  # checks' events go their own way
+                for entry in entries:
+                    self.store_event(entry)
+                continue
+            for start in range(0, len(entries), ROWS_PER_INSERT):
+                self._store_asset_events(entries[start : start + ROWS_PER_INSERT])
+
+    def _store_asset_events(self, entries: list[dg.EventLogEntry]) -> None:
+        """Asset events of one run: what `store_event` writes for each, in two transactions."""
+        with self.run_connection(entries[0].run_id) as conn:
+            conn.execute(self.prepare_insert_event_batch(entries))
+        with self.index_transaction() as conn:
+            ids = [
+                conn.execute(self.prepare_insert_event(entry)).inserted_primary_key[0]
+                for entry in entries
+            ]
+            if None in ids:
+                raise dg.DagsterInvariantViolationError("an asset event was stored without an id")
+            self._store_asset_event_tags(conn, entries, ids)
+            for entry, event_id in zip(entries, ids, strict=True):
+                self._store_asset_event(conn, entry, event_id)

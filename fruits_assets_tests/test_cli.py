@@ -189,11 +189,15 @@ def _processes_with(marker: str) -> list[int]:
     return found
 
 
-@pytest.mark.parametrize("existing", [None, *cli.PREVIOUS_INSTANCE_CONFIGS, "mine"])
+@pytest.mark.parametrize(
+    "existing", [None, *cli.PREVIOUS_INSTANCE_CONFIGS, cli.instance_config("/moved"), "mine"]
+)
 def test_the_instance_takes_queued_runs_every_second(tmp_path, monkeypatch, existing):
-    """The Dagster home `fruits` creates (or created before) launches queued runs, as the UI
-    queues them, within a second, in ready processes; a user's own dagster.yaml is left as it
-    is."""
+    """The Dagster home `fruits` creates (or created before, or created elsewhere before the
+    home was moved) launches queued runs, as the UI queues them, within a second, in ready
+    processes, and stores events in batches in its own folder; a user's own dagster.yaml is
+    left as it is."""
+    from fruits_assets.dagster_sqlite import BatchedSqliteEventLogStorage
     from fruits_assets.launcher import StandbyRunLauncher
 
     home = tmp_path / "home"
@@ -211,9 +215,12 @@ def test_the_instance_takes_queued_runs_every_second(tmp_path, monkeypatch, exis
             assert coordinator.dequeue_interval_seconds == 5  # Dagster's default
             assert coordinator.get_run_queue_config().max_concurrent_runs == 3
         else:
-            assert config.read_text() == cli.INSTANCE_CONFIG
+            assert config.read_text() == cli.instance_config(str(home))
             assert coordinator.dequeue_interval_seconds == 1
             assert isinstance(instance.run_launcher, StandbyRunLauncher)
+            assert isinstance(instance.event_log_storage, BatchedSqliteEventLogStorage)
+            instance.add_dynamic_partitions("fruit", ["Kiwi"])  # a write to the event index
+            assert (home / "history" / "runs" / "index.db").exists()
 
 
 def test_ui_serves_the_lineage_and_stops_on_sigterm(tmp_path):

@@ -5,9 +5,12 @@ of the events it had stored."""
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -16,6 +19,7 @@ from pathlib import Path
 import dagster as dg
 
 from fruits_assets import dagster_sqlite
+from fruits_assets.dagster_sqlite import BatchedSqliteEventLogStorage
 
 CLASSES = [f"Class {i:03d}" for i in range(150)]
 # Run in another process: how many classes of `per_class` the Dagster home has materialized.
@@ -38,10 +42,12 @@ classes = dg.StaticPartitionsDefinition(CLASSES)
 probe = Path(os.environ["PROBE_DIR"])
 COUNT = @COUNT@
 
-@dg.asset(partitions_def=classes, backfill_policy=dg.BackfillPolicy.single_run())
-def per_class(context: dg.AssetExecutionContext) -> None:
+@dg.asset(partitions_def=classes, backfill_policy=dg.BackfillPolicy.single_run(),
+          check_specs=[dg.AssetCheckSpec("balanced", asset="per_class")])
+def per_class(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     for key in context.partition_keys:
         context.add_asset_metadata({"num_images": 1}, partition_key=key)
+    return dg.MaterializeResult(check_results=[dg.AssetCheckResult(passed=True)])
 
 @dg.asset(partitions_def=classes, backfill_policy=dg.BackfillPolicy.single_run(), deps=[per_class])
 def after(context: dg.AssetExecutionContext) -> None:
@@ -64,22 +70,32 @@ RUN = """
 import sys
 sys.path.insert(0, sys.argv[1])
 import dagster as dg
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
 from graph import CLASSES, job
 from fruits_assets import dagster_sqlite
 
+connections = []
 instance = dg.DagsterInstance.get()
+event.listen(Engine, "connect", lambda *_: connections.append(1))
 tags = {"dagster/asset_partition_range_start": CLASSES[0],
         "dagster/asset_partition_range_end": CLASSES[-1]}
 with dagster_sqlite.kept_open():
     assert job.execute_in_process(instance=instance, tags=tags).success
+print("connections", len(connections))
 """
+BATCHED = (
+    "event_log_storage:\n  module: fruits_assets.dagster_sqlite\n"
+    "  class: BatchedSqliteEventLogStorage\n  config:\n    base_dir: {}\n"
+)
 
 
-def _home(tmp_path: Path) -> dict[str, str]:
+def _home(tmp_path: Path, batched: bool = False) -> dict[str, str]:
     home, probe = tmp_path / "home", tmp_path / "probe"
-    home.mkdir()
+    home.mkdir(parents=True)
     probe.mkdir()
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    events = BATCHED.format(json.dumps(str(home / "history" / "runs"))) if batched else ""
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n" + events)
     (tmp_path / "graph.py").write_text(GRAPH.replace("@COUNT@", repr(COUNT)))
     return {**os.environ, "DAGSTER_HOME": str(home), "PROBE_DIR": str(probe)}
 
@@ -157,3 +173,65 @@ def test_outside_kept_open_nothing_is_held(tmp_path: Path) -> None:
         instance.add_dynamic_partitions("fruit", ["Lemon"])
         assert not index.with_name("index.db-wal").exists()
         assert instance.get_dynamic_partitions("fruit") == ["Apple", "Kiwi", "Lemon"]
+
+
+def _stored(home: Path) -> dict[str, object]:
+    """What a run left in a Dagster home's event databases, without ids, times, run ids and
+    data versions (which derive from them): each database's events as runs of one kind in the
+    order stored (the classes within a run sorted: Dagster plans them in a set's order), and
+    the asset index's own tables."""
+    runs = home / "history" / "runs"
+
+    def rows(database: Path, query: str) -> list[tuple]:
+        with contextlib.closing(sqlite3.connect(database)) as connection:
+            return connection.execute(query).fetchall()
+
+    def log(database: Path) -> list[tuple]:
+        events = rows(
+            database,
+            "SELECT dagster_event_type, step_key, asset_key, partition FROM event_logs ORDER BY id",
+        )
+        return [
+            (kind, sorted(str(event[3]) for event in group))
+            for kind, group in itertools.groupby(events, key=lambda event: event[:3])
+        ]
+
+    (run_db,) = [db for db in runs.glob("*.db") if db.name != "index.db"]
+    tags = rows(runs / "index.db", "SELECT asset_key, key, value FROM asset_event_tags")
+    return {
+        "run_log": log(run_db),
+        "index_log": log(runs / "index.db"),
+        "asset_keys": rows(runs / "index.db", "SELECT asset_key FROM asset_keys ORDER BY 1"),
+        "asset_tags": sorted((a, k, None if "version" in k else v) for a, k, v in tags),
+        "checks": rows(
+            runs / "index.db",
+            "SELECT asset_key, check_name, partition, execution_status "
+            "FROM asset_check_executions ORDER BY id",
+        ),
+    }
+
+
+def test_the_batched_event_log_stores_what_dagsters_own_stores(tmp_path: Path) -> None:
+    """A run over 150 classes (per-class metadata, a check) stores the same rows in the same
+    order with `BatchedSqliteEventLogStorage` as with Dagster's own SQLite event log, through
+    a fraction of the connections; both homes then answer Dagster's asset queries alike."""
+    stored, connections = {}, {}
+    for batched in (False, True):
+        env = _home(tmp_path / str(batched), batched)
+        out = subprocess.run(
+            [sys.executable, "-c", RUN, str(tmp_path / str(batched))],
+            env=env, check=True, capture_output=True, text=True,
+        )  # fmt: skip
+        connections[batched] = int(out.stdout.split("connections")[-1])
+        stored[batched] = _stored(Path(env["DAGSTER_HOME"]))
+        assert _materializations(env) == len(CLASSES)
+        with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+            batching = isinstance(instance.event_log_storage, BatchedSqliteEventLogStorage)
+            assert batching == batched
+            for key in ("per_class", "after"):
+                assert instance.get_materialized_partitions(dg.AssetKey(key)) == set(CLASSES)
+    assert stored[True] == stored[False]
+    # Each class's two planned events and two materializations.
+    logged = sum(len(partitions) for _, partitions in stored[True]["run_log"])
+    assert logged > 4 * len(CLASSES)
+    assert connections[True] * 4 < connections[False]
