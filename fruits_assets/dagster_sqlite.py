@@ -142,6 +142,7 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
 
     def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None):
         os.environ.setdefault("DAGSTER_EVENT_BATCH_SIZE", str(EVENT_BATCH_SIZE))
+        self._tables_found: set[str] = set()
         super().__init__(base_dir, inst_data)
 
     @classmethod
@@ -149,6 +150,18 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
         cls, inst_data: ConfigurableClassData | None, config_value: dict[str, Any]
     ) -> BatchedSqliteEventLogStorage:
         return cls(inst_data=inst_data, **config_value)
+
+    def has_table(self, table_name: str) -> bool:
+        """Whether the event index has this table; a table once found is remembered. Dagster
+        asks before many of its queries (three times per class that a step gives metadata
+        to), each time through a connection of its own; its tables are created by migrations
+        and dropped only when one is undone, so only an absent table needs asking again."""
+        if table_name in self._tables_found:
+            return True
+        found = super().has_table(table_name)
+        if found:
+            self._tables_found.add(table_name)
+        return found
 
     def store_event_batch(self, events: Sequence[dg.EventLogEntry]) -> None:
         for (asset_events, _), group in itertools.groupby(

@@ -235,3 +235,15 @@ def test_the_batched_event_log_stores_what_dagsters_own_stores(tmp_path: Path) -
     logged = sum(len(partitions) for _, partitions in stored[True]["run_log"])
     assert logged > 4 * len(CLASSES)
     assert connections[True] * 4 < connections[False]
+
+
+def test_the_batched_event_log_remembers_only_the_tables_it_found(tmp_path: Path) -> None:
+    """A table found in the event index is not looked up again; an absent one is, until it
+    appears (as a migration would add it)."""
+    storage = BatchedSqliteEventLogStorage(str(tmp_path / "runs"))
+    assert storage.has_table("dynamic_partitions")
+    assert not storage.has_table("added_later")
+    with contextlib.closing(sqlite3.connect(tmp_path / "runs" / "index.db")) as connection:
+        connection.execute("CREATE TABLE added_later (id INTEGER)")
+        connection.commit()
+    assert storage.has_table("added_later")
