@@ -58,13 +58,14 @@ def instance_config(home: str) -> str:
     """INSTANCE_CONFIG for the Dagster home `home`: its event log where Dagster's own would be
     (a YAML string: JSON's quoting is YAML's)."""
     events = os.path.join(os.path.abspath(home), "history", "runs", "")
-    return INSTANCE_CONFIG.format(events=json.dumps(events))
+    return INSTANCE_CONFIG.format(events=json.dumps(events, ensure_ascii=False))
 
 
 def _written_by_fruits(config: str) -> bool:
     """Whether `config` is a dagster.yaml this command wrote, now or in an earlier version (for
-    this home or, moved since, another)."""
-    current = re.escape(INSTANCE_CONFIG).replace(re.escape("{events}"), '".*"')
+    this home or, moved since, another: its event log in that home's own folder)."""
+    events = '"[^"\n]*' + re.escape(os.path.join("history", "runs", "")) + '"'
+    current = re.escape(INSTANCE_CONFIG).replace(re.escape("{events}"), events)
     return config in PREVIOUS_INSTANCE_CONFIGS or re.fullmatch(current, config) is not None
 
 
@@ -88,8 +89,11 @@ def _instance():  # a DagsterInstance, imported lazily
     wanted = instance_config(home)
     existing = _read(config) if os.path.exists(config) else None
     if existing is None or (existing != wanted and _written_by_fruits(existing)):
-        with open(config, "w") as handle:
+        # Written aside, then renamed: a Dagster process starting meanwhile reads either file.
+        aside = f"{config}.{os.getpid()}"
+        with open(aside, "w") as handle:
             handle.write(wanted)
+        os.replace(aside, config)
     instance = dg.DagsterInstance.get()
     for run_id in runs.fail_dead_runs(instance):
         print(f"run {run_id} was left unfinished by a process that is gone: marked FAILED")

@@ -24,6 +24,7 @@ instead of two connections and two commits per event.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import sqlite3
 import threading
@@ -119,6 +120,8 @@ def kept_open(home: str | None = None) -> Iterator[None]:
         holder.close()
 
 
+_log = logging.getLogger(__name__)
+
 # Events Dagster may hand the storage at once: more than a run over every class plans per asset.
 EVENT_BATCH_SIZE = 1000
 # Rows of one INSERT statement: well under SQLite's limit on a statement's bound values.
@@ -136,9 +139,9 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
 
     Dagster batches events only while $DAGSTER_EVENT_BATCH_SIZE is set, and reads it at each
     event: the storage sets it (unless set already) in every process that loads it, a run's or
-    the UI's. Should a batch fail, Dagster stores it again event by event: the run's log is one
-    statement and the index one transaction, so an event is never half stored, and only a
-    failure of the index after the run's log was written can show an event twice in the log."""
+    the UI's. A batch that fails before anything of it is stored, Dagster stores again event by
+    event; one that fails part-way, this storage finishes itself, event by event from where it
+    stopped, rather than let Dagster store the whole batch again (the stored part twice)."""
 
     def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None):
         os.environ.setdefault("DAGSTER_EVENT_BATCH_SIZE", str(EVENT_BATCH_SIZE))
@@ -164,28 +167,54 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
         return found
 
     def store_event_batch(self, events: Sequence[dg.EventLogEntry]) -> None:
-        for (asset_events, _), group in itertools.groupby(
-            events, key=lambda entry: (_is_asset_event(entry), entry.run_id)
-        ):
-            entries = list(group)
-            if not asset_events or len(entries) == 1:  # checks' events go their own way
+        chunks = list(_chunks(events))
+        done = 0  # chunks stored in both databases
+        logged = False  # chunks[done] is in the run's log, not yet in the index
+        try:
+            for entries, batched in chunks:
+                if batched:
+                    with self.run_connection(entries[0].run_id) as conn:
+                        conn.execute(self.prepare_insert_event_batch(entries))
+                    logged = True
+                    with self.index_transaction() as conn:
+                        self._index(conn, entries)
+                else:
+                    self.store_event(entries[0])
+                done, logged = done + 1, False
+        except Exception as error:
+            if done == 0 and not logged:
+                raise  # nothing stored: Dagster stores the batch again, event by event
+            # Dagster would store the whole batch again, the part already stored twice: the
+            # rest is stored here, event by event, as Dagster's own storage does.
+            _log.warning(f"storing a batch of events failed part-way ({error}); storing the rest")
+            for position, (entries, _) in enumerate(chunks[done:]):
                 for entry in entries:
-                    self.store_event(entry)
-                continue
-            for start in range(0, len(entries), ROWS_PER_INSERT):
-                self._store_asset_events(entries[start : start + ROWS_PER_INSERT])
+                    if position == 0 and logged:
+                        with self.index_transaction() as conn:
+                            self._index(conn, [entry])
+                    else:
+                        self.store_event(entry)
 
-    def _store_asset_events(self, entries: list[dg.EventLogEntry]) -> None:
-        """Asset events of one run: what `store_event` writes for each, in two transactions."""
-        with self.run_connection(entries[0].run_id) as conn:
-            conn.execute(self.prepare_insert_event_batch(entries))
-        with self.index_transaction() as conn:
-            ids = [
-                conn.execute(self.prepare_insert_event(entry)).inserted_primary_key[0]
-                for entry in entries
-            ]
-            if None in ids:
-                raise dg.DagsterInvariantViolationError("an asset event was stored without an id")
-            self._store_asset_event_tags(conn, entries, ids)
-            for entry, event_id in zip(entries, ids, strict=True):
-                self._store_asset_event(conn, entry, event_id)
+    def _index(self, conn: Any, entries: list[dg.EventLogEntry]) -> None:
+        """The event index's rows for asset events of one run, as `store_event` writes them."""
+        ids = [conn.execute(self.prepare_insert_event(e)).inserted_primary_key[0] for e in entries]
+        if None in ids:
+            raise dg.DagsterInvariantViolationError("an asset event was stored without an id")
+        self._store_asset_event_tags(conn, entries, ids)
+        for entry, event_id in zip(entries, ids, strict=True):
+            self._store_asset_event(conn, entry, event_id)
+
+
+def _chunks(events: Sequence[dg.EventLogEntry]) -> Iterator[tuple[list[dg.EventLogEntry], bool]]:
+    """`events` in order, as (entries, batched): runs of one run's asset events, at most
+    ROWS_PER_INSERT each, are batched; any other event (a check's planned evaluation) and a
+    lone asset event are stored as Dagster's own storage stores them."""
+    for (asset_events, _), group in itertools.groupby(
+        events, key=lambda entry: (_is_asset_event(entry), entry.run_id)
+    ):
+        entries = list(group)
+        if not asset_events or len(entries) == 1:
+            yield from (([entry], False) for entry in entries)
+            continue
+        for start in range(0, len(entries), ROWS_PER_INSERT):
+            yield entries[start : start + ROWS_PER_INSERT], True

@@ -190,8 +190,10 @@ def _processes_with(marker: str) -> list[int]:
 
 
 @pytest.mark.parametrize(
-    "existing", [None, *cli.PREVIOUS_INSTANCE_CONFIGS, cli.instance_config("/moved"), "mine"]
-)
+    "existing",
+    [None, *cli.PREVIOUS_INSTANCE_CONFIGS, cli.instance_config("/moved/é 😀"), "mine",
+     "events elsewhere"],
+)  # fmt: skip
 def test_the_instance_takes_queued_runs_every_second(tmp_path, monkeypatch, existing):
     """The Dagster home `fruits` creates (or created before, or created elsewhere before the
     home was moved) launches queued runs, as the UI queues them, within a second, in ready
@@ -204,9 +206,15 @@ def test_the_instance_takes_queued_runs_every_second(tmp_path, monkeypatch, exis
     home.mkdir()
     config = home / "dagster.yaml"
     mine = "telemetry:\n  enabled: true\nrun_queue:\n  max_concurrent_runs: 3\n"
+    # Like the one `fruits` writes, but with its event log moved by the user.
+    elsewhere = cli.INSTANCE_CONFIG.format(events=f'"{tmp_path}/events/"')
     if existing is not None:
-        config.write_text(mine if existing == "mine" else existing)
+        config.write_text({"mine": mine, "events elsewhere": elsewhere}.get(existing, existing))
     monkeypatch.setenv("DAGSTER_HOME", str(home))
+    if existing == "events elsewhere":
+        with cli._instance():
+            assert config.read_text() == elsewhere
+        return
     with cli._instance() as instance:
         coordinator = instance.run_coordinator
         assert isinstance(coordinator, dg.QueuedRunCoordinator)

@@ -67,7 +67,7 @@ job = dg.Definitions(
 """
 
 RUN = """
-import sys
+import os, sys
 sys.path.insert(0, sys.argv[1])
 import dagster as dg
 from sqlalchemy import event
@@ -75,6 +75,20 @@ from sqlalchemy.engine import Engine
 from graph import CLASSES, job
 from fruits_assets import dagster_sqlite
 
+if os.environ.get("FAIL_INDEX_AT"):  # the event index fails once, part-way through a batch
+    from fruits_assets.dagster_sqlite import BatchedSqliteEventLogStorage
+
+    dagster_sqlite.ROWS_PER_INSERT = 64
+    calls, index = [], BatchedSqliteEventLogStorage._index
+
+    def failing_once(self, conn, entries):
+        calls.append(len(entries))
+        if len(calls) == int(os.environ["FAIL_INDEX_AT"]):
+            open(os.path.join(os.environ["PROBE_DIR"], "index_failed"), "w").close()
+            raise RuntimeError("the event index is unavailable")
+        return index(self, conn, entries)
+
+    BatchedSqliteEventLogStorage._index = failing_once
 connections = []
 instance = dg.DagsterInstance.get()
 event.listen(Engine, "connect", lambda *_: connections.append(1))
@@ -97,7 +111,9 @@ def _home(tmp_path: Path, batched: bool = False) -> dict[str, str]:
     events = BATCHED.format(json.dumps(str(home / "history" / "runs"))) if batched else ""
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n" + events)
     (tmp_path / "graph.py").write_text(GRAPH.replace("@COUNT@", repr(COUNT)))
-    return {**os.environ, "DAGSTER_HOME": str(home), "PROBE_DIR": str(probe)}
+    env = {**os.environ, "DAGSTER_HOME": str(home), "PROBE_DIR": str(probe)}
+    env.pop("DAGSTER_EVENT_BATCH_SIZE", None)  # set by the batched event log where it is loaded
+    return env
 
 
 def _materializations(env: dict[str, str]) -> int:
@@ -178,9 +194,10 @@ def test_outside_kept_open_nothing_is_held(tmp_path: Path) -> None:
 def _stored(home: Path) -> dict[str, object]:
     """What a run left in a Dagster home's event databases, without ids, times, run ids and
     data versions (which derive from them): each database's events as runs of one kind in the
-    order stored (the classes within a run sorted: Dagster plans them in a set's order), and
-    the asset index's own tables."""
+    order stored (the classes within a run sorted: Dagster plans them in a set's order), the
+    asset index's own tables, and whether the index's rows point at the right events."""
     runs = home / "history" / "runs"
+    index = runs / "index.db"
 
     def rows(database: Path, query: str) -> list[tuple]:
         with contextlib.closing(sqlite3.connect(database)) as connection:
@@ -197,44 +214,74 @@ def _stored(home: Path) -> dict[str, object]:
         ]
 
     (run_db,) = [db for db in runs.glob("*.db") if db.name != "index.db"]
-    tags = rows(runs / "index.db", "SELECT asset_key, key, value FROM asset_event_tags")
+    tags = rows(index, "SELECT asset_key, key, value FROM asset_event_tags")
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        latest = {
+            record.asset_entry.asset_key.to_string(): (
+                record.asset_entry.last_materialization_record.storage_id
+            )
+            for record in instance.get_asset_records()
+            if record.asset_entry.last_materialization_record
+        }
+    newest = dict(
+        rows(
+            index,
+            "SELECT asset_key, MAX(id) FROM event_logs "
+            "WHERE dagster_event_type = 'ASSET_MATERIALIZATION' GROUP BY asset_key",
+        )
+    )
     return {
         "run_log": log(run_db),
-        "index_log": log(runs / "index.db"),
-        "asset_keys": rows(runs / "index.db", "SELECT asset_key FROM asset_keys ORDER BY 1"),
+        "index_log": log(index),
+        "asset_keys": rows(index, "SELECT asset_key FROM asset_keys ORDER BY 1"),
         "asset_tags": sorted((a, k, None if "version" in k else v) for a, k, v in tags),
         "checks": rows(
-            runs / "index.db",
+            index,
             "SELECT asset_key, check_name, partition, execution_status "
             "FROM asset_check_executions ORDER BY id",
         ),
+        # Each asset's latest materialization is the newest in the index; every tag is its
+        # own asset event's.
+        "latest_is_newest": latest == newest and len(latest) == 2,
+        "tags_of_other_events": rows(
+            index,
+            "SELECT COUNT(*) FROM asset_event_tags t LEFT JOIN event_logs e ON t.event_id = e.id "
+            "WHERE e.id IS NULL OR e.asset_key != t.asset_key",
+        ),
     }
+
+
+def _run(tmp_path: Path, name: str, batched: bool, **extra: str) -> tuple[dict[str, object], int]:
+    """RUN in a new Dagster home: what it stored (`_stored`) and the connections it opened."""
+    env = {**_home(tmp_path / name, batched), **extra}
+    out = subprocess.run(
+        [sys.executable, "-c", RUN, str(tmp_path / name)],
+        env=env, check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    assert _materializations(env) == len(CLASSES)
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        assert isinstance(instance.event_log_storage, BatchedSqliteEventLogStorage) == batched
+        for key in ("per_class", "after"):
+            assert instance.get_materialized_partitions(dg.AssetKey(key)) == set(CLASSES)
+    return _stored(Path(env["DAGSTER_HOME"])), int(out.stdout.split("connections")[-1])
 
 
 def test_the_batched_event_log_stores_what_dagsters_own_stores(tmp_path: Path) -> None:
     """A run over 150 classes (per-class metadata, a check) stores the same rows in the same
     order with `BatchedSqliteEventLogStorage` as with Dagster's own SQLite event log, through
-    a fraction of the connections; both homes then answer Dagster's asset queries alike."""
-    stored, connections = {}, {}
-    for batched in (False, True):
-        env = _home(tmp_path / str(batched), batched)
-        out = subprocess.run(
-            [sys.executable, "-c", RUN, str(tmp_path / str(batched))],
-            env=env, check=True, capture_output=True, text=True,
-        )  # fmt: skip
-        connections[batched] = int(out.stdout.split("connections")[-1])
-        stored[batched] = _stored(Path(env["DAGSTER_HOME"]))
-        assert _materializations(env) == len(CLASSES)
-        with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
-            batching = isinstance(instance.event_log_storage, BatchedSqliteEventLogStorage)
-            assert batching == batched
-            for key in ("per_class", "after"):
-                assert instance.get_materialized_partitions(dg.AssetKey(key)) == set(CLASSES)
-    assert stored[True] == stored[False]
+    a fraction of the connections, and so it does when the event index fails once in the
+    middle of a batch: what was stored is not stored again, the rest is."""
+    plain, plain_connections = _run(tmp_path, "plain", batched=False)
+    assert plain["latest_is_newest"] and plain["tags_of_other_events"] == [(0,)]
     # Each class's two planned events and two materializations.
-    logged = sum(len(partitions) for _, partitions in stored[True]["run_log"])
-    assert logged > 4 * len(CLASSES)
-    assert connections[True] * 4 < connections[False]
+    assert sum(len(partitions) for _, partitions in plain["run_log"]) > 4 * len(CLASSES)
+    batched, connections = _run(tmp_path, "batched", batched=True)
+    assert batched == plain
+    assert connections * 4 < plain_connections
+    # The second chunk of the run's planned events fails in the index, after the run's log.
+    recovered, _ = _run(tmp_path, "failing", batched=True, FAIL_INDEX_AT="2")
+    assert (tmp_path / "failing" / "probe" / "index_failed").exists()
+    assert recovered == plain
 
 
 def test_the_batched_event_log_remembers_only_the_tables_it_found(tmp_path: Path) -> None:
