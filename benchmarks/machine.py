@@ -18,7 +18,8 @@ def describe() -> dict:
                 if line.startswith("model name") and cpu == "unknown":
                     cpu = line.split(":", 1)[1].strip()
                 if line.startswith("flags") and not flags:
-                    wanted = ("avx", "avx2", "avx512f", "avx512_vnni", "fma", "amx_tile")
+                    wanted = ("avx", "avx2", "avx512f", "avx512_vnni", "avx_vnni", "fma",
+                              "amx_tile")  # fmt: skip
                     flags = [f for f in line.split(":", 1)[1].split() if f in wanted]
     except OSError:
         pass

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from fruits_assets import cli
+from fruits_assets.ml import featurizer
 from fruits_assets_tests.helpers import FRUITS, copy_classes, fruits, read_dataset
 from fruits_assets_tests.images import noisy_jpeg
 
@@ -93,6 +94,9 @@ def test_int8_runs_keep_one_quantized_model_and_refuse_to_mix_precisions(
     done = fruits(*args, "--precision", "int8", home=home)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "(int8 featurizer)" in done.stdout
+    # Said where int8 saves nothing: a CPU without int8 dot products (as on AVX2 alone).
+    slow_cpu = featurizer.int8_dot_products() is False
+    assert ("WARNING:            int8 featurizer on a CPU without" in done.stdout) is slow_cpu
     features = read_dataset(output / "mobilenet_features")
     (identity,) = set(features.weights_sha256)
     assert "-int8-" in identity

@@ -81,6 +81,21 @@ def test_int8_features_stay_close_to_float32_and_are_cached_per_calibration(
         featurizer.int8_model(featurizer.resolve_weights("random"), 1, calibration[:8])
 
 
+@pytest.mark.parametrize(
+    ("cpuinfo", "expected"),
+    [
+        ("flags\t\t: fpu sse avx fma avx2 sha_ni\n", False),  # AVX2 alone (Zen 2)
+        ("model name\t: AMD EPYC\nflags\t\t: avx2 avx512f avx512_vnni\nflags\t\t: avx2\n", True),
+        ("flags\t\t: avx2 avx_vnni\n", True),  # AVX-VNNI without AVX-512
+        ("Features\t: fp asimd asimdrdm asimddp sve\n", True),  # Arm with its dot product
+        ("Features\t: fp asimd\n", False),
+        ("processor\t: 0\n", None),  # no flags line: unknown, nothing said
+    ],
+)
+def test_the_cpu_s_int8_dot_products_are_read_from_its_flags(cpuinfo, expected):
+    assert featurizer.int8_dot_products(cpuinfo) is expected
+
+
 def test_random_weights_are_reproducible(tmp_path, monkeypatch):
     """The demo's random model is seeded: same digest, same features, run after run."""
     monkeypatch.setenv("FRUITS_CACHE_DIR", str(tmp_path))

@@ -198,12 +198,34 @@ def tflite_model(info: WeightsInfo, batch_size: int) -> tuple[bytes, str]:
 
 # The int8 featurizer (the `precision` setting's opt-in): a full-integer quantization of the
 # model, whose features differ from float32's (cosine ~0.994 on Fruits-360) and which runs in
-# half the time on a core with int8 dot products (AVX-512 VNNI).
+# half the time on a core with int8 dot products (AVX-512 VNNI); on one without them (AVX2
+# alone) it is no faster than float32.
 # Photos it calibrates its activation ranges on: TFLite's guidance is 100 to 500; each takes the
 # converter ~50 ms, once per output root.
 CALIBRATION_PHOTOS = 128
 # Between the weights' sha256 and the model's in an int8 featurizer's identity.
 INT8_MARK = "-int8-"
+
+
+# What /proc/cpuinfo calls the instructions XNNPACK's fast int8 kernels use: x86's VNNI (with
+# AVX-512 or AVX), AMX, Arm's dot product.
+INT8_DOT_PRODUCT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8", "asimddp"})
+
+
+def int8_dot_products(cpuinfo: str | None = None) -> bool | None:
+    """Whether this machine's CPU has int8 dot-product instructions (`INT8_DOT_PRODUCT_FLAGS`):
+    without them the int8 featurizer saves nothing. None where /proc/cpuinfo can't be read."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as handle:
+                cpuinfo = handle.read()
+        except OSError:
+            return None
+    for line in cpuinfo.splitlines():
+        name, _, values = line.partition(":")
+        if name.strip() in ("flags", "Features"):  # x86, Arm
+            return not INT8_DOT_PRODUCT_FLAGS.isdisjoint(values.split())
+    return None
 
 
 def int8_prefix(weights_sha256: str) -> str:
