@@ -17,9 +17,9 @@ def describe() -> dict:
             for line in handle:
                 if line.startswith("model name") and cpu == "unknown":
                     cpu = line.split(":", 1)[1].strip()
-                if line.startswith("flags") and not flags:
-                    wanted = ("avx", "avx2", "avx512f", "avx512_vnni", "avx_vnni", "fma",
-                              "amx_tile")  # fmt: skip
+                if line.startswith(("flags", "Features")) and not flags:  # x86, Arm
+                    wanted = {"avx", "avx2", "avx512f", "avx512_vnni", "avx_vnni", "fma"}
+                    wanted |= {"amx_tile", "amx_int8", "asimddp"}
                     flags = [f for f in line.split(":", 1)[1].split() if f in wanted]
     except OSError:
         pass

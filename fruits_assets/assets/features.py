@@ -135,12 +135,14 @@ def mobilenet_features(
     info, warning = weights_with_demo_fallback(context, settings)
     datasets = Datasets(spark, storage, context.run.run_id)
     if settings.precision == "int8":
-        if featurizer.int8_dot_products() is False:
-            warning = (
-                "int8 featurizer on a CPU without int8 dot products (AVX-512 VNNI, AVX-VNNI, "
-                "AMX or Arm's dot product): no faster than float32 here, and its features differ"
+        if featurizer.workers_int8_dot_products(spark) is False:
+            slow = (
+                "int8 featurizer on Spark workers whose CPU has no int8 dot products (AVX-512 "
+                "VNNI, AVX-VNNI, AMX or Arm's dot product): expect it no faster than float32 "
+                "there, and its features differ"
             )
-            context.log.warning(warning)
+            context.log.warning(slow)
+            warning = f"{warning}; {slow}" if warning else slow
         model, sha256 = kept_int8_model(context, datasets, info, settings.batch_size)
     else:
         model, sha256 = featurizer.tflite_model(info, settings.batch_size)

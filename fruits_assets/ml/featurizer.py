@@ -228,6 +228,12 @@ def int8_dot_products(cpuinfo: str | None = None) -> bool | None:
     return None
 
 
+def workers_int8_dot_products(spark) -> bool | None:
+    """`int8_dot_products` of a CPU that runs Spark's Python workers: on a cluster, an
+    executor's, whose instance type may differ from the machine running the step."""
+    return spark.sparkContext.parallelize([0], 1).map(lambda _: int8_dot_products()).first()
+
+
 def int8_prefix(weights_sha256: str) -> str:
     """How the names of these weights' int8 models begin (`int8_identity`)."""
     return weights_sha256 + INT8_MARK
