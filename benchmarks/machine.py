@@ -9,6 +9,8 @@ import threading
 import time
 from importlib import metadata
 
+from fruits_assets.ml.featurizer import INT8_DOT_PRODUCT_FLAGS
+
 
 def describe() -> dict:
     cpu, flags = "unknown", []
@@ -18,8 +20,8 @@ def describe() -> dict:
                 if line.startswith("model name") and cpu == "unknown":
                     cpu = line.split(":", 1)[1].strip()
                 if line.startswith(("flags", "Features")) and not flags:  # x86, Arm
-                    wanted = {"avx", "avx2", "avx512f", "avx512_vnni", "avx_vnni", "fma"}
-                    wanted |= {"amx_tile", "amx_int8", "asimddp"}
+                    wanted = {"avx", "avx2", "avx512f", "fma", "amx_tile"}
+                    wanted |= INT8_DOT_PRODUCT_FLAGS
                     flags = [f for f in line.split(":", 1)[1].split() if f in wanted]
     except OSError:
         pass

@@ -135,18 +135,19 @@ def mobilenet_features(
     info, warning = weights_with_demo_fallback(context, settings)
     datasets = Datasets(spark, storage, context.run.run_id)
     if settings.precision == "int8":
-        if featurizer.workers_int8_dot_products(spark) is False:
-            slow = (
-                "int8 featurizer on Spark workers whose CPU has no int8 dot products (AVX-512 "
-                "VNNI, AVX-VNNI, AMX or Arm's dot product): expect it no faster than float32 "
-                "there, and its features differ"
-            )
-            context.log.warning(slow)
-            warning = f"{warning}; {slow}" if warning else slow
         model, sha256 = kept_int8_model(context, datasets, info, settings.batch_size)
     else:
         model, sha256 = featurizer.tflite_model(info, settings.batch_size)
     refuse_other_featurizers(context, datasets, sha256)
+    # Asked of a worker once the run is known to featurize: a refused run's cause leads alone.
+    if settings.precision == "int8" and featurizer.workers_int8_dot_products(spark) is False:
+        slow = (
+            "int8 featurizer on Spark workers whose CPU has no int8 dot products (AVX-512 VNNI, "
+            "AVX-VNNI, AMX or Arm's dot product): expect it no faster than float32 there, and "
+            "its features differ"
+        )
+        context.log.warning(slow)
+        warning = f"{warning}; {slow}" if warning else slow
     # Kept beside the features: the classifier exports the model that really computed them,
     # and later int8 runs on this output root featurize with the same quantized model. Written
     # again when a write was cut short (a model's size is fixed by its graph).
