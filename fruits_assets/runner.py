@@ -64,7 +64,9 @@ class RunOutcome:
             into = summed.setdefault(asset, {})
             for key, value in values.items():
                 into[key] = into.get(key, 0) + value if key.startswith("num_") else value
-        self.metadata.update(summed)
+        for asset, values in summed.items():
+            earlier = self.metadata.get(asset)
+            self.metadata[asset] = values if earlier is None else _over_runs(earlier, values)
         for event in result.get_step_failure_events():
             self.failures.append(f"step {event.step_key} failed: {_cause(event)}")
         for evaluation in result.get_asset_check_evaluations():
@@ -85,6 +87,27 @@ class RunOutcome:
                     for k, v in details.items()
                 }  # fmt: skip
                 self.failures.append(f"check {evaluation.check_name} on {asset} FAILED: {summary}")
+
+
+# Run-wide values of a per-class asset that add up over runs of disjoint classes.
+RUN_TOTALS = ("classes_in_run", "featurize_seconds")
+
+
+def _over_runs(earlier: dict[str, Any], later: dict[str, Any]) -> dict[str, Any]:
+    """A per-class asset's metadata over two runs of different classes (`fruits run --classes`
+    of classes that are not neighbours): counts and run totals add up, the featurizing speed is
+    that of both runs, a warning of either is kept; other values are the later run's."""
+    merged = {**earlier, **later}
+    for key, value in later.items():
+        if key in earlier and (key.startswith("num_") or key in RUN_TOTALS):
+            merged[key] = earlier[key] + value
+    if merged.get("featurize_seconds") and "num_rows" in merged:
+        merged["images_per_second"] = round(merged["num_rows"] / merged["featurize_seconds"], 1)
+    warnings = [earlier.get("WARNING"), later.get("WARNING")]
+    kept = list(dict.fromkeys(w for w in warnings if w))
+    if kept:
+        merged["WARNING"] = "; ".join(kept)
+    return merged
 
 
 def _cause(failure_event: Any) -> str:

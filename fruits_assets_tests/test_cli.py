@@ -56,7 +56,8 @@ def test_classes_run_on_a_new_output_says_the_other_classes_need_features(
 ):
     """--classes on an output root that no full run has filled: the chosen class is featurized
     and kept; the PCA's output fails its label check, and the error's first line says which
-    classes have no features and how to make them. The run it suggests succeeds."""
+    classes have no features and how to make them. The run it suggests succeeds. Classes that
+    are not neighbours run in a run each: the summary counts the images of all of them."""
     images = copy_classes(
         fruits360 / "Test", tmp_path / "images", ["Banana 1", "Kiwi 1", "Lemon 1"]
     )
@@ -77,6 +78,12 @@ def test_classes_run_on_a_new_output_says_the_other_classes_need_features(
     done = fruits(*args, home=home)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert len(pd.read_csv(output / "features_csv" / "features.csv")) == 45
+    done = fruits(*args, "--classes", "Banana 1", "Lemon 1", home=home)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert len(dg.DagsterInstance.from_config(str(home)).get_runs()) == 2 + 3
+    summary = done.stdout.split("== fruits run summary ==", 1)[1]
+    assert "images read:        30\n" in summary and "features:           30 (" in summary
+    assert "classes:            3\n" in summary
 
 
 @pytest.mark.slow
