@@ -19,7 +19,11 @@ from fruits_assets.ml import decoding
 from fruits_assets.partitions import ONE_RUN_FOR_ALL_CLASSES, fruit_class_partitions
 from fruits_assets.resources.storage import FruitsStorage
 from fruits_assets.storage import discovery, layout
-from fruits_assets.storage.datasets import ROWS_PER_CLASS, Datasets
+from fruits_assets.storage.datasets import ROWS_PER_CLASS, Datasets, labels_filter
+
+# A fact raw_images keeps of its commit for labeled_images (`Datasets.remember`): the classes it
+# published, the Spark application and the DataFrame of their listing, the rows that commit holds.
+LISTING = "listing"
 
 RAW_SCHEMA = T.StructType(
     [
@@ -127,10 +131,25 @@ def raw_images(
         },
         per_class=class_metadata,
     )
-    # Published: labeled_images, next in this run, need not count them again.
+    # Published: labeled_images, next in this run, need not count them again, nor read them.
     datasets.remember(
         layout.RAW_IMAGES, ROWS_PER_CLASS, {label: per_class[label] for label in labels}
     )
+    application = pyspark.spark_session.sparkContext.applicationId
+    datasets.remember(layout.RAW_IMAGES, LISTING, (frozenset(labels), application, listing))
+
+
+def _raw_listing(datasets: Datasets, labels: set[str]) -> DataFrame:
+    """Path and label of these classes' published raw images. When raw_images published them
+    in this process and its commit is still the table's latest, its own listing: the same rows,
+    without planning a read of the table (a fresh JVM's Delta log replay and file listing)."""
+    kept = datasets.recall(layout.RAW_IMAGES, LISTING)
+    application = datasets.spark.sparkContext.applicationId
+    if kept is not None and labels <= kept[0] and kept[1] == application:
+        published, _, listing = kept
+        rows = listing if labels == published else listing.where(labels_filter(labels))
+        return rows.select("path", "label")
+    return datasets.read(layout.RAW_IMAGES, labels).select("path", "label")
 
 
 @dg.asset(
@@ -157,7 +176,7 @@ def labeled_images(
     spark = pyspark.spark_session
     labels = set(context.partition_keys)
     datasets = Datasets(spark, storage, context.run.run_id)
-    raw = datasets.read(layout.RAW_IMAGES, labels).select("path", "label")
+    raw = _raw_listing(datasets, labels)
     raw_per_class = datasets.rows_per_class(layout.RAW_IMAGES, labels)
     n_raw = sum(raw_per_class.values())
     context.log.info(f"decoding and validating {n_raw} images")
