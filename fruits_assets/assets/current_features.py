@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 
 import dagster as dg
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame, Row
 from pyspark.sql import functions as F
 
 from fruits_assets.assets import checks
@@ -129,11 +129,16 @@ def features_weights(features: DataFrame) -> str:
 FACTS = "rows per class and weights"
 
 
+def group_counts() -> list[Column]:
+    """What `_groups` counts of each group of rows: `count`, `train`, `test`, `none`."""
+    return [F.count("*").alias("count"), *splits.split_counts(F.col("path"))]
+
+
 def _groups(table: DataFrame) -> list[dict]:
     """One aggregate over `table`: per class and set of weights, its rows and their split."""
     weights = F.col(WEIGHTS_COLUMN) if WEIGHTS_COLUMN in table.columns else F.lit(None)
     rows = table.groupBy(layout.LABEL_COLUMN, weights.cast("string").alias("w")).agg(
-        F.count("*").alias("count"), *splits.split_counts(F.col("path"))
+        *group_counts()
     )
     return [r.asDict() for r in rows.collect()]
 
@@ -160,14 +165,62 @@ def _kept_groups(datasets: Datasets, table: DataFrame) -> list[dict]:
         groups = None
     if groups is None:
         groups = _groups(table)
-    if commit is not None:
-        try:
-            filesystem.write_bytes(
-                where, json.dumps({"commit": list(commit), "groups": groups}).encode()
-            )
-        except OSError:  # only the next run's shortcut is lost
-            pass
+    _write_kept_groups(datasets, commit, groups)
     return groups
+
+
+def _write_kept_groups(datasets: Datasets, commit: tuple[int, int] | None, groups: list[dict]):
+    if commit is None:
+        return
+    try:
+        filesystem.write_bytes(
+            layout.feature_groups_path(datasets.output),
+            json.dumps({"commit": list(commit), "groups": groups}).encode(),
+        )
+    except OSError:  # only the next run's shortcut is lost
+        pass
+
+
+def groups_now(datasets: Datasets) -> tuple[tuple[int, int] | None, list[dict] | None]:
+    """The table's latest commit and its `_groups` where known without reading rows: as this
+    process or the file kept with them has them for that commit, none for no table yet; else
+    None."""
+    commit = datasets.commit(layout.MOBILENET_FEATURES)
+    if commit is None:
+        return None, []
+    known = datasets.recall(layout.MOBILENET_FEATURES, FACTS)
+    if known is not None:
+        return commit, known
+    try:
+        kept = json.loads(filesystem.read_bytes(layout.feature_groups_path(datasets.output)))
+        if (int(kept["commit"][0]), int(kept["commit"][1])) == commit:
+            return commit, kept["groups"]
+    except Exception:  # none kept, or unreadable: not known
+        pass
+    return commit, None
+
+
+def keep_published_groups(
+    datasets: Datasets,
+    before: list[dict] | None,
+    labels: set[str],
+    identity: str,
+    audit: list[Row],
+) -> None:
+    """After a publish of these classes' feature rows, all computed by the featurizer
+    `identity`: their groups (`_groups`) from the `audit` of the rows published (per class,
+    `group_counts`) with the other classes' as they were `before` it (`groups_now`), for the
+    table's new commit, so that the steps after it need no aggregate over the table. Nothing
+    when the groups before it are not known."""
+    if before is None:
+        return
+    published = [
+        {layout.LABEL_COLUMN: r[layout.LABEL_COLUMN], "w": identity, **{c: r[c] for c in COUNTS}}
+        for r in audit
+    ]
+    groups = [g for g in before if g[layout.LABEL_COLUMN] not in labels] + published
+    datasets.remember(layout.MOBILENET_FEATURES, FACTS, groups)
+    _write_kept_groups(datasets, datasets.commit(layout.MOBILENET_FEATURES), groups)
 
 
 COUNTS = ("count", "train", "test", "none")

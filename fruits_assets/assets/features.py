@@ -9,7 +9,13 @@ from dagster_pyspark import LazyPySparkResource
 from pyspark.sql import functions as F
 
 from fruits_assets.assets import checks
-from fruits_assets.assets.current_features import WEIGHTS_COLUMN, refuse_other_featurizers
+from fruits_assets.assets.current_features import (
+    WEIGHTS_COLUMN,
+    group_counts,
+    groups_now,
+    keep_published_groups,
+    refuse_other_featurizers,
+)
 from fruits_assets.assets.images import labeled_images
 from fruits_assets.assets.publishing import Publication, publish_or_fail
 from fruits_assets.ml import color, featurizer
@@ -185,9 +191,9 @@ def mobilenet_features(
             layout.MOBILENET_FEATURES,
             # Every count the checks and metadata need, from the job that featurizes.
             audit=lambda rows: rows.groupBy("label").agg(
-                F.count("*").alias("rows"),
                 F.sum(bad_vector.cast("int")).alias("bad"),
                 F.countDistinct("path").alias("paths"),
+                *group_counts(),  # `count`: the rows
             ),
         )
     seconds = time.perf_counter() - started
@@ -195,13 +201,13 @@ def mobilenet_features(
     images_per_class = datasets.rows_per_class(layout.ACCEPTED_IMAGES, labels)
     class_metadata = {
         label: {
-            "num_rows": by_class[label]["rows"] if label in by_class else 0,
+            "num_rows": by_class[label]["count"] if label in by_class else 0,
             "accepted_images": images_per_class.get(label, 0),
         }
         for label in labels
     }
     n_images = sum(images_per_class.values())
-    rows = sum(r["rows"] for r in by_class.values())
+    rows = sum(r["count"] for r in by_class.values())
     bad = sum(r["bad"] or 0 for r in by_class.values())
     paths = sum(r["paths"] for r in by_class.values())
     metadata = {
@@ -219,6 +225,8 @@ def mobilenet_features(
     }
     if warning:
         metadata["WARNING"] = warning
+    # The other classes' groups of rows as the table holds them before this publish, when known.
+    _, groups_before = groups_now(datasets)
     yield from publish_or_fail(
         context,
         datasets,
@@ -245,3 +253,4 @@ def mobilenet_features(
         metadata=metadata,
         per_class=class_metadata,
     )
+    keep_published_groups(datasets, groups_before, labels, sha256, staged.audit)
