@@ -40,7 +40,7 @@ class RunOutcome:
     """What the runs of one materialization produced, for the summary and the exit code."""
 
     ok: bool = True
-    # asset -> its metadata; a per-class asset's numbers are summed over the run's classes
+    # asset -> its metadata; a per-class asset's numbers are summed over its classes and runs
     metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     run_ids: list[str] = field(default_factory=list)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -16,6 +17,7 @@ import pandas as pd
 from fruits_assets import runner
 from fruits_assets.resources.ml_settings import ClassifierSettings
 from fruits_assets.settings import FruitsSettings
+from fruits_assets.storage import layout
 
 FRUITS = str(Path(sys.executable).with_name("fruits"))
 
@@ -99,3 +101,20 @@ def local_spark():
     for key, value in local_spark_config(FruitsSettings()).items():
         builder = builder.config(key, value)
     return builder.getOrCreate()
+
+
+def assert_kept_groups_match_the_table(output) -> None:
+    """The groups of feature rows kept with the table's latest commit (per class and
+    featurizer: rows, Training, Test, neither), which the featurizing step derives from its
+    own audit, are those one aggregate over the table finds."""
+    from fruits_assets.assets.current_features import _groups
+    from fruits_assets.resources.storage import FruitsStorage
+    from fruits_assets.storage.datasets import Datasets
+
+    datasets = Datasets(
+        local_spark(), FruitsStorage(images_root=str(output), output_root=str(output))
+    )
+    kept = json.loads(Path(layout.feature_groups_path(str(output))).read_text())
+    assert tuple(kept["commit"]) == datasets.commit(layout.MOBILENET_FEATURES)
+    counted = _groups(datasets.read(layout.MOBILENET_FEATURES))
+    assert sorted(kept["groups"], key=str) == sorted(counted, key=str)

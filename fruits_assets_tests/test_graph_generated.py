@@ -11,7 +11,11 @@ from fruits_assets import runner
 from fruits_assets.assets import checks
 from fruits_assets.resources.ml_settings import ClassifierSettings
 from fruits_assets.storage import layout
-from fruits_assets_tests.helpers import materialize_graph, settings
+from fruits_assets_tests.helpers import (
+    assert_kept_groups_match_the_table,
+    materialize_graph,
+    settings,
+)
 from fruits_assets_tests.helpers import read_dataset as read_parquet
 from fruits_assets_tests.images import BAD_CLASS, EXPECTED, GOOD_CLASS, write_mixed_root
 
@@ -27,10 +31,11 @@ def mixed_run(tmp_path_factory):
 
 
 def test_graph_succeeds_and_every_check_passes(mixed_run):
-    _, _, _, outcome, _ = mixed_run
+    _, output, _, outcome, _ = mixed_run
     assert outcome.ok, outcome.failures
     assert len(outcome.checks) == 13
     assert all(outcome.checks.values()), outcome.checks
+    assert_kept_groups_match_the_table(output)  # photos without Training/Test folders
 
 
 def test_every_bad_file_is_rejected_with_its_reason(mixed_run):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 from pathlib import Path
 
@@ -16,7 +15,11 @@ from fruits_assets.ml import color, featurizer
 from fruits_assets.storage import filesystem, layout
 from fruits_assets_tests.conftest import REAL_CLASSES as CLASSES
 from fruits_assets_tests.conftest import WEIGHTS_SHA256
-from fruits_assets_tests.helpers import keras_features, local_spark, materialize_graph
+from fruits_assets_tests.helpers import (
+    assert_kept_groups_match_the_table,
+    keras_features,
+    materialize_graph,
+)
 from fruits_assets_tests.helpers import read_dataset as read_parquet
 
 pytestmark = pytest.mark.slow
@@ -31,21 +34,6 @@ def label_dir_digest(dataset: str, label: str) -> str:
         if file.is_file():
             digest.update(file.name.encode() + file.read_bytes())
     return digest.hexdigest()
-
-
-def assert_kept_groups_are_the_table_s(output: str) -> None:
-    """The groups of feature rows kept with the table's latest commit (per class and
-    featurizer: rows, Training, Test), which the featurizing step derives from its own audit,
-    are those one aggregate over the table finds."""
-    from fruits_assets.assets.current_features import _groups
-    from fruits_assets.resources.storage import FruitsStorage
-    from fruits_assets.storage.datasets import Datasets
-
-    datasets = Datasets(local_spark(), FruitsStorage(images_root=output, output_root=output))
-    kept = json.loads(Path(layout.feature_groups_path(output)).read_text())
-    assert tuple(kept["commit"]) == datasets.commit(layout.MOBILENET_FEATURES)
-    counted = _groups(datasets.read(layout.MOBILENET_FEATURES))
-    assert sorted(kept["groups"], key=str) == sorted(counted, key=str)
 
 
 def test_real_graph_outputs(real_run):
@@ -65,7 +53,7 @@ def test_real_graph_outputs(real_run):
     assert len(files) < len(CLASSES) and not any("/label=" in f for f in files)
     meta = outcome.metadata["mobilenet_features"]
     assert meta["weights_sha256"] == WEIGHTS_SHA256
-    assert_kept_groups_are_the_table_s(output)
+    assert_kept_groups_match_the_table(output)
     pca = outcome.metadata["pca_model"]
     assert pca["explained_variance"] >= 0.99 and 1 <= pca["k"] <= 449
     assert pca["num_rows"] == 450 and "Training split only" in pca["fit_on"]
@@ -141,7 +129,7 @@ def test_rerun_one_class_leaves_the_others_untouched(real_run, fruits360, shared
     }
     features = read_parquet(features_dir)
     assert (features.label == RERUN_CLASS).sum() == 61
-    assert_kept_groups_are_the_table_s(output)
+    assert_kept_groups_match_the_table(output)
     assert features.path.str.endswith("added_copy.jpg").sum() == 1
     # The unpartitioned assets are rebuilt from every class.
     assert len(read_parquet(layout.asset_dir(output, layout.PCA_FEATURES_PARQUET))) == 601

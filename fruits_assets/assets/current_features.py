@@ -127,10 +127,11 @@ def features_weights(features: DataFrame) -> str:
 
 
 FACTS = "rows per class and weights"
+COUNTS = ("count", "train", "test", "none")  # what `_groups` counts of each group of rows
 
 
 def group_counts() -> list[Column]:
-    """What `_groups` counts of each group of rows: `count`, `train`, `test`, `none`."""
+    """The aggregates of `COUNTS`: the rows, and those on each side of the folders' split."""
     return [F.count("*").alias("count"), *splits.split_counts(F.col("path"))]
 
 
@@ -148,19 +149,17 @@ def _kept_groups(datasets: Datasets, table: DataFrame) -> list[dict]:
     updates them from the data files the log says were taken out and put in since (counts
     add up: a rerun's few files are read on the driver) instead of aggregating every row."""
     commit = datasets.commit(layout.MOBILENET_FEATURES)
-    where = layout.feature_groups_path(datasets.output)
     groups = None
     try:
-        kept = json.loads(filesystem.read_bytes(where))
-        since = (int(kept["commit"][0]), int(kept["commit"][1]))
+        since, kept = _read_kept_groups(datasets)
         changes = (
             datasets.file_changes(layout.MOBILENET_FEATURES, since, commit)
             if commit is not None
             else None
         )
         # A rerun of most classes: aggregating every row is as quick as reading their files.
-        if changes is not None and len(changes[0]) + len(changes[1]) <= len(kept["groups"]):
-            groups = _updated_groups(datasets, kept["groups"], *changes)
+        if changes is not None and len(changes[0]) + len(changes[1]) <= len(kept):
+            groups = _updated_groups(datasets, kept, *changes)
     except Exception:  # none kept, or unreadable (a truncated write): aggregate every row
         groups = None
     if groups is None:
@@ -169,7 +168,16 @@ def _kept_groups(datasets: Datasets, table: DataFrame) -> list[dict]:
     return groups
 
 
-def _write_kept_groups(datasets: Datasets, commit: tuple[int, int] | None, groups: list[dict]):
+def _read_kept_groups(datasets: Datasets) -> tuple[tuple[int, int], list[dict]]:
+    """The groups kept on disk and the commit they are of (raises when none or unreadable)."""
+    kept = json.loads(filesystem.read_bytes(layout.feature_groups_path(datasets.output)))
+    return (int(kept["commit"][0]), int(kept["commit"][1])), kept["groups"]
+
+
+def _write_kept_groups(
+    datasets: Datasets, commit: tuple[int, int] | None, groups: list[dict]
+) -> None:
+    """Keep `groups` on disk as those of `commit` (best effort: only a shortcut is lost)."""
     if commit is None:
         return
     try:
@@ -182,9 +190,9 @@ def _write_kept_groups(datasets: Datasets, commit: tuple[int, int] | None, group
 
 
 def groups_now(datasets: Datasets) -> tuple[tuple[int, int] | None, list[dict] | None]:
-    """The table's latest commit and its `_groups` where known without reading rows: as this
-    process or the file kept with them has them for that commit, none for no table yet; else
-    None."""
+    """The table's latest commit (None: no table yet) and its `_groups` where known without
+    reading rows: as this process or the file kept with them has them for that commit, `[]`
+    when there is no table yet, None when not known."""
     commit = datasets.commit(layout.MOBILENET_FEATURES)
     if commit is None:
         return None, []
@@ -192,38 +200,43 @@ def groups_now(datasets: Datasets) -> tuple[tuple[int, int] | None, list[dict] |
     if known is not None:
         return commit, known
     try:
-        kept = json.loads(filesystem.read_bytes(layout.feature_groups_path(datasets.output)))
-        if (int(kept["commit"][0]), int(kept["commit"][1])) == commit:
-            return commit, kept["groups"]
+        since, kept = _read_kept_groups(datasets)
     except Exception:  # none kept, or unreadable: not known
-        pass
-    return commit, None
+        return commit, None
+    return commit, kept if since == commit else None
 
 
 def keep_published_groups(
     datasets: Datasets,
-    before: list[dict] | None,
+    before: tuple[tuple[int, int] | None, list[dict] | None],
     labels: set[str],
     identity: str,
     audit: list[Row],
 ) -> None:
     """After a publish of these classes' feature rows, all computed by the featurizer
     `identity`: their groups (`_groups`) from the `audit` of the rows published (per class,
-    `group_counts`) with the other classes' as they were `before` it (`groups_now`), for the
-    table's new commit, so that the steps after it need no aggregate over the table. Nothing
-    when the groups before it are not known."""
-    if before is None:
+    `group_counts`) with the other classes' as they were `before` it (`groups_now`), kept for
+    the publish's own commit, so that the steps after it need no aggregate over the table.
+
+    Nothing when the groups before it are not known, or when the table's latest commit is not
+    the one that follows them (another writer's); never fails: the data is published."""
+    commit_before, groups_before = before
+    if groups_before is None:
         return
-    published = [
-        {layout.LABEL_COLUMN: r[layout.LABEL_COLUMN], "w": identity, **{c: r[c] for c in COUNTS}}
-        for r in audit
-    ]
-    groups = [g for g in before if g[layout.LABEL_COLUMN] not in labels] + published
-    datasets.remember(layout.MOBILENET_FEATURES, FACTS, groups)
-    _write_kept_groups(datasets, datasets.commit(layout.MOBILENET_FEATURES), groups)
-
-
-COUNTS = ("count", "train", "test", "none")
+    try:
+        commit = datasets.commit(layout.MOBILENET_FEATURES)
+        follows = commit_before[0] + 1 if commit_before is not None else 0
+        if commit is None or (commit != commit_before and commit[0] != follows):
+            return
+        published = [
+            {layout.LABEL_COLUMN: r[layout.LABEL_COLUMN], "w": identity} | {c: r[c] for c in COUNTS}
+            for r in audit
+        ]
+        groups = [g for g in groups_before if g[layout.LABEL_COLUMN] not in labels] + published
+        datasets.remember(layout.MOBILENET_FEATURES, FACTS, groups, commit=commit)
+        _write_kept_groups(datasets, commit, groups)
+    except Exception:  # a shortcut for the next steps only: they aggregate instead
+        pass
 
 
 def _updated_groups(

@@ -226,7 +226,7 @@ def mobilenet_features(
     if warning:
         metadata["WARNING"] = warning
     # The other classes' groups of rows as the table holds them before this publish, when known.
-    _, groups_before = groups_now(datasets)
+    groups_before = groups_now(datasets)
     yield from publish_or_fail(
         context,
         datasets,

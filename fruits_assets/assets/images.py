@@ -22,7 +22,8 @@ from fruits_assets.storage import discovery, layout
 from fruits_assets.storage.datasets import ROWS_PER_CLASS, Datasets, labels_filter
 
 # A fact raw_images keeps of its commit for labeled_images (`Datasets.remember`): the classes it
-# published, the Spark application and the DataFrame of their listing, the rows that commit holds.
+# published, the Spark application and the DataFrame of their listing, equal to the table's rows
+# of those classes at that commit.
 LISTING = "listing"
 
 RAW_SCHEMA = T.StructType(

@@ -30,10 +30,10 @@ def split_of_path(path: str) -> str | None:
 def split_counts(path: Column) -> list[Column]:
     """Aggregates of a group of images: how many the folders put on each side, and on neither."""
     split = split_folder(path)
-    return [
-        F.sum((split == TRAIN).cast("int")).alias("train"),
-        F.sum((split == TEST).cast("int")).alias("test"),
-        F.sum(split.isNull().cast("int")).alias("none"),
+    return [  # counts, so a group with none on a side has 0 there (a sum of nulls is null)
+        F.count(F.when(split == TRAIN, 1)).alias("train"),
+        F.count(F.when(split == TEST, 1)).alias("test"),
+        F.count(F.when(split.isNull(), 1)).alias("none"),
     ]
 
 

@@ -201,9 +201,12 @@ class Datasets:
             present = [c for c in columns if c in schema.names]
             yield pq.read_table(where.path, filesystem=where.fs, columns=present)
 
-    def remember(self, dataset: str, fact: str, value: Any) -> None:
-        """Keep `value`, a fact about the table's latest commit, for `recall` in this process."""
-        commit = self._latest_commit(dataset)
+    def remember(
+        self, dataset: str, fact: str, value: Any, commit: tuple[int, int] | None = None
+    ) -> None:
+        """Keep `value`, a fact about the table's latest commit (or the given one, as `commit`
+        names it), for `recall` in this process."""
+        commit = commit or self._latest_commit(dataset)
         if commit is not None:
             _keep((self.location(dataset), fact), commit, value)
 
