@@ -63,7 +63,7 @@ class RunOutcome:
             # Per-class counts (`num_*`, see assets.metadata) add up; run-wide values are shared.
             into = summed.setdefault(asset, {})
             for key, value in values.items():
-                into[key] = into.get(key, 0) + value if key.startswith("num_") else value
+                into[key] = into.get(key, 0) + value if _per_class_count(key) else value
         for asset, values in summed.items():
             earlier = self.metadata.get(asset)
             self.metadata[asset] = values if earlier is None else _over_runs(earlier, values)
@@ -93,13 +93,18 @@ class RunOutcome:
 RUN_TOTALS = ("classes_in_run", "featurize_seconds")
 
 
+def _per_class_count(key: str) -> bool:
+    """A per-class asset's count of one class (`num_*`, see assets.metadata): counts add up."""
+    return key.startswith("num_")
+
+
 def _over_runs(earlier: dict[str, Any], later: dict[str, Any]) -> dict[str, Any]:
     """A per-class asset's metadata over two runs of different classes (`fruits run --classes`
     of classes that are not neighbours): counts and run totals add up, the featurizing speed is
     that of both runs, a warning of either is kept; other values are the later run's."""
     merged = {**earlier, **later}
     for key, value in later.items():
-        if key in earlier and (key.startswith("num_") or key in RUN_TOTALS):
+        if key in earlier and (_per_class_count(key) or key in RUN_TOTALS):
             merged[key] = earlier[key] + value
     if merged.get("featurize_seconds") and "num_rows" in merged:
         merged["images_per_second"] = round(merged["num_rows"] / merged["featurize_seconds"], 1)

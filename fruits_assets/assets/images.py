@@ -133,11 +133,12 @@ def raw_images(
         per_class=class_metadata,
     )
     # Published: labeled_images, next in this run, need not count them again, nor read them.
-    datasets.remember(
-        layout.RAW_IMAGES, ROWS_PER_CLASS, {label: per_class[label] for label in labels}
-    )
+    commit = datasets.commit(layout.RAW_IMAGES)
+    counts = {label: per_class[label] for label in labels}
+    datasets.remember(layout.RAW_IMAGES, ROWS_PER_CLASS, counts, commit=commit)
     application = pyspark.spark_session.sparkContext.applicationId
-    datasets.remember(layout.RAW_IMAGES, LISTING, (frozenset(labels), application, listing))
+    kept = (frozenset(labels), application, listing)
+    datasets.remember(layout.RAW_IMAGES, LISTING, kept, commit=commit)
 
 
 def _raw_listing(datasets: Datasets, labels: set[str]) -> DataFrame:
