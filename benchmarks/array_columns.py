@@ -14,8 +14,11 @@ one unmeasured round, interleaved per repetition:
   stores every column nullable whatever the rows' schema (the elements' list level, as written,
   is printed);
 - a pass: every vector of the Delta table handed to Python workers, by Spark's Parquet reader
-  and Arrow (`mapInArrow`, as the PCA's moments and projection get them), or by each worker
-  reading its share of the table's files with pyarrow.
+  and Arrow (`mapInArrow`), or by each worker reading its share of the table's files with
+  pyarrow (as the PCA's moments and projection and the CSV's lines get them where a table's
+  files hold exactly its rows, `storage/table_files.py`); and, to tell the costs apart, Spark's
+  reader alone (the vectors' sizes summed in the JVM) and the rows held on local disk (a run's
+  staged rows) handed to the workers through Arrow.
 """
 
 from __future__ import annotations
@@ -128,6 +131,12 @@ def main() -> None:
             .mapInArrow(_count, "rows long")
             .collect()
         ),  # fmt: skip
+        "pass: Spark's reader only (the vectors' sizes summed in the JVM)": lambda: (
+            spark.read.format("delta").load(delta).agg(F.sum(F.size("features"))).collect()
+        ),
+        "pass: the rows held on local disk, then Arrow to Python workers": lambda: (
+            not_null.select("features").mapInArrow(_count, "rows long").collect()
+        ),
         "pass: Python workers read the files (pyarrow)": lambda: (
             spark.sparkContext.parallelize(files, 2 * spark.sparkContext.defaultParallelism)
             .mapPartitions(_read_files)

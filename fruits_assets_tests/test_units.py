@@ -384,6 +384,78 @@ def test_projections_are_the_features_times_the_components_and_bad_vectors_say_w
         pca.moments(holed.where("path = 'b'"), "features")
 
 
+def test_python_workers_read_a_tables_files_only_where_they_hold_exactly_its_rows(tmp_path):
+    """The moments and projections the workers compute from a table's files (class folders
+    with escaped names included) equal those through Spark's reader; a table whose files may
+    hold deleted rows (deletion vectors) is not read that way."""
+    from fruits_assets.resources.storage import FruitsStorage
+    from fruits_assets.storage import datasets as datasets_module
+    from fruits_assets.storage import filesystem
+    from fruits_assets.storage.datasets import Datasets
+
+    def same(found, kept) -> bool:  # the same files and classes, whatever the URIs' form
+        def key(files):
+            return sorted((filesystem.normalize_uri(f.uri), f.label or "") for f in files)
+
+        return key(found) == key(kept)
+
+    spark = local_spark()
+    storage = FruitsStorage(images_root=str(tmp_path / "in"), output_root=str(tmp_path / "out"))
+    datasets = Datasets(spark, storage, "run-1")
+    table = layout.MOBILENET_FEATURES
+    x = _rank_deficient_features(60, 16)
+    labels = ["Kiwi 1", "100% Pear", "Fig=3"]
+    rows = [
+        (f"/in/{('Training', 'Test')[i % 2]}/{labels[i % 3]}/{i}.jpg", labels[i % 3], v.tolist())
+        for i, v in enumerate(x)
+    ]
+    schema = "path string, label string, features array<float>"
+    datasets.publish_partitions(spark.createDataFrame(rows, schema), table, set(labels))
+    files = datasets.data_files(table, ["Kiwi 1", "100% Pear"])  # as the publish kept them
+    assert sorted(f.label for f in files) == ["100% Pear", "Kiwi 1"]
+    assert datasets.data_files(table) is None  # a partitioned table: which classes?
+    datasets_module._FACTS.clear()  # another process: as Delta lists them
+    assert same(datasets.data_files(table, ["Kiwi 1", "100% Pear"]), files)
+    assert datasets.data_files(table) is None
+
+    both = datasets.data_files(table, labels)
+    training = x.astype(np.float64)[0::2]
+    got = pca.moments_of_files(spark, both, "features", training_only=True)
+    assert got.n == len(training)
+    np.testing.assert_allclose(got.covariance(), np.cov(training, rowvar=False), atol=1e-9)
+    assert pca.moments_of_files(spark, both, "features", training_only=False).n == len(x)
+
+    components = np.random.default_rng(5).normal(size=(3, x.shape[1]))
+    stored = datasets.read(table)
+    through_spark = pca.projected(stored, components, "features", "pca", ("path", "label"))
+    from_files = pca.projected(stored, components, "features", "pca", ("path", "label"), files=both)
+    assert from_files.schema == through_spark.schema
+    expected = {(r["path"], r["label"]): r["pca"] for r in through_spark.collect()}
+    got_rows = {(r["path"], r["label"]): r["pca"] for r in from_files.collect()}
+    assert got_rows.keys() == expected.keys()
+    for key, values in expected.items():
+        np.testing.assert_allclose(got_rows[key], values, rtol=1e-6)
+    with pytest.raises(Exception, match="feature vectors of 16 values where 2 are expected"):
+        pca.projected(stored, np.ones((1, 2)), "features", "pca", ("path",), files=both).collect()
+
+    # A table not partitioned by class: all its files, the class from its rows.
+    flat = layout.PCA_FEATURES_PARQUET
+    datasets.publish_whole(spark.createDataFrame(rows, schema), flat, partitioned=False)
+    kept = datasets.data_files(flat)
+    assert kept and {f.label for f in kept} == {None}
+    datasets_module._FACTS.clear()
+    assert same(datasets.data_files(flat), kept)
+    assert datasets.data_files(flat, ["Kiwi 1"]) is None
+
+    # A table whose readers must apply deletion vectors (rows deleted inside a file, as other
+    # Delta writers leave them): only Spark's reader knows which rows are live.
+    path = datasets.spark_path(table)
+    spark.sql(
+        f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ('delta.enableDeletionVectors' = true)"
+    )
+    assert datasets.data_files(table, labels) is None
+
+
 def test_csv_lines_quote_what_needs_it_and_keep_every_float32():
     """Each line reads back (Python's csv) as its path, label and exactly its float32 values,
     sliced batches included; bad vectors fail with their cause."""
@@ -771,7 +843,8 @@ def test_pca_training_moments_follow_the_feature_tables_changes(tmp_path, folder
 
     publish(set(data))
     groups(spark_jobs=True)
-    assert "computed over every class" in fit(before)[1]
+    line = fit(before)[1]
+    assert "computed over every class (the workers read the table's 9 data files)" in line
     # Class b rerun with other photos, class j registered, class e dropped: three classes.
     data["b 1"] = rows_of("b 1", 9, 5.0)
     publish({"b 1"})

@@ -8,6 +8,7 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 from dagster_pyspark import LazyPySparkResource
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from fruits_assets.assets import checks
@@ -15,7 +16,7 @@ from fruits_assets.assets.pca import SIZE_FACT, pca_features_parquet
 from fruits_assets.assets.publishing import FilePublication, publish_or_fail
 from fruits_assets.partitions import registered_classes
 from fruits_assets.resources.storage import FruitsStorage
-from fruits_assets.storage import csv_text, filesystem, layout
+from fruits_assets.storage import csv_text, filesystem, layout, table_files
 from fruits_assets.storage.datasets import Datasets, Staged
 
 TEXT = pa.string()  # a label such as "2024" stays text
@@ -46,6 +47,18 @@ def read_csv_facts(uri: str) -> tuple[list[str], int, set[str]]:
             if counted == "label":
                 labels.update(batch.column(0).to_pylist())
     return header, rows, labels
+
+
+def _lines(datasets: Datasets, features: DataFrame, k: int) -> DataFrame:
+    """Each feature row's CSV line (`csv_text.LINE_SCHEMA`), formatted on every core: the
+    Python workers read the table's files themselves where they hold exactly its rows."""
+    files = datasets.data_files(layout.PCA_FEATURES_PARQUET)
+    if files is None:
+        rows = features.select("path", "label", "pca_features")
+        return rows.mapInArrow(csv_text.lines("pca_features", k), csv_text.LINE_SCHEMA)
+    return table_files.file_rows(datasets.spark, files).mapInArrow(
+        csv_text.lines_of_files("pca_features", k), csv_text.LINE_SCHEMA
+    )
 
 
 @dg.asset(
@@ -94,11 +107,7 @@ def features_csv(
         F.lit(header_line).alias("line"),
     )
     table = (
-        header_row.unionByName(
-            features.select("path", "label", "pca_features")
-            .mapInArrow(csv_text.lines("pca_features", k), csv_text.LINE_SCHEMA)
-            .withColumn("order", F.lit(1))
-        )
+        header_row.unionByName(_lines(datasets, features, k).withColumn("order", F.lit(1)))
         .repartition(1, "order")
         .sortWithinPartitions("order", "label", "path")
         .select("line")

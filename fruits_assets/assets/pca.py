@@ -234,7 +234,12 @@ def pca_features_parquet(
     model = PcaModel.load(datasets)
     k = model.k
     projected = pca.projected(
-        current.df, model.components, "features", "pca_features", keep=("path", "label")
+        current.df,
+        model.components,
+        "features",
+        "pca_features",
+        keep=("path", "label"),
+        files=datasets.data_files(layout.MOBILENET_FEATURES, current.classes),
     )
     staged = datasets.stage(
         projected,

@@ -89,8 +89,8 @@ def training_moments(
             elif updated is not None:  # not the rows the table's counts say: trust neither
                 how += " (the kept ones, updated, did not match the table's row count)"
     if moments is None:
-        fit_rows, _ = splits.training_rows(current.df, current.folders_split)
-        moments = pca.moments(fit_rows, FEATURES_COLUMN)
+        moments, read = _all_moments(datasets, current)
+        how += f" ({read})"
     context.log.info(f"PCA training moments {how}")
     if commit is not None and moments is not None:
         try:
@@ -101,6 +101,19 @@ def training_moments(
         except OSError as error:  # only the next fit's shortcut is lost
             context.log.warning(f"PCA training moments not kept: {error}")
     return moments, fit_on
+
+
+def _all_moments(datasets: Datasets, current: CurrentFeatures) -> tuple[pca.Moments | None, str]:
+    """The moments of every current training row, and how the rows were read: by the Python
+    workers from the table's files where they hold exactly its rows, else by Spark's reader."""
+    files = datasets.data_files(layout.MOBILENET_FEATURES, current.classes)
+    if files is not None:
+        moments = pca.moments_of_files(
+            datasets.spark, files, FEATURES_COLUMN, training_only=current.folders_split
+        )
+        return moments, f"the workers read the table's {len(files)} data files"
+    fit_rows, _ = splits.training_rows(current.df, current.folders_split)
+    return pca.moments(fit_rows, FEATURES_COLUMN), "through Spark's reader"
 
 
 def _rows(moments: pca.Moments | None) -> int:

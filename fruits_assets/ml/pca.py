@@ -15,6 +15,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fruits_assets.ml.arrow_vectors import list_array
+from fruits_assets.ml.splits import TRAIN, split_of_path
+from fruits_assets.storage import table_files
+from fruits_assets.storage.table_files import DataFile
 
 
 @dataclass(frozen=True)
@@ -112,33 +115,65 @@ def vectors(
     return values.to_numpy(zero_copy_only=False).reshape(len(column), -1).astype(dtype, copy=False)
 
 
+def _partition_moments(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """The moments of one partition's vectors (its batches' first column), as one batch."""
+    total, block, rows, width = None, [], 0, None
+    for batch in itertools.chain(batches, [None]):  # None: the end, for the last block
+        if batch is not None and batch.num_rows:
+            # As float32 until the block is complete: one float64 copy per block.
+            block.append(vectors(batch.column(0), width, dtype=np.float32))
+            width, rows = block[-1].shape[1], rows + batch.num_rows
+        if block and (rows >= BLOCK_ROWS or batch is None):
+            total = _merge(total, Moments.of(np.concatenate(block, dtype=np.float64)))
+            block, rows = [], 0
+    if total is not None:
+        yield _moments_batch(total)
+
+
 def moments(df, column: str) -> Moments | None:  # a Spark DataFrame
     """The moments of an array<float> column (None without rows): each partition's are computed
     by numpy on the Spark workers from Arrow batches, and merged on the driver (on the workers
     first, past MAX_MERGED_ON_DRIVER partitions), so the driver receives a few matrices."""
-
-    def of_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        total, block, rows, width = None, [], 0, None
-        for batch in itertools.chain(batches, [None]):  # None: the end, for the last block
-            if batch is not None and batch.num_rows:
-                # As float32 until the block is complete: one float64 copy per block.
-                block.append(vectors(batch.column(0), width, dtype=np.float32))
-                width, rows = block[-1].shape[1], rows + batch.num_rows
-            if block and (rows >= BLOCK_ROWS or batch is None):
-                total = _merge(total, Moments.of(np.concatenate(block, dtype=np.float64)))
-                block, rows = [], 0
-        if total is not None:
-            yield _moments_batch(total)
-
     # One task per core: each partition's result is a full dim x dim matrix (13 MB at 1280),
     # so more partitions than cores would only ship and merge more matrices.
     parts = df.sparkSession.sparkContext.defaultParallelism
-    partial = df.select(column).coalesce(parts).mapInArrow(of_partition, MOMENTS_SCHEMA)
+    partial = df.select(column).coalesce(parts).mapInArrow(_partition_moments, MOMENTS_SCHEMA)
+    return _merged(partial, parts)
+
+
+def moments_of_files(
+    spark, files: Sequence[DataFile], column: str, training_only: bool
+) -> Moments | None:
+    """`moments` of an array<float> column of a table's data files (`Datasets.data_files`),
+    read by the Python workers themselves; of the Training split's rows only, as the folders
+    above each path's class folder say (`splits.split_of_path`), if `training_only`."""
+
+    def of_files(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        read = table_files.read_batches(batches, ["path", column] if training_only else [column])
+        if training_only:
+            read = (_training_rows(batch).select([column]) for batch in read)
+        yield from _partition_moments(read)
+
+    # One task per core, as in `moments` (`file_rows` makes as many partitions).
+    partial = table_files.file_rows(spark, files).mapInArrow(of_files, MOMENTS_SCHEMA)
+    return _merged(partial, spark.sparkContext.defaultParallelism)
+
+
+def _training_rows(batch: pa.RecordBatch) -> pa.RecordBatch:
+    keep = [split_of_path(path) == TRAIN for path in batch.column("path").to_pylist()]
+    return batch.filter(pa.array(keep, pa.bool_()))
+
+
+def _merged(partial, parts: int) -> Moments | None:  # a DataFrame of MOMENTS_SCHEMA
+    """The `parts` partial moments merged: on the workers first past MAX_MERGED_ON_DRIVER."""
     if parts > MAX_MERGED_ON_DRIVER:
         partial = partial.repartition(math.isqrt(parts - 1) + 1).mapInArrow(
             _merge_batches, MOMENTS_SCHEMA
         )
-    return functools.reduce(_merge, (pickle.loads(row.moments) for row in partial.collect()), None)
+    # Through Arrow (`toPandas`): a row's 13 MB of bytes, collected as Python objects, would be
+    # pickled by the JVM and unpickled here, taking three times as long.
+    parts = partial.toPandas()["moments"]
+    return functools.reduce(_merge, (pickle.loads(data) for data in parts), None)
 
 
 def _moments_batch(total: Moments) -> pa.RecordBatch:
@@ -201,11 +236,14 @@ def choose_k(explained_variance: Sequence[float], target: float) -> tuple[int, f
     return k, float(min(cumulative[k - 1], 1.0))
 
 
-def projected(df, components: np.ndarray, column: str, output: str, keep: Sequence[str]):
+def projected(
+    df, components: np.ndarray, column: str, output: str, keep: Sequence[str], files=None
+):
     """`df`'s `keep` columns and `output`: each 1280-d vector of `column` -> its k PCA
     coordinates (array<float>), as Spark ML's PCAModel computes them (components applied without
     centring), on the Python workers with numpy, from and to Arrow batches (no Python object per
-    row)."""
+    row). `files`: `df`'s data files (`Datasets.data_files`), for the workers to read its rows
+    themselves instead of through Spark's reader."""
     from pyspark.sql import types as T
 
     spark = df.sparkSession
@@ -223,4 +261,10 @@ def projected(df, components: np.ndarray, column: str, output: str, keep: Sequen
                 [*batch.columns[: len(keep)], coordinates], names=[*keep, output]
             )
 
-    return df.select(*keep, column).mapInArrow(project, schema)
+    if files is None:
+        return df.select(*keep, column).mapInArrow(project, schema)
+
+    def project_files(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        yield from project(table_files.read_batches(batches, [*keep, column]))
+
+    return table_files.file_rows(spark, files).mapInArrow(project_files, schema)

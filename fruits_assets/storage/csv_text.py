@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fruits_assets.ml import pca
+from fruits_assets.storage import table_files
 
 # RFC 4180: a field with a comma, a quote or a line break is quoted, its quotes doubled.
 NEEDS_QUOTES = '[",\r\n]'
@@ -45,3 +46,17 @@ def lines(vector: str, k: int) -> Callable[[Iterator[pa.RecordBatch]], Iterator[
     line (path, label, then the k values of `vector`), with its label and path to sort by. A
     null vector, a missing value or a vector of another length than k fails with that cause."""
     return partial(_lines, vector=vector, k=k)
+
+
+def _lines_of_files(
+    files: Iterator[pa.RecordBatch], vector: str, k: int
+) -> Iterator[pa.RecordBatch]:
+    yield from _lines(table_files.read_batches(files, ["path", "label", vector]), vector, k)
+
+
+def lines_of_files(
+    vector: str, k: int
+) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """`lines`, for `mapInArrow` over a table's data files (`table_files.file_rows`): the
+    workers read the rows themselves."""
+    return partial(_lines_of_files, vector=vector, k=k)

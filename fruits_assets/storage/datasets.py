@@ -24,6 +24,7 @@ from pyspark.sql import functions as F
 from fruits_assets.resources.storage import FruitsStorage
 from fruits_assets.storage import errors, filesystem, layout
 from fruits_assets.storage.layout import LABEL_COLUMN
+from fruits_assets.storage.table_files import DataFile
 
 DELTA_LOG = "_delta_log"
 FAILED_MARKER = "_AUDIT_FAILED.json"
@@ -37,6 +38,9 @@ _FACTS: dict[tuple[str, str], tuple[tuple[int, int], Any]] = {}
 MAX_FACTS = 16  # a run keeps about six; a process that serves many output roots, no more
 # A fact: {class: rows} for the classes a step published (`Datasets.rows_per_class`).
 ROWS_PER_CLASS = "rows per class"
+# A fact: the data files a publish added, with the classes it replaced (None: the whole table)
+# and each file's class (`Datasets.data_files`).
+FILES = "data files"
 # What `Datasets.spread` tells Spark a file costs to read, whatever its size (1 GiB).
 FILE_COST = 1 << 30
 
@@ -201,6 +205,69 @@ class Datasets:
             present = [c for c in columns if c in schema.names]
             yield pq.read_table(where.path, filesystem=where.fs, columns=present)
 
+    def data_files(
+        self, dataset: str, labels: Iterable[str] | None = None
+    ) -> list[DataFile] | None:
+        """The data files holding the table's rows at its latest version, for Python workers
+        that read them themselves (`table_files`): of these classes, each file with its class,
+        from a table partitioned by class; every file, for a table that is not (no `labels`).
+
+        The files a publish of this process added, as it kept them (`FILES`), while its commit
+        is the latest; else as Delta lists them. None when the files may hold other rows or
+        columns than the table: a table that needs more than Delta's first reader protocol
+        (deletion vectors mark rows deleted inside a file; column mapping renames the stored
+        columns), or files that are not in the class folders the table's layout says."""
+        if self._reader_version(dataset) != 1:
+            return None
+        kept = self.recall(dataset, FILES)
+        wanted = None if labels is None else set(labels)
+        if kept is not None and (
+            kept[0] is None if wanted is None else kept[0] is not None and wanted <= kept[0]
+        ):
+            found = [(uri, label) for uri, label in kept[1] if wanted is None or label in wanted]
+        else:
+            rows = self.read(dataset, wanted)
+            found = [(uri, _folder_label(uri)) for uri in rows.inputFiles()]
+        if wanted is None:
+            return (
+                None
+                if any(label is not None for _, label in found)
+                else [DataFile(uri) for uri, _ in found]
+            )
+        if any(label not in wanted for _, label in found):
+            return None
+        return [DataFile(uri, label) for uri, label in found]
+
+    def _reader_version(self, dataset: str) -> int:
+        """The Delta reader protocol version the table requires (from its log's protocol, not
+        its files)."""
+        name = self.spark_path(dataset).replace("`", "``")
+        properties = dict(self.spark.sql(f"SHOW TBLPROPERTIES delta.`{name}`").collect())
+        return int(properties.get("delta.minReaderVersion", 1))
+
+    def _keep_files(
+        self, dataset: str, labels: frozenset[str] | None, before: tuple[int, int] | None
+    ) -> None:
+        """Keep, as `FILES`, the data files that the commit following `before` (this process's
+        publish of these classes, or of the whole table) added: the live files of those
+        classes. Nothing is kept unless that commit is the table's latest."""
+        commit = self._latest_commit(dataset)
+        if commit is None or commit[0] != (before[0] + 1 if before else 0):
+            return
+        location = self.location(dataset)
+        log = filesystem.join(location, DELTA_LOG, f"{commit[0]:020d}.json")
+        added = []
+        for line in filesystem.read_bytes(log).decode().splitlines():
+            entry = (json.loads(line) if line.strip() else {}).get("add")
+            if entry is None:
+                continue
+            path = unquote(entry["path"])
+            if entry.get("deletionVector") or "://" in path or path.startswith("/"):
+                return  # rows marked deleted, or a file outside the table's folder
+            label = (entry.get("partitionValues") or {}).get(LABEL_COLUMN)
+            added.append((filesystem.join(location, path), label))
+        _keep((location, FILES), commit, (labels, added))
+
     def remember(
         self, dataset: str, fact: str, value: Any, commit: tuple[int, int] | None = None
     ) -> None:
@@ -302,8 +369,10 @@ class Datasets:
         )
         if not self.exists(dataset):
             writer = writer.partitionBy(LABEL_COLUMN)
-        with errors.explained(self.location(dataset)):
+        before = self._latest_commit(dataset)
+        with errors.explained(self.location(dataset)), _files_on_every_core(self.spark):
             writer.save(self.spark_path(dataset))
+        self._keep_files(dataset, frozenset(labels), before)
         return self._published_version(dataset)
 
     def publish_whole(self, df: DataFrame, dataset: str, partitioned: bool = True) -> int:
@@ -317,8 +386,10 @@ class Datasets:
         )
         if partitioned:
             writer = writer.partitionBy(LABEL_COLUMN)
-        with errors.explained(self.location(dataset)):
+        before = self._latest_commit(dataset)
+        with errors.explained(self.location(dataset)), _files_on_every_core(self.spark):
             writer.save(self.spark_path(dataset))
+        self._keep_files(dataset, None, before)
         return self._published_version(dataset)
 
     def _holds_none(self, dataset: str, labels: set[str]) -> bool:
@@ -442,6 +513,21 @@ class Spread:
     # Each class's rows in one split: what is computed from them, row for row, can be
     # published one file per class without a shuffle (`publish_partitions(whole_classes=...)`).
     whole_classes: bool
+
+
+def _folder_label(uri: str) -> str | None:
+    """The class of a data file in a `label=` folder (Spark's escaping undone), else None."""
+    folder = uri.rsplit("/", 2)[-2] if uri.count("/") >= 2 else ""
+    prefix = f"{LABEL_COLUMN}="
+    return unquote(folder[len(prefix) :]) if folder.startswith(prefix) else None
+
+
+def _files_on_every_core(spark: SparkSession) -> Any:
+    """Settings for a write of a file per class: adaptive execution merges small shuffle
+    partitions up to a minimum size (1 MiB), so a few thousand small rows (a listing) would be
+    written by one task, a file per class after the other, while the other cores idle. Merged
+    to the cores' number instead, the files are written side by side."""
+    return spark_conf(spark, {"spark.sql.adaptive.coalescePartitions.minPartitionSize": "1"})
 
 
 def one_file_per_class(df: DataFrame) -> DataFrame:
