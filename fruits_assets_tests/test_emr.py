@@ -245,7 +245,7 @@ def test_whole_graph_materializes_through_emr_steps(cloud):
     (moments,) = [
         e.user_message for e in instance.all_logs(run.run_id) if "training moments" in e.message
     ]
-    assert f"the workers read the table's {len(CLASSES)} data files" in moments, moments
+    assert f"the workers read the classes' {len(CLASSES)} data files" in moments, moments
 
     features = read_parquet(layout.asset_dir(OUTPUT, layout.MOBILENET_FEATURES))
     assert len(features) == len(CLASSES) * IMAGES_PER_CLASS

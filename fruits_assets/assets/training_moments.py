@@ -111,7 +111,7 @@ def _all_moments(datasets: Datasets, current: CurrentFeatures) -> tuple[pca.Mome
         moments = pca.moments_of_files(
             datasets.spark, files, FEATURES_COLUMN, training_only=current.folders_split
         )
-        return moments, f"the workers read the table's {len(files)} data files"
+        return moments, f"the workers read the classes' {len(files)} data files"
     fit_rows, _ = splits.training_rows(current.df, current.folders_split)
     return pca.moments(fit_rows, FEATURES_COLUMN), "through Spark's reader"
 

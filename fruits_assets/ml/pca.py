@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from pyspark.sql import SparkSession
 
 from fruits_assets.ml.arrow_vectors import list_array
 from fruits_assets.ml.splits import TRAIN, split_of_path
@@ -142,7 +143,7 @@ def moments(df, column: str) -> Moments | None:  # a Spark DataFrame
 
 
 def moments_of_files(
-    spark, files: Sequence[DataFile], column: str, training_only: bool
+    spark: SparkSession, files: Sequence[DataFile], column: str, training_only: bool
 ) -> Moments | None:
     """`moments` of an array<float> column of a table's data files (`Datasets.data_files`),
     read by the Python workers themselves; of the Training split's rows only, as the folders
@@ -160,7 +161,8 @@ def moments_of_files(
 
 
 def _training_rows(batch: pa.RecordBatch) -> pa.RecordBatch:
-    keep = [split_of_path(path) == TRAIN for path in batch.column("path").to_pylist()]
+    paths = batch.column("path").to_pylist()
+    keep = [path is not None and split_of_path(path) == TRAIN for path in paths]
     return batch.filter(pa.array(keep, pa.bool_()))
 
 
@@ -172,8 +174,8 @@ def _merged(partial, parts: int) -> Moments | None:  # a DataFrame of MOMENTS_SC
         )
     # Through Arrow (`toPandas`): a row's 13 MB of bytes, collected as Python objects, would be
     # pickled by the JVM and unpickled here, taking three times as long.
-    parts = partial.toPandas()["moments"]
-    return functools.reduce(_merge, (pickle.loads(data) for data in parts), None)
+    collected = partial.toPandas()["moments"]
+    return functools.reduce(_merge, (pickle.loads(data) for data in collected), None)
 
 
 def _moments_batch(total: Moments) -> pa.RecordBatch:
@@ -237,7 +239,12 @@ def choose_k(explained_variance: Sequence[float], target: float) -> tuple[int, f
 
 
 def projected(
-    df, components: np.ndarray, column: str, output: str, keep: Sequence[str], files=None
+    df,
+    components: np.ndarray,
+    column: str,
+    output: str,
+    keep: Sequence[str],
+    files: Sequence[DataFile] | None = None,
 ):
     """`df`'s `keep` columns and `output`: each 1280-d vector of `column` -> its k PCA
     coordinates (array<float>), as Spark ML's PCAModel computes them (components applied without

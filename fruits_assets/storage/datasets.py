@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -216,56 +216,67 @@ class Datasets:
         is the latest; else as Delta lists them. None when the files may hold other rows or
         columns than the table: a table that needs more than Delta's first reader protocol
         (deletion vectors mark rows deleted inside a file; column mapping renames the stored
-        columns), or files that are not in the class folders the table's layout says."""
+        columns), files that are not in the class folders the table's layout says, or a commit
+        made while they were being listed."""
+        commit = self._latest_commit(dataset)
         if self._reader_version(dataset) != 1:
             return None
-        kept = self.recall(dataset, FILES)
         wanted = None if labels is None else set(labels)
-        if kept is not None and (
-            kept[0] is None if wanted is None else kept[0] is not None and wanted <= kept[0]
-        ):
+        kept = self.recall(dataset, FILES)
+        kept_labels = kept[0] if kept is not None else None
+        whole = kept is not None and wanted is None and kept_labels is None
+        covered = kept_labels is not None and wanted is not None and wanted <= kept_labels
+        if whole or covered:
             found = [(uri, label) for uri, label in kept[1] if wanted is None or label in wanted]
         else:
             rows = self.read(dataset, wanted)
             found = [(uri, _folder_label(uri)) for uri in rows.inputFiles()]
+        if self._latest_commit(dataset) != commit:
+            return None
         if wanted is None:
-            return (
-                None
-                if any(label is not None for _, label in found)
-                else [DataFile(uri) for uri, _ in found]
-            )
+            if any(label is not None for _, label in found):
+                return None
+            return [DataFile(uri) for uri, _ in found]
         if any(label not in wanted for _, label in found):
             return None
         return [DataFile(uri, label) for uri, label in found]
 
-    def _reader_version(self, dataset: str) -> int:
-        """The Delta reader protocol version the table requires (from its log's protocol, not
-        its files)."""
+    def _reader_version(self, dataset: str) -> int | None:
+        """The Delta reader protocol version the table requires, from its log's protocol (not
+        its files); None if the table does not say."""
         name = self.spark_path(dataset).replace("`", "``")
         properties = dict(self.spark.sql(f"SHOW TBLPROPERTIES delta.`{name}`").collect())
-        return int(properties.get("delta.minReaderVersion", 1))
+        version = properties.get("delta.minReaderVersion")
+        return int(version) if version is not None else None
 
     def _keep_files(
         self, dataset: str, labels: frozenset[str] | None, before: tuple[int, int] | None
     ) -> None:
         """Keep, as `FILES`, the data files that the commit following `before` (this process's
         publish of these classes, or of the whole table) added: the live files of those
-        classes. Nothing is kept unless that commit is the table's latest."""
-        commit = self._latest_commit(dataset)
-        if commit is None or commit[0] != (before[0] + 1 if before else 0):
+        classes. Nothing is kept unless that commit is the table's latest and every file it
+        added holds rows of those classes only; nor when the log cannot be read (the publish
+        stands: only the next steps' shortcut is lost)."""
+        try:
+            commit = self._latest_commit(dataset)
+            if commit is None or commit[0] != (before[0] + 1 if before else 0):
+                return
+            location = self.location(dataset)
+            log = filesystem.join(location, DELTA_LOG, f"{commit[0]:020d}.json")
+            added = []
+            for line in filesystem.read_bytes(log).decode().splitlines():
+                entry = (json.loads(line) if line.strip() else {}).get("add")
+                if entry is None:
+                    continue
+                path = unquote(entry["path"])
+                if entry.get("deletionVector") or "://" in path or path.startswith("/"):
+                    return  # rows marked deleted, or a file outside the table's folder
+                label = (entry.get("partitionValues") or {}).get(LABEL_COLUMN)
+                if labels is not None and label not in labels:
+                    return  # not a table of a folder per class: a file may hold any class
+                added.append((filesystem.join(location, path), label))
+        except Exception:
             return
-        location = self.location(dataset)
-        log = filesystem.join(location, DELTA_LOG, f"{commit[0]:020d}.json")
-        added = []
-        for line in filesystem.read_bytes(log).decode().splitlines():
-            entry = (json.loads(line) if line.strip() else {}).get("add")
-            if entry is None:
-                continue
-            path = unquote(entry["path"])
-            if entry.get("deletionVector") or "://" in path or path.startswith("/"):
-                return  # rows marked deleted, or a file outside the table's folder
-            label = (entry.get("partitionValues") or {}).get(LABEL_COLUMN)
-            added.append((filesystem.join(location, path), label))
         _keep((location, FILES), commit, (labels, added))
 
     def remember(
@@ -522,7 +533,7 @@ def _folder_label(uri: str) -> str | None:
     return unquote(folder[len(prefix) :]) if folder.startswith(prefix) else None
 
 
-def _files_on_every_core(spark: SparkSession) -> Any:
+def _files_on_every_core(spark: SparkSession) -> AbstractContextManager[None]:
     """Settings for a write of a file per class: adaptive execution merges small shuffle
     partitions up to a minimum size (1 MiB), so a few thousand small rows (a listing) would be
     written by one task, a file per class after the other, while the other cores idle. Merged

@@ -2,10 +2,10 @@
 
 A pass over the feature vectors through Spark's reader decodes every value into the JVM, then
 copies it into Arrow for the Python workers: on 2 cores, 1.7 s for the 8,460-image sample's
-1280-d vectors, against 0.4 s for the workers reading the same files (BENCHMARKS.md, "What the
-vectors' array columns cost"). The steps that only hand vectors to numpy (the PCA's moments, its
-projections, the CSV's lines) read them this way; Spark still plans which files are live
-(`Datasets.data_files`) and runs the tasks.
+1280-d vectors, against 0.4 s for the workers reading the same files
+(`benchmarks/array_columns.py`). The steps that only hand vectors to numpy (the PCA's moments,
+its projections, the CSV's lines) read them this way; Delta's log says which files are live
+(`Datasets.data_files`) and Spark runs the tasks.
 """
 
 from __future__ import annotations
