@@ -35,7 +35,7 @@ FAILED_MARKER = "_AUDIT_FAILED.json"
 # the commit is named by its version and its file's time, so a table deleted and written
 # again from version 0 does not match what was remembered of the old one.
 _FACTS: dict[tuple[str, str], tuple[tuple[int, int], Any]] = {}
-MAX_FACTS = 16  # a run keeps about six; a process that serves many output roots, no more
+MAX_FACTS = 32  # a run keeps about fifteen; a process that serves many output roots, no more
 # A fact: {class: rows} for the classes a step published (`Datasets.rows_per_class`).
 ROWS_PER_CLASS = "rows per class"
 # A fact: the data files a publish added, with the classes it replaced (None: the whole table)
