@@ -38,11 +38,24 @@ _FACTS: dict[tuple[str, str], tuple[tuple[int, int], Any]] = {}
 MAX_FACTS = 32  # a run keeps about fifteen; a process that serves many output roots, no more
 # A fact: {class: rows} for the classes a step published (`Datasets.rows_per_class`).
 ROWS_PER_CLASS = "rows per class"
-# A fact: the data files a publish added, with the classes it replaced (None: the whole table)
-# and each file's class (`Datasets.data_files`).
-FILES = "data files"
+# A fact: the classes this process's publish replaced with its commit (`Published`), whose
+# added files are then the live files of those classes (`Datasets.data_files`).
+PUBLISHED = "published"
 # What `Datasets.spread` tells Spark a file costs to read, whatever its size (1 GiB).
 FILE_COST = 1 << 30
+
+
+@dataclass(frozen=True)
+class Published:
+    """The classes a publish replaced (None: the whole table)."""
+
+    labels: frozenset[str] | None
+
+    def replaced(self, labels: set[str] | None) -> bool:
+        """Whether it replaced these classes (None: the whole table)."""
+        if labels is None or self.labels is None:
+            return labels is None and self.labels is None
+        return labels <= self.labels
 
 
 @dataclass(frozen=True)
@@ -212,27 +225,27 @@ class Datasets:
         that read them themselves (`table_files`): of these classes, each file with its class,
         from a table partitioned by class; every file, for a table that is not (no `labels`).
 
-        The files a publish of this process added, as it kept them (`FILES`), while its commit
-        is the latest; else as Delta lists them. None when the files may hold other rows or
-        columns than the table: a table that needs more than Delta's first reader protocol
-        (deletion vectors mark rows deleted inside a file; column mapping renames the stored
-        columns), files that are not in the class folders the table's layout says, or a commit
-        made while they were being listed."""
+        The files that this process's publish added, while its commit is the latest and it
+        replaced these classes (`PUBLISHED`); else as Delta lists them. None when the files may
+        hold other rows or columns than the table: a table that needs more than Delta's first
+        reader protocol (deletion vectors mark rows deleted inside a file; column mapping
+        renames the stored columns), files that are not in the class folders the table's
+        layout says, or a commit made while they were being listed."""
         commit = self._latest_commit(dataset)
-        if self._reader_version(dataset) != 1:
+        if commit is None or self._reader_version(dataset) != 1:
             return None
         wanted = None if labels is None else set(labels)
-        kept = self.recall(dataset, FILES)
-        kept_labels = kept[0] if kept is not None else None
-        whole = kept is not None and wanted is None and kept_labels is None
-        covered = kept_labels is not None and wanted is not None and wanted <= kept_labels
-        if whole or covered:
-            found = [(uri, label) for uri, label in kept[1] if wanted is None or label in wanted]
-        else:
+        published = self._kept_at(dataset, PUBLISHED, commit)
+        found = None
+        if published is not None and published.replaced(wanted):
+            found = self._added_files(dataset, commit[0], published.labels)
+            if found is not None and wanted is not None:  # these classes' of those replaced
+                found = [(uri, label) for uri, label in found if label in wanted]
+        if found is None:
             rows = self.read(dataset, wanted)
             found = [(uri, _folder_label(uri)) for uri in rows.inputFiles()]
-        if self._latest_commit(dataset) != commit:
-            return None
+            if self._latest_commit(dataset) != commit:
+                return None
         if wanted is None:
             if any(label is not None for _, label in found):
                 return None
@@ -249,35 +262,34 @@ class Datasets:
         version = properties.get("delta.minReaderVersion")
         return int(version) if version is not None else None
 
-    def _keep_files(
-        self, dataset: str, labels: frozenset[str] | None, before: tuple[int, int] | None
-    ) -> None:
-        """Keep, as `FILES`, the data files that the commit following `before` (this process's
-        publish of these classes, or of the whole table) added: the live files of those
-        classes. Nothing is kept unless that commit is the table's latest and every file it
-        added holds rows of those classes only; nor when the log cannot be read (the publish
-        stands: only the next steps' shortcut is lost)."""
+    def _added_files(
+        self, dataset: str, version: int, labels: frozenset[str] | None
+    ) -> list[tuple[str, str | None]] | None:
+        """The data files a commit added, each with its class: the live files of the classes it
+        replaced (`labels`; None: the whole table). None when they may not be: a file with a
+        deletion vector, outside the table's folder, or with rows of another class; or a log
+        that cannot be read (the files are then listed by Delta)."""
+        location = self.location(dataset)
+        added = []
         try:
-            commit = self._latest_commit(dataset)
-            if commit is None or commit[0] != (before[0] + 1 if before else 0):
-                return
-            location = self.location(dataset)
-            log = filesystem.join(location, DELTA_LOG, f"{commit[0]:020d}.json")
-            added = []
+            log = filesystem.join(location, DELTA_LOG, f"{version:020d}.json")
             for line in filesystem.read_bytes(log).decode().splitlines():
                 entry = (json.loads(line) if line.strip() else {}).get("add")
                 if entry is None:
                     continue
                 path = unquote(entry["path"])
-                if entry.get("deletionVector") or "://" in path or path.startswith("/"):
-                    return  # rows marked deleted, or a file outside the table's folder
                 label = (entry.get("partitionValues") or {}).get(LABEL_COLUMN)
-                if labels is not None and label not in labels:
-                    return  # not a table of a folder per class: a file may hold any class
+                if (
+                    entry.get("deletionVector")
+                    or "://" in path
+                    or path.startswith("/")
+                    or (labels is not None and label not in labels)  # not a folder per class
+                ):
+                    return None
                 added.append((filesystem.join(location, path), label))
         except Exception:
-            return
-        _keep((location, FILES), commit, (labels, added))
+            return None
+        return added
 
     def remember(
         self, dataset: str, fact: str, value: Any, commit: tuple[int, int] | None = None
@@ -290,11 +302,12 @@ class Datasets:
 
     def recall(self, dataset: str, fact: str) -> Any | None:
         """What `remember` kept as `fact`, if the table has had no commit since; else None."""
+        return self._kept_at(dataset, fact, self._latest_commit(dataset))
+
+    def _kept_at(self, dataset: str, fact: str, commit: tuple[int, int] | None) -> Any | None:
+        """What was kept as `fact` for this commit of the table (as `_latest_commit` names it)."""
         kept = _FACTS.get((self.location(dataset), fact))
-        if kept is None:
-            return None
-        commit, value = kept
-        return value if commit == self._latest_commit(dataset) else None
+        return kept[1] if kept is not None and kept[0] == commit else None
 
     def remembered(self, dataset: str, fact: str, compute: Callable[[], Any]) -> Any:
         """`fact` as recalled, else computed now and kept. One listing of the table's log: the
@@ -383,8 +396,7 @@ class Datasets:
         before = self._latest_commit(dataset)
         with errors.explained(self.location(dataset)), _files_on_every_core(self.spark):
             writer.save(self.spark_path(dataset))
-        self._keep_files(dataset, frozenset(labels), before)
-        return self._published_version(dataset)
+        return self._published(dataset, frozenset(labels), before)
 
     def publish_whole(self, df: DataFrame, dataset: str, partitioned: bool = True) -> int:
         """Replace the whole table, in one commit (tables rebuilt from every class)."""
@@ -400,8 +412,7 @@ class Datasets:
         before = self._latest_commit(dataset)
         with errors.explained(self.location(dataset)), _files_on_every_core(self.spark):
             writer.save(self.spark_path(dataset))
-        self._keep_files(dataset, None, before)
-        return self._published_version(dataset)
+        return self._published(dataset, None, before)
 
     def _holds_none(self, dataset: str, labels: set[str]) -> bool:
         """Whether the table exists and holds no row of these classes, seen without reading it:
@@ -412,6 +423,17 @@ class Datasets:
             return False
         folders = set(filesystem.list_dirs(self.location(dataset)))
         return not any(layout.partition_dir_name(label) in folders for label in labels)
+
+    def _published(
+        self, dataset: str, labels: frozenset[str] | None, before: tuple[int, int] | None
+    ) -> int:
+        """The version a publish of these classes (None: the whole table) just committed. Kept
+        as `PUBLISHED` when it is the commit that follows `before`: this process's own."""
+        commit = self._latest_commit(dataset)
+        assert commit is not None, f"no commit found after publishing {dataset}"
+        if commit[0] == (before[0] + 1 if before else 0):
+            _keep((self.location(dataset), PUBLISHED), commit, Published(labels))
+        return commit[0]
 
     def _published_version(self, dataset: str) -> int:
         version = self.version(dataset)

@@ -73,13 +73,12 @@ def read_batches(
                 parquet = pq.ParquetFile(handle)
                 stored = set(parquet.schema_arrow.names)
                 read = [c for c in columns if c in stored]
-                missing = [c for c in columns if c not in stored and c != LABEL_COLUMN]
-                if missing or (
-                    LABEL_COLUMN in columns and LABEL_COLUMN not in stored and label is None
-                ):
-                    raise ValueError(f"{uri} has no column {(missing or [LABEL_COLUMN])[0]!r}")
+                from_folder = LABEL_COLUMN in columns and LABEL_COLUMN not in stored
+                missing = [c for c in columns if c not in stored]
+                if missing and (missing != [LABEL_COLUMN] or label is None):
+                    raise ValueError(f"{uri} has no column {missing[0]!r}")
                 for piece in parquet.iter_batches(batch_size=BATCH_ROWS, columns=read):
-                    if LABEL_COLUMN in columns and LABEL_COLUMN not in stored:
+                    if from_folder:
                         labels = pa.array([label] * piece.num_rows, pa.string())
                         piece = pa.RecordBatch.from_arrays(
                             [*piece.columns, labels], names=[*piece.schema.names, LABEL_COLUMN]
