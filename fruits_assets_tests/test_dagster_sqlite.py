@@ -19,6 +19,8 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
 
 from fruits_assets import dagster_sqlite
 from fruits_assets.dagster_sqlite import BatchedSqliteEventLogStorage
@@ -300,3 +302,38 @@ def test_the_batched_event_log_remembers_only_the_tables_it_found(tmp_path: Path
         connection.execute("CREATE TABLE added_later (id INTEGER)")
         connection.commit()
     assert storage.has_table("added_later")
+
+
+def test_inside_partitions_read_once_the_keys_are_read_once(tmp_path: Path) -> None:
+    """Inside `partitions_read_once()` a definition's keys are read with one query: a key added
+    by another storage meanwhile is seen after the block, one added or deleted through this
+    storage at once. Outside it every question is a query, as in Dagster's own storage."""
+    storage = BatchedSqliteEventLogStorage(str(tmp_path / "runs"))
+    other = BatchedSqliteEventLogStorage(str(tmp_path / "runs"))
+    storage.add_dynamic_partitions("fruit", ["Apple", "Kiwi"])
+    queries: list[str] = []
+
+    def count(_conn, _cursor, statement, *_args) -> None:
+        if "dynamic_partitions" in statement and statement.lstrip().upper().startswith("SELECT"):
+            queries.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", count)
+    try:
+        with dagster_sqlite.partitions_read_once():
+            for _ in range(3):
+                assert storage.has_dynamic_partition("fruit", "Kiwi")
+                assert storage.get_dynamic_partitions("fruit") == ["Apple", "Kiwi"]
+            assert len(queries) == 1
+            other.add_dynamic_partitions("fruit", ["Lemon"])
+            assert not storage.has_dynamic_partition("fruit", "Lemon")
+            storage.add_dynamic_partitions("fruit", ["Mango"])
+            assert storage.get_dynamic_partitions("fruit") == ["Apple", "Kiwi", "Lemon", "Mango"]
+            storage.delete_dynamic_partition("fruit", "Apple")
+            assert not storage.has_dynamic_partition("fruit", "Apple")
+        assert storage.has_dynamic_partition("fruit", "Lemon")
+        before = len(queries)
+        storage.has_dynamic_partition("fruit", "Kiwi")
+        storage.has_dynamic_partition("fruit", "Kiwi")
+        assert len(queries) == before + 2
+    finally:
+        event.remove(Engine, "before_cursor_execute", count)

@@ -12,6 +12,7 @@ from pyspark.sql import DataFrame
 
 from fruits_assets import failpoints
 from fruits_assets.assets.checks import SUMMARY
+from fruits_assets.dagster_sqlite import partitions_read_once
 from fruits_assets.storage import files, filesystem
 from fruits_assets.storage.datasets import Datasets, Staged
 
@@ -71,8 +72,8 @@ def adding_per_class(
 ) -> Iterator[None]:
     """Give each class (partition) its own metadata while the block runs, in a thread.
 
-    Dagster checks each partition key against the instance's partitions (a few database
-    queries on this process's Python, about a second for 141 classes), while a publish mostly
+    Dagster checks each partition key against the instance's partitions (read once for the
+    block where the instance's storage allows, `partitions_read_once`), while a publish mostly
     waits for Spark: done side by side, the step waits for the longer of the two only. Any
     error is raised when the block ends."""
     if not per_class:
@@ -82,8 +83,9 @@ def adding_per_class(
 
     def add() -> None:
         try:
-            for label, values in per_class.items():
-                context.add_asset_metadata(dict(values), partition_key=label)
+            with partitions_read_once():
+                for label, values in per_class.items():
+                    context.add_asset_metadata(dict(values), partition_key=label)
         except BaseException as error:  # raised in the step's own thread below
             failures.append(error)
 
