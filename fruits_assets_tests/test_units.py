@@ -9,6 +9,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import zipfile
 from collections import Counter
 
 import numpy as np
@@ -166,6 +167,53 @@ def test_local_spark_interprets_queries_unless_told_to_compile_them():
     assert spark.conf.get("spark.sql.codegen.factoryMode") == "NO_CODEGEN"
     compiled = local_spark_config(FruitsSettings(spark_codegen=True))
     assert not set(INTERPRETED_SQL_CONFIG) & set(compiled)
+
+
+def _worker_imports(_rows):
+    import importlib
+    import sys
+
+    import py4j
+    import pyspark
+
+    importlib.import_module("pyspark.sql.pandas.serializers")  # imported after the fork
+    yield (pyspark.__file__, py4j.__file__, sys.modules["pyspark.sql.pandas.serializers"].__file__,
+           [entry for entry in sys.path if entry.endswith((".zip", ".jar"))])  # fmt: skip
+
+
+def test_local_sparks_python_workers_import_the_installed_pyspark(tmp_path):
+    """The workers of local Spark import pyspark's installed package, with no archive of Spark's
+    on their import path; where the installed pyspark is not the archived one, or is missing,
+    the path stays as Spark made it."""
+    import pyspark
+
+    from fruits_assets.ml import worker_daemon
+
+    installed = os.path.dirname(pyspark.__file__)
+    (found,) = (
+        local_spark().sparkContext.parallelize([0], 1).mapPartitions(_worker_imports).collect()
+    )
+    pyspark_file, py4j_file, serializers_file, archives = found
+    assert pyspark_file == pyspark.__file__
+    assert serializers_file.startswith(installed + os.sep)
+    assert ".zip" not in py4j_file
+    assert not [entry for entry in archives if entry.startswith(installed)], archives
+
+    home = tmp_path / "spark"
+    (home / "python" / "lib").mkdir(parents=True)
+    archive = home / "python" / "lib" / "pyspark.zip"
+    jar = home / "jars" / "spark-core.jar"
+    jar.parent.mkdir()
+    jar.write_bytes(b"")
+    path = [str(archive), str(jar), *sys.path]
+    for version in (pyspark.__version__, "0.0.1"):
+        with zipfile.ZipFile(archive, "w") as zipped:
+            zipped.writestr("pyspark/version.py", f'__version__: str = "{version}"\n')
+        kept = worker_daemon.without_archives(path, str(home))
+        assert kept == (sys.path if version == pyspark.__version__ else path)
+    outside = [entry for entry in sys.path if "site-packages" not in entry]
+    assert worker_daemon.without_archives([str(archive), *outside], str(home))[0] == str(archive)
+    assert worker_daemon.without_archives(path, None) == path
 
 
 def test_a_runs_jvm_keeps_the_optimizing_compiler_for_spark_ml_only():

@@ -197,6 +197,8 @@ def local_spark_config(
         "spark.databricks.delta.snapshotPartitions": str(max(2, cores)),
         "spark.ui.showConsoleProgress": "false",
         "spark.ui.enabled": str(settings.spark_ui).lower(),
+        # The Python workers import the installed pyspark, not Spark's archived copies of it.
+        "spark.python.daemon.module": "fruits_assets.ml.worker_daemon",
         "spark.driver.extraJavaOptions": driver_java_options(settings, long_lived, spark_ml),
     }
     if not settings.spark_codegen:
