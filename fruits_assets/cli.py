@@ -129,9 +129,16 @@ def _settings(args: argparse.Namespace, reads_images: bool = True) -> FruitsSett
 
 def run(args: argparse.Namespace) -> int:
     """Materialize the whole graph (or some classes and everything downstream) in Dagster runs."""
-    from fruits_assets import runner
+    from fruits_assets.preflight import PreflightError
 
     settings = _settings(args)
+    try:
+        listing = _checked_and_spark_started(settings, args)
+    except PreflightError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    from fruits_assets import runner
+
     instance = _instance()
 
     def say_plan(plan: runner.Plan) -> None:
@@ -153,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
             downstream_only=args.downstream_only,
             with_classifier=not args.no_classifier,
             on_plan=say_plan,
+            listing=listing,
         )
     except runner.UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -162,6 +170,40 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     _print_summary(outcome, settings.output)
     return EXIT_OK if outcome.ok else EXIT_FAILED
+
+
+def _checked_and_spark_started(settings: FruitsSettings, args: argparse.Namespace):
+    """The run's first checks, then local Spark's JVM started in the background before Dagster
+    is imported, so that it boots (seconds of a fresh run) while the run is set up. Raises the
+    failed check's PreflightError (the output root, its free space, the weights): nothing has
+    started, and its cause is the first thing the user reads. An input root that cannot be
+    listed, or lacks the classes asked for, starts nothing either: the runner reports it.
+
+    The input root's listing, for the runner (None when it could not be made)."""
+    from fruits_assets import preflight
+    from fruits_assets.storage import discovery
+
+    try:
+        listing = discovery.scan(settings.images)
+    except (OSError, ValueError):
+        return None
+    selected = set(args.classes or listing.classes)
+    if not selected or not selected <= set(listing.classes):
+        return listing
+    images = [] if args.downstream_only else listing.images_of(selected)
+    preflight.check_output_root(
+        settings.output, preflight.space_needed(sum(i.size for i in images), len(images))
+    )
+    if settings.env != "local":
+        return listing
+    if not args.downstream_only and not settings.allow_random_fallback:
+        preflight.check_weights(settings.weights, batch_size=1)
+    from fruits_assets.resources.spark import local_spark_config, start_in_background
+
+    start_in_background(
+        local_spark_config(settings, s3=settings.uses_s3, spark_ml=not args.no_classifier)
+    )
+    return listing
 
 
 def _print_summary(outcome, output: str) -> None:  # a runner.RunOutcome

@@ -141,11 +141,15 @@ class Plan:
 
 
 def plan(
-    settings: FruitsSettings, instance: dg.DagsterInstance, classes: Iterable[str] | None = None
+    settings: FruitsSettings,
+    instance: dg.DagsterInstance,
+    classes: Iterable[str] | None = None,
+    listing: discovery.Scan | None = None,
 ) -> Plan:
-    """List the input root once, sync the partitions to its class folders, group the selection."""
+    """List the input root once (unless given its `listing`, just made), sync the partitions to
+    its class folders, group the selection."""
     try:
-        scan = discovery.scan(settings.images)
+        scan = listing or discovery.scan(settings.images)
     except (FileNotFoundError, ValueError, OSError) as exc:
         raise UsageError(str(exc)) from exc
     if not scan.classes:
@@ -175,6 +179,7 @@ def materialize(
     with_classifier: bool = True,
     resource_overrides: dict[str, Any] | None = None,
     on_plan: Callable[[Plan], None] | None = None,
+    listing: discovery.Scan | None = None,
 ) -> RunOutcome:
     """Materialize the selected classes' per-class assets, then every all-classes asset.
 
@@ -194,7 +199,7 @@ def materialize(
         datasets.clean_staging(settings.output)
         return _materialize(
             settings, instance, classes, downstream_only, with_classifier, resource_overrides,
-            on_plan,
+            on_plan, listing,
         )  # fmt: skip
 
 
@@ -206,10 +211,11 @@ def _materialize(
     with_classifier: bool,
     resource_overrides: dict[str, Any] | None,
     on_plan: Callable[[Plan], None] | None,
+    listing: discovery.Scan | None,
 ) -> RunOutcome:
     from fruits_assets.resources.spark import local_spark_config, start_in_background
 
-    run_plan = plan(settings, instance, classes)
+    run_plan = plan(settings, instance, classes, listing)
     try:
         count = 0 if downstream_only else run_plan.image_count
         needed = preflight.space_needed(0 if downstream_only else run_plan.image_bytes, count)
@@ -222,7 +228,8 @@ def _materialize(
         on_plan(run_plan)
     spark_ready = None
     if settings.env == "local" and not resource_overrides:
-        # Checks passed: the JVM boots (seconds) while the definitions and the run are set up.
+        # Checks passed: the JVM boots (seconds) while the definitions and the run are set up
+        # (unless `fruits run` started it already: the same session).
         spark_ready = start_in_background(
             local_spark_config(settings, s3=settings.uses_s3, spark_ml=with_classifier)
         )

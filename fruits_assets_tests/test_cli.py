@@ -184,7 +184,9 @@ def test_bad_arguments_exit_2(tmp_path, fruits360, extra, message):
     args = ["run", "--images", str(images), "--output", str(tmp_path / "out"), *extra]
     done = fruits(*args, home=tmp_path / "home", timeout=300)
     assert done.returncode == 2
-    assert message in done.stderr
+    # The cause comes first: no Spark JVM was started to print its own lines before it.
+    first = done.stderr.strip().splitlines()[0]
+    assert first.startswith("error:") and message in first, done.stderr
 
 
 def _processes_with(marker: str) -> list[int]:

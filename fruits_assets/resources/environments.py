@@ -7,6 +7,7 @@ from typing import Any
 import dagster as dg
 from dagster_pyspark import LazyPySparkResource
 
+from fruits_assets.resources.local_spark import LocalSpark
 from fruits_assets.resources.ml_settings import (
     ClassifierSettings,
     FeaturizerSettings,
@@ -14,7 +15,6 @@ from fruits_assets.resources.ml_settings import (
 )
 from fruits_assets.resources.spark import (
     COMMON_SPARK_CONFIG,
-    LocalSpark,
     emr_spark_config,
     local_spark_config,
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import shlex
 import shutil
@@ -11,8 +12,6 @@ import tempfile
 import threading
 from pathlib import Path
 from typing import Any
-
-from dagster_pyspark import LazyPySparkResource
 
 from fruits_assets.settings import FruitsSettings
 
@@ -218,13 +217,25 @@ def local_spark_config(
     return config
 
 
+# The local Spark sessions started in the background in this process (`start_in_background`),
+# by their settings: a second start with the same settings waits for the first.
+_STARTED: dict[str, threading.Event] = {}
+_STARTED_LOCK = threading.Lock()
+
+
 def start_in_background(config: dict[str, Any]) -> threading.Event:
     """Start the Spark session of `config` in a thread, so that the JVM boots while the caller
-    does other work (listing, checks); the resource's own getOrCreate then finds it running.
+    does other work (imports, listing, checks); the resource's own getOrCreate then finds it
+    running. Once per process and settings: a later call with the same settings returns the
+    first call's event.
 
     The returned event is set once the session is up (or failed to start: the resource then
     reports why). The thread then warms the session up (`warm_up`) while the run begins."""
-    ready = threading.Event()
+    key = json.dumps({k: str(v) for k, v in config.items()}, sort_keys=True)
+    with _STARTED_LOCK:
+        if key in _STARTED:
+            return _STARTED[key]
+        ready = _STARTED[key] = threading.Event()
 
     def start() -> None:
         from pyspark.sql import SparkSession
@@ -241,47 +252,7 @@ def start_in_background(config: dict[str, Any]) -> threading.Event:
     return ready
 
 
-WARM_UP_THREAD = "spark-warm-up"  # LocalSpark's background warm-up (`warm_up`)
-
-
-class LocalSpark(LazyPySparkResource):
-    """Local Spark, started on first use, then warmed up in the background (`warm_up`) while
-    the first asset runs: runs launched by the UI get what `fruits run` gets. A run launched by
-    `fruits ui` uses the UI's warm JVM instead of starting one (`spark_host`)."""
-
-    def _init_session(self) -> None:
-        if self._spark_session is None:
-            import dagster as dg
-
-            from fruits_assets.resources import spark_host
-
-            self._spark_session = spark_host.attach(self.spark_config)
-            attached = self._spark_session is not None
-            prepared = attached and spark_host.claimed_prepared()
-            if prepared:
-                dg.get_dagster_logger().info(
-                    "Spark: the context the UI's warm JVM prepared (Python workers ready)"
-                )
-            elif attached:
-                dg.get_dagster_logger().info("Spark: a context in the UI's warm JVM")
-            else:
-                super()._init_session()
-            # The UI's JVM has run Delta's code already: warming it again would only take the
-            # two cores from the run's first steps. A context it prepared has its Python
-            # workers running too.
-            threading.Thread(
-                target=warm_up,
-                args=(self._spark_session,),
-                kwargs={"jvm": not attached, "workers": not prepared},
-                name=WARM_UP_THREAD,
-                daemon=True,
-            ).start()
-
-    def teardown_after_execution(self, context: Any) -> None:
-        from fruits_assets.resources import spark_host
-
-        if self._spark_session is not None:
-            spark_host.detach(self._spark_session)
+WARM_UP_THREAD = "spark-warm-up"  # the background warm-up of a run's Spark (`warm_up`)
 
 
 _WARMED: set[str] = set()  # the Spark applications already warmed up in this process
