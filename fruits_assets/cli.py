@@ -12,11 +12,14 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, NamedTuple, NoReturn
 
 from fruits_assets.quick_exit import exit_now
 from fruits_assets.settings import FruitsSettings
 from fruits_assets.storage import layout
+
+if TYPE_CHECKING:
+    from fruits_assets.storage.discovery import Scan
 
 DEFAULT_DAGSTER_HOME = os.path.join(os.path.expanduser("~"), ".fruits_assets", "dagster_home")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -129,14 +132,25 @@ def _settings(args: argparse.Namespace, reads_images: bool = True) -> FruitsSett
 
 def run(args: argparse.Namespace) -> int:
     """Materialize the whole graph (or some classes and everything downstream) in Dagster runs."""
-    from fruits_assets.preflight import PreflightError
+    from fruits_assets import preflight
+    from fruits_assets.storage import lock
 
     settings = _settings(args)
     try:
-        listing = _checked_and_spark_started(settings, args)
-    except PreflightError as exc:
+        preflight.check_output_root(settings.output)  # a folder we can write: then lock it
+        # Held from before Spark starts: a run finding the output root busy starts nothing.
+        with lock.hold(settings.output, lock.holder(command="fruits run")):
+            return _run(args, settings)
+    except preflight.PreflightError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except lock.OutputBusy as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _run(args: argparse.Namespace, settings: FruitsSettings) -> int:
+    started = _checked_and_spark_started(settings, args)
     from fruits_assets import runner
 
     instance = _instance()
@@ -160,50 +174,53 @@ def run(args: argparse.Namespace) -> int:
             downstream_only=args.downstream_only,
             with_classifier=not args.no_classifier,
             on_plan=say_plan,
-            listing=listing,
+            listing=started.listing,
+            checked=started.checked,
+            spark_ready=started.spark_ready,
         )
     except runner.UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except runner.OutputBusy as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
     _print_summary(outcome, settings.output)
     return EXIT_OK if outcome.ok else EXIT_FAILED
 
 
-def _checked_and_spark_started(settings: FruitsSettings, args: argparse.Namespace):
+class _Started(NamedTuple):
+    """What `fruits run` did before handing the run to the runner."""
+
+    listing: Scan | None  # the input root's listing (None: it could not be listed)
+    checked: bool  # the output root's room and the weights passed their checks
+    spark_ready: threading.Event | None  # set once local Spark is up (None: not started)
+
+
+def _checked_and_spark_started(settings: FruitsSettings, args: argparse.Namespace) -> _Started:
     """The run's first checks, then local Spark's JVM started in the background before Dagster
     is imported, so that it boots (seconds of a fresh run) while the run is set up. Raises the
-    failed check's PreflightError (the output root, its free space, the weights): nothing has
-    started, and its cause is the first thing the user reads. An input root that cannot be
-    listed, or lacks the classes asked for, starts nothing either: the runner reports it.
-
-    The input root's listing, for the runner (None when it could not be made)."""
+    failed check's PreflightError (the output root's room, the weights): nothing has started,
+    and its cause is the first thing the user reads. An input root that cannot be listed, or
+    lacks the classes asked for, starts nothing either: the runner reports it."""
     from fruits_assets import preflight
     from fruits_assets.storage import discovery
 
     try:
         listing = discovery.scan(settings.images)
     except (OSError, ValueError):
-        return None
+        return _Started(None, False, None)
     selected = set(args.classes or listing.classes)
     if not selected or not selected <= set(listing.classes):
-        return listing
+        return _Started(listing, False, None)
     images = [] if args.downstream_only else listing.images_of(selected)
     preflight.check_output_root(
         settings.output, preflight.space_needed(sum(i.size for i in images), len(images))
     )
     if settings.env != "local":
-        return listing
+        return _Started(listing, True, None)
     if not args.downstream_only and not settings.allow_random_fallback:
         preflight.check_weights(settings.weights, batch_size=1)
     from fruits_assets.resources.spark import local_spark_config, start_in_background
 
-    start_in_background(
-        local_spark_config(settings, s3=settings.uses_s3, spark_ml=not args.no_classifier)
-    )
-    return listing
+    config = local_spark_config(settings, s3=settings.uses_s3, spark_ml=not args.no_classifier)
+    return _Started(listing, True, start_in_background(config))
 
 
 def _print_summary(outcome, output: str) -> None:  # a runner.RunOutcome

@@ -146,7 +146,9 @@ def partitions_read_once() -> Iterator[None]:
     two or three queries of the partitions table, each through a connection of its own: a
     second of the run's CPU for a step over 141 classes. A step adding metadata for the
     classes it ran checks them against the keys as they were a moment before, which the run
-    was launched with; a partition added or deleted by this storage meanwhile is read again."""
+    was launched with; a partition added or deleted meanwhile through this storage, in this
+    thread, is read again. Only `get_dynamic_partitions` and `has_dynamic_partition` answer
+    from the read: what Dagster asks to check a partition key."""
     token = _KEYS_READ.set({})
     try:
         yield

@@ -7,6 +7,7 @@ runs of the same definitions through the Dagster instance.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -180,6 +181,8 @@ def materialize(
     resource_overrides: dict[str, Any] | None = None,
     on_plan: Callable[[Plan], None] | None = None,
     listing: discovery.Scan | None = None,
+    checked: bool = False,
+    spark_ready: threading.Event | None = None,
 ) -> RunOutcome:
     """Materialize the selected classes' per-class assets, then every all-classes asset.
 
@@ -187,6 +190,9 @@ def materialize(
     of neighbours, then one run of the all-classes assets. The output root's lock is held for
     all of them (another writer: OutputBusy at once), and the weights, the output root and its
     free space are checked before any of them starts.
+
+    What `fruits run` did before: the input root's `listing`, the output root's room and the
+    weights `checked`, local Spark started (`spark_ready`, set once it is up).
     """
     try:
         preflight.check_output_root(settings.output)  # a folder we can write: then lock it
@@ -199,7 +205,7 @@ def materialize(
         datasets.clean_staging(settings.output)
         return _materialize(
             settings, instance, classes, downstream_only, with_classifier, resource_overrides,
-            on_plan, listing,
+            on_plan, listing, checked, spark_ready,
         )  # fmt: skip
 
 
@@ -212,24 +218,26 @@ def _materialize(
     resource_overrides: dict[str, Any] | None,
     on_plan: Callable[[Plan], None] | None,
     listing: discovery.Scan | None,
+    checked: bool,
+    spark_ready: threading.Event | None,
 ) -> RunOutcome:
     from fruits_assets.resources.spark import local_spark_config, start_in_background
 
     run_plan = plan(settings, instance, classes, listing)
     try:
-        count = 0 if downstream_only else run_plan.image_count
-        needed = preflight.space_needed(0 if downstream_only else run_plan.image_bytes, count)
-        preflight.check_output_root(settings.output, needed)
-        if not downstream_only and settings.env == "local" and not settings.allow_random_fallback:
-            preflight.check_weights(settings.weights, batch_size=1)
+        if not checked:
+            count = 0 if downstream_only else run_plan.image_count
+            needed = preflight.space_needed(0 if downstream_only else run_plan.image_bytes, count)
+            preflight.check_output_root(settings.output, needed)
+            local = settings.env == "local"
+            if not downstream_only and local and not settings.allow_random_fallback:
+                preflight.check_weights(settings.weights, batch_size=1)
     except preflight.PreflightError as exc:
         raise UsageError(str(exc)) from exc
     if on_plan is not None:
         on_plan(run_plan)
-    spark_ready = None
-    if settings.env == "local" and not resource_overrides:
-        # Checks passed: the JVM boots (seconds) while the definitions and the run are set up
-        # (unless `fruits run` started it already: the same session).
+    if spark_ready is None and settings.env == "local" and not resource_overrides:
+        # Checks passed: the JVM boots (seconds) while the definitions and the run are set up.
         spark_ready = start_in_background(
             local_spark_config(settings, s3=settings.uses_s3, spark_ml=with_classifier)
         )

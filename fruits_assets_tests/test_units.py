@@ -216,20 +216,6 @@ def test_local_sparks_python_workers_import_the_installed_pyspark(tmp_path):
     assert worker_daemon.without_archives(path, None) == path
 
 
-def test_local_spark_starts_in_the_background_once_per_settings():
-    """`fruits run` starts the JVM before importing Dagster; the runner's own start with the
-    same settings waits for that one instead of starting another."""
-    from fruits_assets.resources.spark import local_spark_config, start_in_background
-    from fruits_assets.settings import FruitsSettings
-
-    spark = local_spark()
-    config = local_spark_config(FruitsSettings())
-    first = start_in_background(config)
-    assert start_in_background(dict(config)) is first
-    assert first.wait(120)
-    assert spark.sparkContext.applicationId == local_spark().sparkContext.applicationId
-
-
 def test_a_runs_jvm_keeps_the_optimizing_compiler_for_spark_ml_only():
     """The compiler directives are accepted by this machine's JVM (a bad file stops the JVM
     before Spark starts), and only per-run JVMs get them; a run without Spark ML stops at the

@@ -73,7 +73,10 @@ def without_archives(path: list[str], spark_home: str | None) -> list[str]:
 
 
 def main() -> None:
-    sys.path[:] = without_archives(sys.path, os.environ.get("SPARK_HOME"))
+    try:
+        sys.path[:] = without_archives(sys.path, os.environ.get("SPARK_HOME"))
+    except Exception:  # the workers then run as Spark set them up
+        pass
     from pyspark import daemon
 
     daemon.manager()

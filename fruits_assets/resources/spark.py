@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import shlex
 import shutil
@@ -217,25 +216,14 @@ def local_spark_config(
     return config
 
 
-# The local Spark sessions started in the background in this process (`start_in_background`),
-# by their settings: a second start with the same settings waits for the first.
-_STARTED: dict[str, threading.Event] = {}
-_STARTED_LOCK = threading.Lock()
-
-
 def start_in_background(config: dict[str, Any]) -> threading.Event:
     """Start the Spark session of `config` in a thread, so that the JVM boots while the caller
     does other work (imports, listing, checks); the resource's own getOrCreate then finds it
-    running. Once per process and settings: a later call with the same settings returns the
-    first call's event.
+    running.
 
     The returned event is set once the session is up (or failed to start: the resource then
     reports why). The thread then warms the session up (`warm_up`) while the run begins."""
-    key = json.dumps({k: str(v) for k, v in config.items()}, sort_keys=True)
-    with _STARTED_LOCK:
-        if key in _STARTED:
-            return _STARTED[key]
-        ready = _STARTED[key] = threading.Event()
+    ready = threading.Event()
 
     def start() -> None:
         from pyspark.sql import SparkSession
