@@ -161,10 +161,8 @@ def _run(args: argparse.Namespace, settings: FruitsSettings) -> int:
                 f"partitions: {len(plan.added)} classes registered, "
                 f"{len(plan.deleted)} stale ones removed"
             )
-        print(
-            f"materializing {len(plan.selected)} of {len(plan.classes)} classes from "
-            f"{settings.images} -> {settings.output}"
-        )
+        if not started.checked:  # said before Spark started
+            _say_materializing(settings, len(plan.selected), len(plan.classes))
 
     try:
         outcome = runner.materialize(
@@ -214,13 +212,24 @@ def _checked_and_spark_started(settings: FruitsSettings, args: argparse.Namespac
         settings.output, preflight.space_needed(sum(i.size for i in images), len(images))
     )
     if settings.env != "local":
+        _say_materializing(settings, len(selected), len(listing.classes))
         return _Started(listing, True, None)
     if not args.downstream_only and not settings.allow_random_fallback:
         preflight.check_weights(settings.weights, batch_size=1)
     from fruits_assets.resources.spark import local_spark_config, start_in_background
 
+    # Said before the JVM prints its own first lines.
+    _say_materializing(settings, len(selected), len(listing.classes))
     config = local_spark_config(settings, s3=settings.uses_s3, spark_ml=not args.no_classifier)
     return _Started(listing, True, start_in_background(config))
+
+
+def _say_materializing(settings: FruitsSettings, selected: int, classes: int) -> None:
+    print(
+        f"materializing {selected} of {classes} classes from {settings.images} -> "
+        f"{settings.output}",
+        flush=True,
+    )
 
 
 def _print_summary(outcome, output: str) -> None:  # a runner.RunOutcome
