@@ -25,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -60,6 +61,29 @@ OTHER_THREADS, ALL_THREADS = "JVM CPU: other threads", "JVM CPU: all"
 KINDS = (*dict.fromkeys(kind for _, kind in THREAD_KINDS), OTHER_THREADS, ALL_THREADS)
 
 
+def thread_times(keep: Callable[[str], bool]) -> Iterator[tuple[str, str, str, str, float]]:
+    """(pid, thread id, executable, thread name, CPU seconds so far) of every thread of the
+    other processes under `/proc` whose executable's path `keep` accepts."""
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        if int(pid) == os.getpid():
+            continue
+        try:
+            exe = os.readlink(f"/proc/{pid}/exe")
+            threads = os.listdir(f"/proc/{pid}/task") if keep(exe) else []
+        except OSError:
+            continue
+        for tid in threads:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/comm") as handle:
+                    name = handle.read().strip()
+                with open(f"/proc/{pid}/task/{tid}/stat") as handle:
+                    fields = handle.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            yield pid, tid, exe, name, (int(fields[11]) + int(fields[12])) / tick
+
+
 class JvmCpu:
     """CPU seconds of the JVMs under `/proc` while it runs, by thread kind: the last value seen
     of each thread, sampled every 0.25 s (a thread that ends between samples loses its last
@@ -79,24 +103,9 @@ class JvmCpu:
         self.thread.join()
 
     def _sample(self) -> None:
-        tick = os.sysconf("SC_CLK_TCK")
         while not self.done.wait(0.25):
-            for pid in filter(str.isdigit, os.listdir("/proc")):
-                try:
-                    if not os.readlink(f"/proc/{pid}/exe").endswith("/java"):
-                        continue
-                    threads = os.listdir(f"/proc/{pid}/task")
-                except OSError:
-                    continue
-                for tid in threads:
-                    try:
-                        with open(f"/proc/{pid}/task/{tid}/comm") as handle:
-                            name = handle.read().strip()
-                        with open(f"/proc/{pid}/task/{tid}/stat") as handle:
-                            fields = handle.read().rsplit(")", 1)[1].split()
-                    except OSError:
-                        continue
-                    self.seen[(pid, tid)] = (name, (int(fields[11]) + int(fields[12])) / tick)
+            for pid, tid, _, name, cpu in thread_times(lambda exe: exe.endswith("/java")):
+                self.seen[(pid, tid)] = (name, cpu)
 
     def by_kind(self) -> dict[str, float]:
         """CPU seconds for each of `KINDS` (0 for a kind no thread had)."""

@@ -34,7 +34,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 from end_to_end import DATA, TEST, WEIGHTS, fill_model_cache  # noqa: E402
 from machine import describe  # noqa: E402
-from spark_jobs import THREAD_KINDS  # noqa: E402
+from spark_jobs import THREAD_KINDS, thread_times  # noqa: E402
 
 PERIOD = 0.2
 DRIVER, WORKERS, JVM_OTHER = "Python: fruits driver", "Python: Spark's workers", "JVM: other"
@@ -50,7 +50,6 @@ class Sampler:
         self.increases: list[tuple[float, str, float]] = []  # (time, kind, CPU seconds)
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._sample, daemon=True)
-        self.tick = os.sysconf("SC_CLK_TCK")
 
     def __enter__(self) -> Sampler:
         self.thread.start()
@@ -60,42 +59,24 @@ class Sampler:
         self.done.set()
         self.thread.join()
 
-    def _kind(self, exe: str, pid: int, name: str) -> str | None:
+    def _kind(self, exe: str, pid: int, name: str) -> str:
         if exe.endswith("/java"):
             return next(
                 (kind for prefix, kind in THREAD_KINDS if name.startswith(prefix)), JVM_OTHER
             )
-        if "python" in os.path.basename(exe):
-            return DRIVER if pid == self.driver else WORKERS
-        return None
+        return DRIVER if pid == self.driver else WORKERS
 
     def _sample(self) -> None:
+        def keep(exe: str) -> bool:
+            return exe.endswith("/java") or "python" in os.path.basename(exe)
+
         while not self.done.wait(PERIOD):
             now = time.time()
-            for pid in filter(str.isdigit, os.listdir("/proc")):
-                if int(pid) == os.getpid():
-                    continue
-                try:
-                    exe = os.readlink(f"/proc/{pid}/exe")
-                    threads = os.listdir(f"/proc/{pid}/task")
-                except OSError:
-                    continue
-                for tid in threads:
-                    try:
-                        with open(f"/proc/{pid}/task/{tid}/comm") as handle:
-                            name = handle.read().strip()
-                        with open(f"/proc/{pid}/task/{tid}/stat") as handle:
-                            fields = handle.read().rsplit(")", 1)[1].split()
-                    except OSError:
-                        continue
-                    kind = self._kind(exe, int(pid), name)
-                    if kind is None:
-                        continue
-                    cpu = (int(fields[11]) + int(fields[12])) / self.tick
-                    increase = cpu - self.seen.get((pid, tid), 0.0)
-                    self.seen[(pid, tid)] = cpu
-                    if increase > 0:
-                        self.increases.append((now, kind, increase))
+            for pid, tid, exe, name, cpu in thread_times(keep):
+                increase = cpu - self.seen.get((pid, tid), 0.0)
+                self.seen[(pid, tid)] = cpu
+                if increase > 0:
+                    self.increases.append((now, self._kind(exe, int(pid), name), increase))
 
 
 def step_windows(home: Path, started: float, ended: float) -> list[tuple[str, float, float]]:

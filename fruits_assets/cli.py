@@ -207,19 +207,14 @@ def _checked_and_spark_started(settings: FruitsSettings, args: argparse.Namespac
     selected = set(args.classes or listing.classes)
     if not selected or not selected <= set(listing.classes):
         return _Started(listing, False, None)
-    images = [] if args.downstream_only else listing.images_of(selected)
-    preflight.check_output_root(
-        settings.output, preflight.space_needed(sum(i.size for i in images), len(images))
-    )
-    if settings.env != "local":
-        _say_materializing(settings, len(selected), len(listing.classes))
-        return _Started(listing, True, None)
-    if not args.downstream_only and not settings.allow_random_fallback:
-        preflight.check_weights(settings.weights, batch_size=1)
-    from fruits_assets.resources.spark import local_spark_config, start_in_background
-
+    images = listing.images_of(selected)
+    preflight.check_run(settings, sum(i.size for i in images), len(images), args.downstream_only)
     # Said before the JVM prints its own first lines.
     _say_materializing(settings, len(selected), len(listing.classes))
+    if settings.env != "local":
+        return _Started(listing, True, None)
+    from fruits_assets.resources.spark import local_spark_config, start_in_background
+
     config = local_spark_config(settings, s3=settings.uses_s3, spark_ml=not args.no_classifier)
     return _Started(listing, True, start_in_background(config))
 

@@ -13,8 +13,12 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from fruits_assets.storage import filesystem
+
+if TYPE_CHECKING:
+    from fruits_assets.settings import FruitsSettings
 
 MIB = 1 << 20
 # What a run writes per image, beyond the image bytes themselves (copied into labeled_images and
@@ -29,6 +33,18 @@ class PreflightError(ValueError):
 
 def space_needed(image_bytes: int, n_images: int) -> int:
     return 3 * image_bytes + BYTES_PER_IMAGE * n_images + SLACK_BYTES
+
+
+def check_run(
+    settings: FruitsSettings, image_bytes: int, n_images: int, downstream_only: bool
+) -> None:
+    """A run's checks once its images are known: the output root's room for them and, for a
+    run that featurizes locally, the weights."""
+    if downstream_only:
+        image_bytes = n_images = 0
+    check_output_root(settings.output, space_needed(image_bytes, n_images))
+    if not downstream_only and settings.env == "local" and not settings.allow_random_fallback:
+        check_weights(settings.weights, batch_size=1)
 
 
 def check_output_root(output_root: str, needed_bytes: int = 0) -> None:

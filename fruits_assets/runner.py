@@ -226,12 +226,9 @@ def _materialize(
     run_plan = plan(settings, instance, classes, listing)
     try:
         if not checked:
-            count = 0 if downstream_only else run_plan.image_count
-            needed = preflight.space_needed(0 if downstream_only else run_plan.image_bytes, count)
-            preflight.check_output_root(settings.output, needed)
-            local = settings.env == "local"
-            if not downstream_only and local and not settings.allow_random_fallback:
-                preflight.check_weights(settings.weights, batch_size=1)
+            preflight.check_run(
+                settings, run_plan.image_bytes, run_plan.image_count, downstream_only
+            )
     except preflight.PreflightError as exc:
         raise UsageError(str(exc)) from exc
     if on_plan is not None:

@@ -56,9 +56,9 @@ def without_archives(path: list[str], spark_home: str | None) -> list[str]:
     """`path` without Spark's archives when the same pyspark, and py4j, are importable without
     them; else `path` unchanged."""
     archives = spark_archives(path, spark_home)
-    kept = [entry for entry in path if entry not in archives]
     if not archives:
         return path
+    kept = [entry for entry in path if entry not in archives]
     try:
         archived = {_archived_version(entry) for entry in archives if entry.endswith(".zip")}
         archived.discard(None)
