@@ -15,6 +15,7 @@ import boto3
 import dagster as dg
 import pandas as pd
 import pytest
+from deltalake import DeltaTable
 
 from fruits_assets import cli
 from fruits_assets.emr import cluster as emr_cluster
@@ -136,12 +137,14 @@ def run_with_step_main(main_file: Path) -> subprocess.CompletedProcess:
     )
 
 
+def s3_options() -> dict[str, str]:
+    """What the `deltalake` package needs to read moto's S3 (the endpoint is in the environment)."""
+    return {"AWS_ALLOW_HTTP": "true", "AWS_REGION": os.environ.get("AWS_REGION", REGION)}
+
+
 def read_parquet(uri: str) -> pd.DataFrame:
     """A published Delta table in moto's S3, read as users read it (the `deltalake` package)."""
-    from deltalake import DeltaTable
-
-    options = {"AWS_ALLOW_HTTP": "true", "AWS_REGION": os.environ.get("AWS_REGION", REGION)}
-    table = DeltaTable(uri, storage_options=options).to_pandas()
+    table = DeltaTable(uri, storage_options=s3_options()).to_pandas()
     return table.assign(label=table.label.astype(str)) if "label" in table else table
 
 
@@ -245,9 +248,11 @@ def test_whole_graph_materializes_through_emr_steps(cloud):
     (moments,) = [
         e.user_message for e in instance.all_logs(run.run_id) if "training moments" in e.message
     ]
-    assert f"the workers read the classes' {len(CLASSES)} data files" in moments, moments
+    features_uri = layout.asset_dir(OUTPUT, layout.MOBILENET_FEATURES)
+    live = DeltaTable(features_uri, storage_options=s3_options()).file_uris()
+    assert f"the workers read the classes' {len(live)} data files" in moments, moments
 
-    features = read_parquet(layout.asset_dir(OUTPUT, layout.MOBILENET_FEATURES))
+    features = read_parquet(features_uri)
     assert len(features) == len(CLASSES) * IMAGES_PER_CLASS
     assert set(features.label) == set(CLASSES)
     pca = read_parquet(layout.asset_dir(OUTPUT, layout.PCA_FEATURES_PARQUET))

@@ -6,25 +6,38 @@ from typing import Any
 
 import dagster as dg
 from dagster_pyspark import LazyPySparkResource
+from pyspark.sql import Row
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from fruits_assets.assets import checks
 from fruits_assets.assets.current_features import (
     WEIGHTS_COLUMN,
-    group_counts,
     groups_now,
     keep_published_groups,
     refuse_other_featurizers,
 )
 from fruits_assets.assets.images import labeled_images
-from fruits_assets.assets.publishing import Publication, publish_or_fail
+from fruits_assets.assets.publishing import StagedFilesPublication, publish_or_fail
 from fruits_assets.ml import color, featurizer
 from fruits_assets.partitions import ONE_RUN_FOR_ALL_CLASSES, fruit_class_partitions
 from fruits_assets.preflight import quiet_stderr
 from fruits_assets.resources.ml_settings import FeaturizerSettings
 from fruits_assets.resources.storage import FruitsStorage
-from fruits_assets.storage import filesystem, layout
+from fruits_assets.storage import class_files, filesystem, layout
 from fruits_assets.storage.datasets import Datasets
+
+# The published table's columns (the class column is its files' folders). Delta declares every
+# column nullable, as Spark writes any table.
+FEATURES_SCHEMA = T.StructType(
+    [
+        T.StructField("path", T.StringType()),
+        T.StructField(layout.LABEL_COLUMN, T.StringType()),
+        T.StructField("features", T.ArrayType(T.FloatType())),
+        T.StructField("color_histogram", T.ArrayType(T.FloatType())),
+        T.StructField(WEIGHTS_COLUMN, T.StringType()),
+    ]
+)
 
 RANDOM_WEIGHTS_WARNING = (
     "RANDOM WEIGHTS: these features come from an untrained MobileNetV2, not ImageNet weights; "
@@ -161,43 +174,27 @@ def mobilenet_features(
     if not filesystem.exists(model_path) or filesystem.size(model_path) != len(model):
         filesystem.write_bytes(model_path, model)
 
-    # The featurizer says whether a row's values are all finite (`featurizer.all_finite`): the
-    # flag stays with the staged rows for the audit (and any failed rows kept for inspection),
-    # not in the published table.
-    bad_vector = (
-        (F.size("features") != featurizer.FEATURE_DIM)
-        | (F.size("color_histogram") != color.HISTOGRAM_DIM)
-        | ~F.col(featurizer.ALL_FINITE)
-    )
     context.log.info(f"featurizing {len(labels)} classes with MobileNetV2 weights {info.source}")
     started = time.perf_counter()
     with datasets.spread(layout.ACCEPTED_IMAGES, labels) as images:
-        staged = datasets.stage(
-            featurizer.featurized(
+        # Each featurizing task writes its rows' data files itself, and counts for the audit
+        # what it wrote: the checks need no pass over the vectors of their own.
+        staged = datasets.stage_files(
+            lambda folder: featurizer.featurized_files(
                 images.df,
                 model,
                 sha256,
                 settings.batch_size,
                 settings.threads_per_task,
-                keep=("path", "label"),
-            ).select(
-                "path",
-                "label",
-                "features",
-                "color_histogram",
-                F.lit(sha256).alias(WEIGHTS_COLUMN),
-                featurizer.ALL_FINITE,
+                folder,
+                columns=[f.name for f in FEATURES_SCHEMA if f.name != layout.LABEL_COLUMN],
+                constants={WEIGHTS_COLUMN: sha256},
             ),
             layout.MOBILENET_FEATURES,
-            # Every count the checks and metadata need, from the job that featurizes.
-            audit=lambda rows: rows.groupBy("label").agg(
-                F.sum(bad_vector.cast("int")).alias("bad"),
-                F.countDistinct("path").alias("paths"),
-                *group_counts(),  # `count`: the rows
-            ),
         )
+    audit = _per_class(staged.files)
     seconds = time.perf_counter() - started
-    by_class = {r["label"]: r for r in staged.audit}
+    by_class = {r[layout.LABEL_COLUMN]: r for r in audit}
     images_per_class = datasets.rows_per_class(layout.ACCEPTED_IMAGES, labels)
     class_metadata = {
         label: {
@@ -208,8 +205,8 @@ def mobilenet_features(
     }
     n_images = sum(images_per_class.values())
     rows = sum(r["count"] for r in by_class.values())
-    bad = sum(r["bad"] or 0 for r in by_class.values())
-    paths = sum(r["paths"] for r in by_class.values())
+    bad = sum(r[featurizer.BAD] for r in by_class.values())
+    paths = sum(r[featurizer.PATHS] for r in by_class.values())
     metadata = {
         "feature_dim": featurizer.FEATURE_DIM,
         "color_histogram_dim": color.HISTOGRAM_DIM,
@@ -232,12 +229,8 @@ def mobilenet_features(
         datasets,
         staged=[staged],
         publications=[
-            Publication(
-                layout.MOBILENET_FEATURES,
-                staged.df.drop(featurizer.ALL_FINITE),
-                frozenset(labels),
-                # When each featurizing split held whole classes, its rows are written as they are.
-                whole_classes=images.whole_classes,
+            StagedFilesPublication(
+                layout.MOBILENET_FEATURES, staged, frozenset(labels), FEATURES_SCHEMA
             )
         ],
         checks=[
@@ -253,4 +246,23 @@ def mobilenet_features(
         metadata=metadata,
         per_class=class_metadata,
     )
-    keep_published_groups(datasets, groups_before, labels, sha256, staged.audit)
+    keep_published_groups(datasets, groups_before, labels, sha256, audit)
+
+
+def _per_class(files: list[Row]) -> list[dict[str, Any]]:
+    """The audit's counts per class, summed over the data files the featurizing tasks wrote
+    (`featurizer.featurized_files`): `count` (the rows), the `WRITTEN_COUNTS` and the distinct
+    paths. A class's photos are read by one task, or dealt once each over several (`spread`):
+    no path is in two files, so per-file distinct paths add up."""
+    totals: dict[str, dict[str, Any]] = {}
+    for row in files:
+        label = row[layout.LABEL_COLUMN]
+        total = totals.setdefault(
+            label,
+            {layout.LABEL_COLUMN: label, "count": 0, featurizer.PATHS: 0}
+            | dict.fromkeys(featurizer.WRITTEN_COUNTS, 0),
+        )
+        total["count"] += row[class_files.ROWS]
+        for name in (featurizer.PATHS, *featurizer.WRITTEN_COUNTS):
+            total[name] += row[name]
+    return list(totals.values())

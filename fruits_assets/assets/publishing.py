@@ -9,6 +9,7 @@ from typing import Any
 
 import dagster as dg
 from pyspark.sql import DataFrame
+from pyspark.sql.types import StructType
 
 from fruits_assets import failpoints
 from fruits_assets.assets.checks import SUMMARY
@@ -27,6 +28,17 @@ class Publication:
     partitioned: bool = True
     rows: int | None = None  # the rows of `df`, when the audit counted them
     whole_classes: bool = False  # each class's rows in one partition of `df` (`Spread`)
+
+
+@dataclass(frozen=True)
+class StagedFilesPublication:
+    """Data files a step's Python workers wrote aside (`Datasets.stage_files`), to publish as
+    these classes' rows of a table whose columns are `schema`."""
+
+    dataset: str
+    staged: Staged
+    labels: frozenset[str]
+    schema: StructType
 
 
 @dataclass(frozen=True)
@@ -105,7 +117,7 @@ def publish_or_fail(
     context: dg.AssetExecutionContext,
     datasets: Datasets,
     staged: list[Staged],
-    publications: list[Publication | FilePublication],
+    publications: list[Publication | StagedFilesPublication | FilePublication],
     checks: list[dg.AssetCheckResult],
     metadata: Mapping[str, Any],
     per_class: Mapping[str, Mapping[str, Any]] | None = None,
@@ -137,6 +149,10 @@ def publish_or_fail(
         for publication in publications:
             if isinstance(publication, FilePublication):
                 versions[publication.target] = _publish_file(publication)
+            elif isinstance(publication, StagedFilesPublication):
+                versions[publication.dataset] = datasets.publish_files(
+                    publication.staged, publication.dataset, publication.labels, publication.schema
+                )
             elif publication.labels is None:
                 versions[publication.dataset] = datasets.publish_whole(
                     publication.df, publication.dataset, publication.partitioned

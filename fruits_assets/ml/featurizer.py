@@ -374,13 +374,79 @@ def all_finite(features: np.ndarray, histograms: np.ndarray) -> np.ndarray:
     return np.isfinite(features).all(axis=1) & np.isfinite(histograms).all(axis=1)
 
 
-def featurized(df, model: bytes, sha256: str, batch_size: int, threads: int, keep: Sequence[str]):
-    """`df`'s `keep` columns and, computed from its `content` (photo bytes), each photo's
-    `features`, `color_histogram` and `all_finite` flag: the TFLite model broadcast once, one
-    interpreter per Python worker process for the whole stage.
+# The counts of the feature rows a featurizing task writes (`featurized_files`), per file:
+# vectors of the wrong length or not all finite, and the photos on each side of the folders' split.
+BAD, PATHS = "bad", "paths"
+WRITTEN_COUNTS = (BAD, "train", "test", "none")
 
-    From and to Arrow batches (`mapInArrow`): the vectors reach Spark as contiguous values,
-    without a Python object per value."""
+
+def featurized_files(
+    df,
+    model: bytes,
+    sha256: str,
+    batch_size: int,
+    threads: int,
+    folder: str,
+    columns: Sequence[str],
+    constants: dict[str, str],
+):
+    """Each photo of `df` (its `path`, `label` and `content`, the photo's bytes) featurized:
+    MobileNetV2's `features`, the `color_histogram` and an `all_finite` flag, computed by one
+    interpreter per Python worker process for the whole stage (the TFLite model broadcast
+    once). From and to Arrow batches (`mapInArrow`): the vectors stay contiguous values, never
+    a Python object per value.
+
+    Each task writes its rows under `folder` itself, one Parquet file per class
+    (`class_files.written`): the feature table's `columns`, with `constants` added (name:
+    value). The rows of the job: one per file written, with its `WRITTEN_COUNTS` and its
+    number of distinct `PATHS`."""
+    import pyarrow as pa
+
+    from fruits_assets.storage import class_files
+
+    featurize, _ = _featurizing(df, model, sha256, batch_size, threads, ("path", "label"))
+    columns = list(columns)
+
+    def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        def with_constants() -> Iterator[pa.RecordBatch]:
+            for batch in featurize(batches):
+                for name, value in constants.items():
+                    batch = batch.append_column(name, pa.array([value] * batch.num_rows))
+                yield batch
+
+        yield from class_files.written(
+            with_constants(), folder, columns, written_counts, WRITTEN_COUNTS, PATHS
+        )
+
+    schema = class_files.manifest_schema([*WRITTEN_COUNTS, PATHS])
+    return df.select("path", "label", "content").mapInArrow(write, schema)
+
+
+def written_counts(batch) -> tuple[dict[str, int], list[str]]:
+    """`WRITTEN_COUNTS` of a batch of featurized rows, and their paths."""
+    import pyarrow.compute as pc
+
+    from fruits_assets.ml import color, splits
+
+    lengths_ok = pc.and_(
+        pc.equal(pc.list_value_length(batch.column("features")), FEATURE_DIM),
+        pc.equal(pc.list_value_length(batch.column("color_histogram")), color.HISTOGRAM_DIM),
+    )
+    good = pc.fill_null(pc.and_kleene(lengths_ok, batch.column(ALL_FINITE)), False)
+    paths = batch.column("path").to_pylist()
+    sides = [splits.split_of_path(p) for p in paths]
+    counts = {
+        BAD: pc.sum(pc.cast(pc.invert(good), "int64")).as_py() or 0,
+        "train": sides.count(splits.TRAIN),
+        "test": sides.count(splits.TEST),
+        "none": sides.count(None),
+    }
+    return counts, paths
+
+
+def _featurizing(df, model: bytes, sha256: str, batch_size: int, threads: int, keep):
+    """The function a `mapInArrow` over `df`'s `keep` columns and `content` runs to featurize
+    them, and its output's schema."""
     import pyarrow as pa
     from pyspark.sql import types as T
 
@@ -414,4 +480,4 @@ def featurized(df, model: bytes, sha256: str, batch_size: int, threads: int, kee
                 names=schema.names,
             )
 
-    return df.select(*keep, "content").mapInArrow(featurize, schema)
+    return featurize, schema

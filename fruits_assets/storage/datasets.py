@@ -11,15 +11,18 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import unquote
 
+import pyarrow as pa
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.types import StructType
 
 from fruits_assets.resources.storage import FruitsStorage
 from fruits_assets.storage import errors, filesystem, layout
@@ -65,10 +68,11 @@ class Staged:
 
     name: str
     location: str
-    df: DataFrame
+    df: DataFrame | None  # None: data files written there by Spark's Python workers (`files`)
     written: bool = True
     partitioned: bool = True
     audit: list[Row] = field(default_factory=list)
+    files: list[Row] = field(default_factory=list)  # `class_files` manifest rows
 
 
 def sql_string(value: str) -> str:
@@ -365,6 +369,91 @@ class Datasets:
                 rows = audit(held).collect()
         return Staged(name, location, held, written=False, partitioned=partitioned, audit=rows)
 
+    def stage_files(self, write: Callable[[str], DataFrame], name: str) -> Staged:
+        """Rows that Spark's Python workers write as data files themselves (`class_files`),
+        into this run's staging folder: `write(folder)` is the Spark job, a DataFrame of one
+        manifest row per file written. A killed run's files stay in the staging folder, which
+        the next run sweeps; `publish_files` moves them into the table and commits them."""
+        location = layout.staging_dir(self.output, self.run_id, name)
+        with errors.explained(location):
+            files = write(location).collect()
+        return Staged(name, location, None, written=True, files=files)
+
+    def publish_files(
+        self, staged: Staged, dataset: str, labels: Iterable[str], schema: StructType
+    ) -> int:
+        """Replace exactly the given classes' rows with the files `stage_files` wrote, in one
+        commit, as `publish_partitions` does: the files move into the table's folder, then one
+        Delta commit adds them and removes the files of those classes it replaces. `schema`:
+        the table's, as Spark would write it (the class column included).
+
+        The commit is made by the `deltalake` package: Spark's Delta has no public way to
+        commit files it did not write. Both read and write the same log, so Spark's reads,
+        `fruits restore` and the next Spark commits see it as their own."""
+        from deltalake import CommitProperties, DeltaTable
+        from deltalake import Schema as DeltaSchema
+        from deltalake.transaction import AddAction, create_table_with_add_actions
+        from pyspark.sql.pandas.types import to_arrow_schema
+
+        from fruits_assets.storage import class_files as cf
+
+        labels = set(labels)
+        others = sorted({r[LABEL_COLUMN] for r in staged.files} - labels)
+        if others:
+            raise ValueError(f"files of classes {others} staged for a publish of {sorted(labels)}")
+        if not staged.files and self._holds_none(dataset, labels):
+            return self._published_version(dataset)
+        location = self.location(dataset)
+        adds = [
+            AddAction(
+                r[cf.FILE],
+                r[cf.SIZE],
+                {LABEL_COLUMN: r[LABEL_COLUMN]},
+                r[cf.MODIFIED],
+                True,
+                json.dumps({"numRecords": r[cf.ROWS]}),
+            )
+            for r in staged.files
+        ]
+        note = CommitProperties(
+            custom_metadata={"userMetadata": self._commit_note(classes=len(labels))}
+        )
+        options = filesystem.delta_storage_options(location)
+        before = self._latest_commit(dataset)
+        with errors.explained(location):
+            if before is not None:
+                table = DeltaTable(location, storage_options=options)
+                _same_columns(location, pa.schema(table.schema().to_arrow()), schema)
+            moves = [
+                (
+                    filesystem.join(staged.location, r[cf.FILE]),
+                    filesystem.join(location, r[cf.FILE]),
+                )
+                for r in staged.files
+            ]
+            with ThreadPoolExecutor(max_workers=16) as pool:  # S3 copies, side by side
+                list(pool.map(lambda move: filesystem.move(*move), moves))
+            if before is None:
+                create_table_with_add_actions(
+                    location,
+                    DeltaSchema.from_arrow(to_arrow_schema(schema)),
+                    adds,
+                    mode="error",
+                    partition_by=[LABEL_COLUMN],
+                    storage_options=options,
+                    commit_properties=note,
+                )
+            else:
+                table.create_write_transaction(
+                    adds,
+                    mode="overwrite",
+                    schema=table.schema(),
+                    partition_by=[LABEL_COLUMN],
+                    partition_filters=[(LABEL_COLUMN, "in", sorted(labels))],
+                    commit_properties=note,
+                )
+        return self._published(dataset, frozenset(labels), before)
+
     def publish_partitions(
         self,
         df: DataFrame,
@@ -511,15 +600,18 @@ class Datasets:
         task on one core. A few splits per slot keep every core busy to the end (a free worker
         takes the next split), and each Python worker keeps its model across them. A class is
         one file, so when there are fewer files than splits (a rerun of a class or two), the rows
-        are dealt round robin instead: a shuffle of those few files.
+        are dealt round robin instead, a shuffle of those few files, into one split per slot:
+        dealt rows make equal splits, and a task that writes what it computes writes a file per
+        class it holds.
         """
         labels = set(labels)
         rows = self.read(dataset, labels)
-        splits = self.spark.sparkContext.defaultParallelism * per_slot
+        slots = self.spark.sparkContext.defaultParallelism
+        splits = slots * per_slot
         # Fewer classes than splits are fewer files: no need to plan the read to list them.
         files = [] if len(labels) < splits else rows.inputFiles()
         if len(files) < splits:
-            yield Spread(rows.repartition(splits), whole_classes=False)
+            yield Spread(rows.repartition(slots), whole_classes=False)
             return
         # Each file is read whole by one split (unless it reaches a split's size: a class of
         # over a GiB of photos, whose features would then take a file per split, rows intact).
@@ -546,6 +638,23 @@ class Spread:
     # Each class's rows in one split: what is computed from them, row for row, can be
     # published one file per class without a shuffle (`publish_partitions(whole_classes=...)`).
     whole_classes: bool
+
+
+def _same_columns(location: str, table: pa.Schema, rows: StructType) -> None:
+    """Refuse to add files whose columns are not the table's (as Spark's Delta refuses a
+    write of another schema)."""
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    def columns(schema: pa.Schema) -> list[tuple[str, str]]:
+        return [(f.name, str(f.type).replace("large_", "")) for f in schema]
+
+    ours = to_arrow_schema(rows)
+    if columns(table) != columns(ours):
+        raise ValueError(
+            f"{location} holds columns {columns(table)}, not the {columns(ours)} of the rows to "
+            "publish: its schema changed since it was written; rebuild it with a run of every "
+            "class"
+        )
 
 
 def _folder_label(uri: str) -> str | None:

@@ -48,6 +48,24 @@ def _s3_filesystem() -> pafs.S3FileSystem:
     return pafs.S3FileSystem(**{k: v for k, v in kwargs.items() if v})
 
 
+def delta_storage_options(uri: str) -> dict[str, str]:
+    """What the `deltalake` package needs to commit to the table at `uri`: on S3, the
+    environment's region and endpoint, and commits by conditional PUT (a commit file is created
+    only if absent, as Delta's log requires), which S3 has without a lock service."""
+    if not is_s3(uri):
+        return {}
+    options = {"AWS_CONDITIONAL_PUT": "etag"}
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        options["AWS_REGION"] = region
+    endpoint = s3_endpoint()
+    if endpoint:
+        options["AWS_ENDPOINT_URL"] = endpoint
+        if urlparse(endpoint).scheme == "http":
+            options["AWS_ALLOW_HTTP"] = "true"
+    return options
+
+
 @dataclass(frozen=True)
 class Location:
     """A filesystem and the path inside it that a URI names."""
