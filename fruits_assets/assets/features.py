@@ -39,6 +39,8 @@ FEATURES_SCHEMA = T.StructType(
     ]
 )
 
+PATHS = "paths"  # the audit's count of distinct paths per class
+
 RANDOM_WEIGHTS_WARNING = (
     "RANDOM WEIGHTS: these features come from an untrained MobileNetV2, not ImageNet weights; "
     "they are fit for a smoke test only, not for a classifier."
@@ -206,7 +208,7 @@ def mobilenet_features(
     n_images = sum(images_per_class.values())
     rows = sum(r["count"] for r in by_class.values())
     bad = sum(r[featurizer.BAD] for r in by_class.values())
-    paths = sum(r[featurizer.PATHS] for r in by_class.values())
+    paths = sum(r[PATHS] for r in by_class.values())
     metadata = {
         "feature_dim": featurizer.FEATURE_DIM,
         "color_histogram_dim": color.HISTOGRAM_DIM,
@@ -259,10 +261,11 @@ def _per_class(files: list[Row]) -> list[dict[str, Any]]:
         label = row[layout.LABEL_COLUMN]
         total = totals.setdefault(
             label,
-            {layout.LABEL_COLUMN: label, "count": 0, featurizer.PATHS: 0}
+            {layout.LABEL_COLUMN: label, "count": 0, PATHS: 0}
             | dict.fromkeys(featurizer.WRITTEN_COUNTS, 0),
         )
         total["count"] += row[class_files.ROWS]
-        for name in (featurizer.PATHS, *featurizer.WRITTEN_COUNTS):
+        total[PATHS] += row[class_files.DISTINCT]
+        for name in featurizer.WRITTEN_COUNTS:
             total[name] += row[name]
     return list(totals.values())

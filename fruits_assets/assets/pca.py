@@ -18,12 +18,12 @@ from fruits_assets.assets import checks
 from fruits_assets.assets.current_features import current_features
 from fruits_assets.assets.features import mobilenet_features
 from fruits_assets.assets.metadata import counts_table, png_markdown
-from fruits_assets.assets.publishing import Publication, publish_or_fail
+from fruits_assets.assets.publishing import Publication, StagedFilesPublication, publish_or_fail
 from fruits_assets.assets.training_moments import training_moments
 from fruits_assets.ml import featurizer, pca, plots
 from fruits_assets.resources.ml_settings import PcaSettings
 from fruits_assets.resources.storage import FruitsStorage
-from fruits_assets.storage import layout
+from fruits_assets.storage import class_files, layout
 from fruits_assets.storage.datasets import Datasets
 
 # (k, rows) of a published pca_features_parquet, as `Datasets.remember` keeps them.
@@ -202,6 +202,16 @@ def pca_model(
     datasets.remember(layout.PCA_MODEL, PcaModel.FACT, PcaModel(k, components, weights_sha256))
 
 
+# pca_features_parquet's columns; Delta declares every column nullable, as Spark writes any table.
+PCA_FEATURES_SCHEMA = T.StructType(
+    [
+        T.StructField("path", T.StringType()),
+        T.StructField(layout.LABEL_COLUMN, T.StringType()),
+        T.StructField("pca_features", T.ArrayType(T.FloatType())),
+    ]
+)
+
+
 @dg.asset(
     automation_condition=dg.AutomationCondition.eager(),
     deps=[pca_model, mobilenet_features],
@@ -233,33 +243,33 @@ def pca_features_parquet(
     current = current_features(context, datasets)
     model = PcaModel.load(datasets)
     k = model.k
-    projected = pca.projected(
-        current.df,
-        model.components,
-        "features",
-        "pca_features",
-        keep=("path", "label"),
-        files=datasets.data_files(layout.MOBILENET_FEATURES, current.classes),
-    )
-    staged = datasets.stage(
-        projected,
-        layout.PCA_FEATURES_PARQUET,
-        partitioned=False,
-        audit=lambda rows: rows.groupBy("label").agg(
-            F.count("*").alias("rows"),
-            F.sum((F.size("pca_features") != k).cast("int")).alias("bad"),
+    # Each projecting task writes its rows' data file itself, and counts for the audit what it
+    # wrote: the checks need no pass over the vectors of their own.
+    staged = datasets.stage_files(
+        lambda folder: pca.projected_files(
+            current.df,
+            model.components,
+            "features",
+            "pca_features",
+            keep=("path", "label"),
+            files=datasets.data_files(layout.MOBILENET_FEATURES, current.classes),
+            folder=folder,
         ),
+        layout.PCA_FEATURES_PARQUET,
     )
-    collected = staged.audit
-    per_class = {r["label"]: r["rows"] for r in collected}
+    per_class: dict[str, int] = {}
+    for r in staged.files:
+        per_class[r["label"]] = per_class.get(r["label"], 0) + r[class_files.ROWS]
     rows = sum(per_class.values())
-    bad_length = sum(r["bad"] or 0 for r in collected)
+    bad_length = sum(r[pca.WRONG_LENGTH] for r in staged.files)
     n_features = current.rows
     yield from publish_or_fail(
         context,
         datasets,
         staged=[staged],
-        publications=[Publication(layout.PCA_FEATURES_PARQUET, staged.df, partitioned=False)],
+        publications=[
+            StagedFilesPublication(layout.PCA_FEATURES_PARQUET, staged, None, PCA_FEATURES_SCHEMA)
+        ],
         checks=[
             checks.result(
                 checks.ROWS_MATCH_FEATURES, rows == n_features, rows=rows, features=n_features

@@ -33,11 +33,11 @@ class Publication:
 @dataclass(frozen=True)
 class StagedFilesPublication:
     """Data files a step's Python workers wrote aside (`Datasets.stage_files`), to publish as
-    these classes' rows of a table whose columns are `schema`."""
+    these classes' rows (None: as the whole table) of a table whose columns are `schema`."""
 
     dataset: str
     staged: Staged
-    labels: frozenset[str]
+    labels: frozenset[str] | None
     schema: StructType
 
 

@@ -376,7 +376,7 @@ def all_finite(features: np.ndarray, histograms: np.ndarray) -> np.ndarray:
 
 # The counts of the feature rows a featurizing task writes (`featurized_files`), per file:
 # vectors of the wrong length or not all finite, and the photos on each side of the folders' split.
-BAD, PATHS = "bad", "paths"
+BAD = "bad"
 WRITTEN_COUNTS = (BAD, "train", "test", "none")
 
 
@@ -399,7 +399,7 @@ def featurized_files(
     Each task writes its rows under `folder` itself, one Parquet file per class
     (`class_files.written`): the feature table's `columns`, with `constants` added (name:
     value). The rows of the job: one per file written, with its `WRITTEN_COUNTS` and its
-    number of distinct `PATHS`."""
+    number of distinct paths (`class_files.DISTINCT`)."""
     import pyarrow as pa
 
     from fruits_assets.storage import class_files
@@ -415,15 +415,15 @@ def featurized_files(
                 yield batch
 
         yield from class_files.written(
-            with_constants(), folder, columns, written_counts, WRITTEN_COUNTS, PATHS
+            with_constants(), folder, columns, written_counts, WRITTEN_COUNTS, distinct="path"
         )
 
-    schema = class_files.manifest_schema([*WRITTEN_COUNTS, PATHS])
+    schema = class_files.manifest_schema(WRITTEN_COUNTS)
     return df.select("path", "label", "content").mapInArrow(write, schema)
 
 
-def written_counts(batch) -> tuple[dict[str, int], list[str]]:
-    """`WRITTEN_COUNTS` of a batch of featurized rows, and their paths."""
+def written_counts(batch) -> dict[str, int]:
+    """`WRITTEN_COUNTS` of a batch of featurized rows."""
     import pyarrow.compute as pc
 
     from fruits_assets.ml import color, splits
@@ -435,13 +435,12 @@ def written_counts(batch) -> tuple[dict[str, int], list[str]]:
     good = pc.fill_null(pc.and_kleene(lengths_ok, batch.column(ALL_FINITE)), False)
     paths = batch.column("path").to_pylist()
     sides = [splits.split_of_path(p) for p in paths]
-    counts = {
+    return {
         BAD: pc.sum(pc.cast(pc.invert(good), "int64")).as_py() or 0,
         "train": sides.count(splits.TRAIN),
         "test": sides.count(splits.TEST),
         "none": sides.count(None),
     }
-    return counts, paths
 
 
 def _featurizing(df, model: bytes, sha256: str, batch_size: int, threads: int, keep):

@@ -253,14 +253,62 @@ def projected(
     themselves instead of through Spark's reader."""
     from pyspark.sql import types as T
 
-    spark = df.sparkSession
-    matrix = spark.sparkContext.broadcast(np.ascontiguousarray(components.T, dtype=np.float64))
+    project, rows = _projection(df, components, column, keep, files)
     schema = T.StructType(
         [df.schema[name] for name in keep] + [T.StructField(output, T.ArrayType(T.FloatType()))]
     )
+    return rows.mapInArrow(lambda batches: project(batches, output), schema)
 
-    def project(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+
+WRONG_LENGTH = "wrong_length"  # the projections written whose length is not k (`projected_files`)
+
+
+def projected_files(
+    df,
+    components: np.ndarray,
+    column: str,
+    output: str,
+    keep: Sequence[str],
+    files: Sequence[DataFile] | None,
+    folder: str,
+):
+    """`projected`, each task writing its rows under `folder` itself, in one Parquet file of
+    `keep` and `output` (`class_files.written`, not split by class). The rows of the job: one
+    per file and class, with its rows whose projection's length is not k (`WRONG_LENGTH`)."""
+    from fruits_assets.storage import class_files
+
+    project, rows = _projection(df, components, column, keep, files)
+    k = len(components)
+
+    def wrong_length(batch: pa.RecordBatch) -> dict[str, int]:
+        lengths = pc.list_value_length(batch.column(output))
+        return {WRONG_LENGTH: pc.sum(pc.cast(pc.not_equal(lengths, k), "int64")).as_py() or 0}
+
+    def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        yield from class_files.written(
+            project(batches, output),
+            folder,
+            [*keep, output],
+            wrong_length,
+            (WRONG_LENGTH,),
+            partitioned=False,
+        )
+
+    return rows.mapInArrow(write, class_files.manifest_schema((WRONG_LENGTH,)))
+
+
+def _projection(df, components: np.ndarray, column: str, keep: Sequence[str], files):
+    """The function a `mapInArrow` runs to project the vectors of `column` (`projected`), and
+    the rows it runs over: `df`'s `keep` columns and `column`, or one row per data file."""
+    spark = df.sparkSession
+    matrix = spark.sparkContext.broadcast(np.ascontiguousarray(components.T, dtype=np.float64))
+    columns = [*keep, column]
+    from_files = files is not None
+
+    def project(batches: Iterator[pa.RecordBatch], output: str) -> Iterator[pa.RecordBatch]:
         weights = matrix.value
+        if from_files:
+            batches = table_files.read_batches(batches, columns)
         for batch in batches:
             x = vectors(batch.column(len(keep)), width=len(weights))
             coordinates = list_array(x @ weights)
@@ -269,9 +317,5 @@ def projected(
             )
 
     if files is None:
-        return df.select(*keep, column).mapInArrow(project, schema)
-
-    def project_files(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        yield from project(table_files.read_batches(batches, [*keep, column]))
-
-    return table_files.file_rows(spark, files).mapInArrow(project_files, schema)
+        return project, df.select(*columns)
+    return project, table_files.file_rows(spark, files)

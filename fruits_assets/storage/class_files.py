@@ -29,6 +29,7 @@ from fruits_assets.storage import filesystem
 from fruits_assets.storage.layout import LABEL_COLUMN, partition_dir_name
 
 FILE, SIZE, ROWS, MODIFIED = "file", "size", "rows", "modification_time"
+DISTINCT = "distinct"  # the distinct values of the writer's `distinct` column in the file's class
 MANIFEST_FIELDS = [
     # The file's path under the folder it was written to, unescaped (as Delta's log decodes it).
     T.StructField(FILE, T.StringType(), False),
@@ -36,19 +37,29 @@ MANIFEST_FIELDS = [
     T.StructField(SIZE, T.LongType(), False),
     T.StructField(ROWS, T.LongType(), False),
     T.StructField(MODIFIED, T.LongType(), False),  # ms since the epoch, as Delta records it
+    T.StructField(DISTINCT, T.LongType(), False),
 ]
 
 
 def manifest_schema(counts: Sequence[str]) -> T.StructType:
-    """One row per written file, and a count of its rows per name in `counts` (`Summary`)."""
+    """One row per written file and class, and a count of its rows per name in `counts`."""
     return T.StructType(
         [*MANIFEST_FIELDS, *(T.StructField(c, T.LongType(), False) for c in counts)]
     )
 
 
-# What a writer counts of each file's rows for the audit: {count name: rows}, per Arrow batch,
-# plus the rows' keys (e.g. paths), whose distinct number per file is reported as `distinct`.
-Summary = Callable[[pa.RecordBatch], tuple[Mapping[str, int], Sequence[str]]]
+# What a writer counts of each file's rows of a class for the audit: {count name: rows}, per
+# Arrow batch of them.
+Summary = Callable[[pa.RecordBatch], Mapping[str, int]]
+
+
+@dataclass
+class _Tally:
+    """What a file holds of one class."""
+
+    rows: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    keys: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -56,9 +67,7 @@ class _OpenFile:
     relative: str
     stream: pa.NativeFile
     writer: pq.ParquetWriter
-    rows: int = 0
-    counts: dict[str, int] = field(default_factory=dict)
-    keys: set[str] = field(default_factory=set)
+    classes: dict[str, _Tally] = field(default_factory=dict)
 
 
 def written(
@@ -67,73 +76,84 @@ def written(
     columns: Sequence[str],
     summary: Summary,
     counts: Sequence[str],
-    distinct: str,
+    distinct: str | None = None,
+    partitioned: bool = True,
 ) -> Iterator[pa.RecordBatch]:
     """Write one task's rows (Arrow batches holding `columns` and the class column) under
-    `folder`: one Parquet file per class, in the class's folder, without the class column (the
-    folder says it, as in Delta's files). Then one row per file (`manifest_schema(counts +
-    [distinct])`). A file is complete once its row is yielded; a task that fails leaves its
-    files in the staging folder, in no manifest."""
+    `folder`. `partitioned`: one Parquet file per class, in the class's folder, without the
+    class column (the folder says it, as in Delta's files); else one file for all the task's
+    rows, `columns` as they are. Then one row per file and class it holds
+    (`manifest_schema(counts)`), its `DISTINCT` the number of distinct values of the `distinct`
+    column among them (0 without one). The files are complete once their rows are
+    yielded; a task that fails leaves its files in the staging folder, in no manifest."""
     task = uuid.uuid4().hex
     where = filesystem.Location.of(folder)
-    opened: dict[str, _OpenFile] = {}
+    opened: dict[str | None, _OpenFile] = {}
     try:
         for batch in batches:
             labels = batch.column(LABEL_COLUMN)
             present = pc.unique(labels).to_pylist()
+            if not partitioned and batch.num_rows:
+                whole = opened.get(None) or _open(
+                    where, f"part-{task}.snappy.parquet", batch, columns
+                )
+                opened[None] = whole
+                whole.writer.write_batch(batch.select(list(columns)))
             for label in present:
                 rows = batch if len(present) == 1 else batch.filter(pc.equal(labels, label))
-                current = opened.get(label)
-                if current is None:
-                    current = opened[label] = _open(where, task, len(opened), label, rows, columns)
-                current.writer.write_batch(rows.select(list(columns)))
-                current.rows += rows.num_rows
-                found, keys = summary(rows)
-                for name, value in found.items():
-                    current.counts[name] = current.counts.get(name, 0) + int(value)
-                current.keys.update(keys)
+                if partitioned:
+                    name = (
+                        f"{partition_dir_name(label)}/part-{task}-{len(opened):05d}.snappy.parquet"
+                    )
+                    current = opened.get(label) or _open(where, name, rows, columns)
+                    opened[label] = current
+                    current.writer.write_batch(rows.select(list(columns)))
+                else:
+                    current = opened[None]
+                tally = current.classes.setdefault(label, _Tally())
+                tally.rows += rows.num_rows
+                for key, value in summary(rows).items():
+                    tally.counts[key] = tally.counts.get(key, 0) + int(value)
+                if distinct is not None:
+                    tally.keys.update(rows.column(distinct).to_pylist())
         files = []
-        for label, current in opened.items():
+        for current in opened.values():
             current.writer.close()
             size = current.stream.tell()
             current.stream.close()
-            files.append((label, current, size, int(time.time() * 1000)))
+            files.append((current, size, int(time.time() * 1000)))
         opened.clear()
     finally:
         for current in opened.values():  # a failed task: close what it opened
             current.stream.close()
-    if not files:
+    rows = [(f, size, modified, label, tally) for f, size, modified in files
+            for label, tally in f.classes.items()]  # fmt: skip
+    if not rows:
         return
     yield pa.RecordBatch.from_pydict(
         {
-            FILE: [f.relative for _, f, _, _ in files],
-            LABEL_COLUMN: [label for label, _, _, _ in files],
-            SIZE: [size for _, _, size, _ in files],
-            ROWS: [f.rows for _, f, _, _ in files],
-            MODIFIED: [modified for _, _, _, modified in files],
-            **{c: [f.counts.get(c, 0) for _, f, _, _ in files] for c in counts},
-            distinct: [len(f.keys) for _, f, _, _ in files],
+            FILE: [f.relative for f, *_ in rows],
+            LABEL_COLUMN: [label for *_, label, _ in rows],
+            SIZE: [size for _, size, *_ in rows],
+            ROWS: [tally.rows for *_, tally in rows],
+            MODIFIED: [modified for _, _, modified, *_ in rows],
+            DISTINCT: [len(tally.keys) for *_, tally in rows],
+            **{c: [tally.counts.get(c, 0) for *_, tally in rows] for c in counts},
         },
         schema=pa.schema(
             [
                 pa.field(FILE, pa.string(), False),
                 pa.field(LABEL_COLUMN, pa.string(), False),
-                *(pa.field(n, pa.int64(), False) for n in (SIZE, ROWS, MODIFIED)),
-                *(pa.field(c, pa.int64(), False) for c in [*counts, distinct]),
+                *(pa.field(n, pa.int64(), False) for n in (SIZE, ROWS, MODIFIED, DISTINCT)),
+                *(pa.field(c, pa.int64(), False) for c in counts),
             ]
         ),
     )
 
 
 def _open(
-    where: filesystem.Location,
-    task: str,
-    n: int,
-    label: str,
-    rows: pa.RecordBatch,
-    columns: Sequence[str],
+    where: filesystem.Location, relative: str, rows: pa.RecordBatch, columns: Sequence[str]
 ) -> _OpenFile:
-    relative = f"{partition_dir_name(label)}/part-{task}-{n:05d}.snappy.parquet"
     path = f"{where.path.rstrip('/')}/{relative}"
     where.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     stream = where.fs.open_output_stream(path)

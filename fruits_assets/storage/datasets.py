@@ -380,12 +380,14 @@ class Datasets:
         return Staged(name, location, None, written=True, files=files)
 
     def publish_files(
-        self, staged: Staged, dataset: str, labels: Iterable[str], schema: StructType
+        self, staged: Staged, dataset: str, labels: Iterable[str] | None, schema: StructType
     ) -> int:
-        """Replace exactly the given classes' rows with the files `stage_files` wrote, in one
-        commit, as `publish_partitions` does: the files move into the table's folder, then one
-        Delta commit adds them and removes the files of those classes it replaces. `schema`:
-        the table's, as Spark would write it (the class column included).
+        """Publish the files `stage_files` wrote, in one commit: as `publish_partitions` (the
+        given classes' rows replaced, every other class kept; the files in class folders), or,
+        for no `labels`, as `publish_whole` of a table not split into class folders (the whole
+        table replaced, its columns those of `schema`). The files move into the table's
+        folder, then one Delta commit adds them and removes those they replace. `schema`: the
+        table's, as Spark would write it (the class column included).
 
         The commit is made by the `deltalake` package: Spark's Delta has no public way to
         commit files it did not write. Both read and write the same log, so Spark's reads,
@@ -397,62 +399,72 @@ class Datasets:
 
         from fruits_assets.storage import class_files as cf
 
-        labels = set(labels)
-        others = sorted({r[LABEL_COLUMN] for r in staged.files} - labels)
-        if others:
-            raise ValueError(f"files of classes {others} staged for a publish of {sorted(labels)}")
-        if not staged.files and self._holds_none(dataset, labels):
-            return self._published_version(dataset)
-        location = self.location(dataset)
+        partitioned = labels is not None
+        wanted = set(labels) if labels is not None else set()
+        if partitioned:
+            others = sorted({r[LABEL_COLUMN] for r in staged.files} - wanted)
+            if others:
+                raise ValueError(
+                    f"files of classes {others} staged for a publish of {sorted(wanted)}"
+                )
+            if not staged.files and self._holds_none(dataset, wanted):
+                return self._published_version(dataset)
+        # A file not split by class holds several classes: a manifest row each.
+        files: dict[str, Row] = {}
+        rows: dict[str, int] = {}
+        for r in staged.files:
+            files.setdefault(r[cf.FILE], r)
+            rows[r[cf.FILE]] = rows.get(r[cf.FILE], 0) + r[cf.ROWS]
         adds = [
             AddAction(
-                r[cf.FILE],
+                name,
                 r[cf.SIZE],
-                {LABEL_COLUMN: r[LABEL_COLUMN]},
+                {LABEL_COLUMN: r[LABEL_COLUMN]} if partitioned else {},
                 r[cf.MODIFIED],
                 True,
-                json.dumps({"numRecords": r[cf.ROWS]}),
+                json.dumps({"numRecords": rows[name]}),
             )
-            for r in staged.files
+            for name, r in files.items()
         ]
-        note = CommitProperties(
-            custom_metadata={"userMetadata": self._commit_note(classes=len(labels))}
-        )
+        note = self._commit_note(**({"classes": len(wanted)} if partitioned else {}))
+        properties = CommitProperties(custom_metadata={"userMetadata": note})
+        columns = DeltaSchema.from_arrow(to_arrow_schema(schema))
+        location = self.location(dataset)
         options = filesystem.delta_storage_options(location)
         before = self._latest_commit(dataset)
         with errors.explained(location):
             if before is not None:
                 table = DeltaTable(location, storage_options=options)
-                _same_columns(location, pa.schema(table.schema().to_arrow()), schema)
-            moves = [
-                (
-                    filesystem.join(staged.location, r[cf.FILE]),
-                    filesystem.join(location, r[cf.FILE]),
-                )
-                for r in staged.files
-            ]
+                if partitioned:
+                    _same_columns(location, pa.schema(table.schema().to_arrow()), schema)
+            moves = [(filesystem.join(staged.location, name), filesystem.join(location, name))
+                     for name in files]  # fmt: skip
             with ThreadPoolExecutor(max_workers=16) as pool:  # S3 copies, side by side
                 list(pool.map(lambda move: filesystem.move(*move), moves))
             if before is None:
                 create_table_with_add_actions(
                     location,
-                    DeltaSchema.from_arrow(to_arrow_schema(schema)),
+                    columns,
                     adds,
                     mode="error",
-                    partition_by=[LABEL_COLUMN],
+                    partition_by=[LABEL_COLUMN] if partitioned else None,
                     storage_options=options,
-                    commit_properties=note,
+                    commit_properties=properties,
                 )
-            else:
+            elif partitioned:
                 table.create_write_transaction(
                     adds,
                     mode="overwrite",
                     schema=table.schema(),
                     partition_by=[LABEL_COLUMN],
-                    partition_filters=[(LABEL_COLUMN, "in", sorted(labels))],
-                    commit_properties=note,
+                    partition_filters=[(LABEL_COLUMN, "in", sorted(wanted))],
+                    commit_properties=properties,
                 )
-        return self._published(dataset, frozenset(labels), before)
+            else:  # every file replaced; the columns too, if they changed
+                table.create_write_transaction(
+                    adds, mode="overwrite", schema=columns, commit_properties=properties
+                )
+        return self._published(dataset, frozenset(wanted) if partitioned else None, before)
 
     def publish_partitions(
         self,
