@@ -665,16 +665,16 @@ def test_publish_writes_one_file_per_class_and_a_small_rerun_still_uses_every_co
 
     slots = spark.sparkContext.defaultParallelism
     with datasets.spread("t", {"b"}) as one_class:
-        assert not one_class.whole_classes
-        assert one_class.df.rdd.getNumPartitions() >= slots
-        assert one_class.df.agg(F.sum("n")).first()[0] == sum(range(200))
+        assert one_class.rdd.getNumPartitions() == slots
+        per_split = one_class.groupBy(F.spark_partition_id()).count().collect()
+        assert len(per_split) == slots and min(r["count"] for r in per_split) > 200 / slots / 2
+        assert one_class.agg(F.sum("n")).first()[0] == sum(range(200))
     datasets.discard(staged)
 
 
 def test_classes_are_split_for_featurizing_by_count_not_by_bytes(tmp_path):
     """Classes whose rows weigh very different numbers of bytes (small and large photos) still
-    reach the featurizer in splits of equal rows, each class in one split; what is computed from
-    them is published one file per class without a shuffle."""
+    reach the featurizer in splits of equal rows, each class in one split."""
     from deltalake import DeltaTable
     from pyspark.sql import functions as F
 
@@ -695,15 +695,12 @@ def test_classes_are_split_for_featurizing_by_count_not_by_bytes(tmp_path):
     df = spark.createDataFrame(rows, "path string, label string, content binary")
     datasets.publish_partitions(df, "t", set(labels))
     with datasets.spread("t", labels) as images:
-        assert images.whole_classes
-        placed = images.df.select("label", F.spark_partition_id().alias("split")).collect()
-        staged = datasets.stage(
-            images.df.withColumn("content", F.unhex(F.sha2("content", 256))), "t"
-        )
+        placed = images.select("label", F.spark_partition_id().alias("split")).collect()
+        staged = datasets.stage(images.withColumn("content", F.unhex(F.sha2("content", 256))), "t")
     rows_per_split = sorted(Counter(r["split"] for r in placed).values())
     assert rows_per_split == [20] * splits
     assert all(len({r["split"] for r in placed if r["label"] == label}) == 1 for label in labels)
-    datasets.publish_partitions(staged.df, "t", set(labels), whole_classes=True)
+    datasets.publish_partitions(staged.df, "t", set(labels))
     datasets.discard(staged)
     files = DeltaTable(datasets.location("t")).file_uris()
     assert sorted(f.split("/")[-2] for f in files) == [f"label={label}" for label in labels]
@@ -984,3 +981,108 @@ def test_a_failed_check_leads_its_error_with_its_cause_in_one_line():
     assert _unpublished([rows_check], failed[:1]) == (
         f"check {checks.ROWS_MATCH_FEATURES} failed, so nothing was published"
     )
+
+
+def test_files_the_workers_write_are_published_by_one_commit_whatever_the_class_names(tmp_path):
+    """Rows written by Spark's Python workers themselves (`class_files`), several files per
+    class, then published by one Delta commit each: the first creates the table, the next
+    replaces one class and empties another. Spark, the deltalake package and the log's file
+    changes see exactly the published rows, whatever the characters of the class names. A table
+    of other columns is refused and keeps its version; a publish of a whole table not split by
+    class replaces every file, and its columns."""
+    import pyarrow.parquet as pq
+    from deltalake import DeltaTable
+    from pyspark.sql import functions as F
+
+    from fruits_assets.resources.storage import FruitsStorage
+    from fruits_assets.storage import class_files
+    from fruits_assets.storage.datasets import Datasets
+
+    spark = local_spark()
+    storage = FruitsStorage(images_root=str(tmp_path / "in"), output_root=str(tmp_path / "out"))
+    names = ["it's", "50% off", "a:b=c", "café 1", "plain"]
+
+    def staged(run: str, rows: list, columns: str, partitioned: bool = True):
+        df = spark.createDataFrame(rows, f"path string, label string, {columns}").repartition(3)
+        kept = [c.split()[0] for c in ("path string", columns.split(",")[0])]
+
+        def write(folder: str):
+            def task(batches):
+                yield from class_files.written(
+                    batches, folder, kept if partitioned else [*kept, "label"],
+                    lambda batch: {"n": batch.num_rows}, ("n",), "path", partitioned,
+                )  # fmt: skip
+
+            return df.mapInArrow(task, class_files.manifest_schema(("n",)))
+
+        return Datasets(spark, storage, run).stage_files(write, "t")
+
+    def vectors(label: str, n: int, value: float) -> list:
+        return [(f"/in/{label}/{i}.jpg", label, [value, float(i)]) for i in range(n)]
+
+    schema = "path string, label string, v array<float>"
+    table_schema = spark.createDataFrame([], schema).schema
+    first = staged(
+        "run-1", [row for name in names for row in vectors(name, 4, 1.0)], "v array<float>"
+    )
+    assert len(first.files) > len(names)  # rows of a class in several tasks' files
+    totals = class_files.per_class(first.files, ("n",))
+    assert {label: (t["rows"], t["distinct"], t["n"]) for label, t in totals.items()} == {
+        name: (4, 4, 4) for name in names
+    }
+    datasets = Datasets(spark, storage, "run-1")
+    assert datasets.publish_files(first, "t", set(names), table_schema) == 0
+    assert not list((tmp_path / "out" / "_staging").rglob("*.parquet"))  # all moved
+    commit_0 = datasets.commit("t")
+
+    second = staged("run-2", vectors("it's", 6, 2.0), "v array<float>")
+    datasets = Datasets(spark, storage, "run-2")
+    assert datasets.publish_files(second, "t", {"it's", "50% off"}, table_schema) == 1
+    expected = {name: 4 for name in names if name != "50% off"} | {"it's": 6}
+    counted = datasets.read("t").groupBy("label").count().collect()
+    assert {r["label"]: r["count"] for r in counted} == expected
+    assert datasets.read("t", {"it's"}).where(F.col("v")[0] == 2.0).count() == 6
+    readers = DeltaTable(datasets.location("t")).to_pandas()
+    assert readers.groupby("label").size().to_dict() == expected
+    out, put = datasets.file_changes("t", commit_0, datasets.commit("t"))
+    assert set(put.values()) == {"it's"} and set(out.values()) == {"it's", "50% off"}
+    # The steps after a publish read the files its commit added, as Parquet files.
+    files = datasets.data_files("t", {"it's"})
+    assert files and {f.label for f in files} == {"it's"}
+    assert sum(pq.read_metadata(f.uri).num_rows for f in files) == 6
+    assert datasets.history("t")[0]["run_id"] == "run-2"
+
+    other = staged("run-3", vectors("plain", 2, 3.0), "w array<float>")
+    other_schema = spark.createDataFrame([], "path string, label string, w array<float>").schema
+    with pytest.raises(ValueError, match="holds the columns"):
+        Datasets(spark, storage, "run-3").publish_files(other, "t", {"plain"}, other_schema)
+    assert datasets.version("t") == 1
+    assert list((tmp_path / "out" / "_staging" / "run-3").rglob("*.parquet"))  # kept aside
+
+    whole = Datasets(spark, storage, "run-4")
+    rows = [row for name in names for row in vectors(name, 3, 4.0)]
+    for n, columns in enumerate(("v array<float>", "w array<float>")):
+        staged_whole = staged("run-4", rows, columns, partitioned=False)
+        assert {f["file"].count("/") for f in staged_whole.files} == {0}  # no class folders
+        column = columns.split()[0]
+        whole_schema = spark.createDataFrame(
+            [], f"path string, label string, {column} array<float>"
+        )
+        assert whole.publish_files(staged_whole, "w", None, whole_schema.schema) == n
+        table = whole.read("w")
+        assert table.columns == ["path", "label", column] and table.count() == len(rows)
+
+
+def test_a_task_that_fails_deletes_the_files_it_began(tmp_path):
+    """A writing task that fails midway leaves no file for a retry or an inspection to meet."""
+    import pyarrow as pa
+
+    from fruits_assets.storage import class_files
+
+    def batches():
+        yield pa.RecordBatch.from_pydict({"path": ["/a/1.jpg", "/b/1.jpg"], "label": ["a", "b"]})
+        raise RuntimeError("the featurizer failed")
+
+    with pytest.raises(RuntimeError, match="featurizer failed"):
+        list(class_files.written(batches(), str(tmp_path), ["path"], lambda b: {}, ()))
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]

@@ -183,7 +183,7 @@ def mobilenet_features(
         # what it wrote: the checks need no pass over the vectors of their own.
         staged = datasets.stage_files(
             lambda folder: featurizer.featurized_files(
-                images.df,
+                images,
                 model,
                 sha256,
                 settings.batch_size,
@@ -252,20 +252,14 @@ def mobilenet_features(
 
 
 def _per_class(files: list[Row]) -> list[dict[str, Any]]:
-    """The audit's counts per class, summed over the data files the featurizing tasks wrote
-    (`featurizer.featurized_files`): `count` (the rows), the `WRITTEN_COUNTS` and the distinct
-    paths. A class's photos are read by one task, or dealt once each over several (`spread`):
-    no path is in two files, so per-file distinct paths add up."""
-    totals: dict[str, dict[str, Any]] = {}
-    for row in files:
-        label = row[layout.LABEL_COLUMN]
-        total = totals.setdefault(
-            label,
-            {layout.LABEL_COLUMN: label, "count": 0, PATHS: 0}
-            | dict.fromkeys(featurizer.WRITTEN_COUNTS, 0),
-        )
-        total["count"] += row[class_files.ROWS]
-        total[PATHS] += row[class_files.DISTINCT]
-        for name in featurizer.WRITTEN_COUNTS:
-            total[name] += row[name]
-    return list(totals.values())
+    """The audit's counts per class, from the data files the featurizing tasks wrote
+    (`featurizer.featurized_files`): `count` (the rows, as `current_features.COUNTS` names
+    them), the `WRITTEN_COUNTS` and the distinct paths (`PATHS`). The photos reach the tasks a
+    class per split or split by path (`Datasets.spread`), so a path is never in two files."""
+    totals = class_files.per_class(files, featurizer.WRITTEN_COUNTS)
+    return [
+        {layout.LABEL_COLUMN: label, "count": total.pop(class_files.ROWS)}
+        | {PATHS: total.pop(class_files.DISTINCT)}
+        | total
+        for label, total in totals.items()
+    ]

@@ -245,23 +245,23 @@ def pca_features_parquet(
     k = model.k
     # Each projecting task writes its rows' data file itself, and counts for the audit what it
     # wrote: the checks need no pass over the vectors of their own.
+    *keep, output = PCA_FEATURES_SCHEMA.names
     staged = datasets.stage_files(
         lambda folder: pca.projected_files(
             current.df,
             model.components,
             "features",
-            "pca_features",
-            keep=("path", "label"),
+            output,
+            keep=keep,
             files=datasets.data_files(layout.MOBILENET_FEATURES, current.classes),
             folder=folder,
         ),
         layout.PCA_FEATURES_PARQUET,
     )
-    per_class: dict[str, int] = {}
-    for r in staged.files:
-        per_class[r["label"]] = per_class.get(r["label"], 0) + r[class_files.ROWS]
+    totals = class_files.per_class(staged.files, (pca.WRONG_LENGTH,))
+    per_class = {label: total[class_files.ROWS] for label, total in totals.items()}
     rows = sum(per_class.values())
-    bad_length = sum(r[pca.WRONG_LENGTH] for r in staged.files)
+    bad_length = sum(total[pca.WRONG_LENGTH] for total in totals.values())
     n_features = current.rows
     yield from publish_or_fail(
         context,

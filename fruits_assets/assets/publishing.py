@@ -27,7 +27,6 @@ class Publication:
     labels: frozenset[str] | None = None
     partitioned: bool = True
     rows: int | None = None  # the rows of `df`, when the audit counted them
-    whole_classes: bool = False  # each class's rows in one partition of `df` (`Spread`)
 
 
 @dataclass(frozen=True)
@@ -163,7 +162,6 @@ def publish_or_fail(
                     publication.dataset,
                     publication.labels,
                     publication.rows,
-                    publication.whole_classes,
                 )
     for item in staged:
         datasets.discard(item)

@@ -43,5 +43,5 @@ sudo {spec.venv}/bin/python -m pip install --quiet --upgrade pip
 sudo {spec.venv}/bin/python -m pip install --quiet \\
   {quoted}
 {spec.venv}/bin/python -c 'import dagster, dagster_aws, dagster_pyspark, tensorflow, PIL, pyarrow'
-{spec.venv}/bin/python -c 'import ai_edge_litert.interpreter'
+{spec.venv}/bin/python -c 'import ai_edge_litert.interpreter, deltalake'
 """

@@ -368,9 +368,9 @@ ALL_FINITE = "all_finite"
 def all_finite(features: np.ndarray, histograms: np.ndarray) -> np.ndarray:
     """Per photo, whether its feature vector and its colour histogram hold only finite values.
 
-    Computed where the vectors are made, from the very values handed to Spark: in the JVM, the
-    test of 1,280 values a row (a lambda per value, interpreted) needed a pass of its own over
-    the staged rows. The vectors' lengths are still checked there."""
+    Computed where the vectors are made, from the very values written: in the JVM, the test of
+    1,280 values a row (a lambda per value, interpreted) needed a pass of its own over the
+    staged rows."""
     return np.isfinite(features).all(axis=1) & np.isfinite(histograms).all(axis=1)
 
 
@@ -391,10 +391,10 @@ def featurized_files(
     constants: dict[str, str],
 ):
     """Each photo of `df` (its `path`, `label` and `content`, the photo's bytes) featurized:
-    MobileNetV2's `features`, the `color_histogram` and an `all_finite` flag, computed by one
-    interpreter per Python worker process for the whole stage (the TFLite model broadcast
-    once). From and to Arrow batches (`mapInArrow`): the vectors stay contiguous values, never
-    a Python object per value.
+    MobileNetV2's `features`, the `color_histogram` (which the classifier also uses) and an
+    `all_finite` flag, computed by one interpreter per Python worker process for the whole
+    stage (the TFLite model broadcast once). From and to Arrow batches (`mapInArrow`): the
+    vectors stay contiguous values, never a Python object per value.
 
     Each task writes its rows under `folder` itself, one Parquet file per class
     (`class_files.written`): the feature table's `columns`, with `constants` added (name:
@@ -402,20 +402,34 @@ def featurized_files(
     number of distinct paths (`class_files.DISTINCT`)."""
     import pyarrow as pa
 
+    from fruits_assets.ml.arrow_vectors import list_array
     from fruits_assets.storage import class_files
 
-    featurize, _ = _featurizing(df, model, sha256, batch_size, threads, ("path", "label"))
+    broadcast = df.sparkSession.sparkContext.broadcast(model)
+    key = f"{sha256}:{batch_size}"
     columns = list(columns)
 
-    def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        def with_constants() -> Iterator[pa.RecordBatch]:
-            for batch in featurize(batches):
-                for name, value in constants.items():
-                    batch = batch.append_column(name, pa.array([value] * batch.num_rows))
-                yield batch
+    def featurize(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        model = worker_featurizer(key, lambda: broadcast.value, threads)
+        for batch in batches:
+            # The histogram rides along: the image bytes cross to Python and are decoded once.
+            features, histograms = model.with_histograms(batch.column("content").to_pylist())
+            n = batch.num_rows
+            yield pa.RecordBatch.from_arrays(
+                [
+                    batch.column("path"),
+                    batch.column("label"),
+                    list_array(features),
+                    list_array(histograms),
+                    pa.array(all_finite(features, histograms)),
+                    *(pa.array([value] * n, pa.string()) for value in constants.values()),
+                ],
+                names=["path", "label", "features", "color_histogram", ALL_FINITE, *constants],
+            )
 
+    def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         yield from class_files.written(
-            with_constants(), folder, columns, written_counts, WRITTEN_COUNTS, distinct="path"
+            featurize(batches), folder, columns, written_counts, WRITTEN_COUNTS, distinct="path"
         )
 
     schema = class_files.manifest_schema(WRITTEN_COUNTS)
@@ -441,42 +455,3 @@ def written_counts(batch) -> dict[str, int]:
         "test": sides.count(splits.TEST),
         "none": sides.count(None),
     }
-
-
-def _featurizing(df, model: bytes, sha256: str, batch_size: int, threads: int, keep):
-    """The function a `mapInArrow` over `df`'s `keep` columns and `content` runs to featurize
-    them, and its output's schema."""
-    import pyarrow as pa
-    from pyspark.sql import types as T
-
-    from fruits_assets.ml.arrow_vectors import list_array
-
-    broadcast = df.sparkSession.sparkContext.broadcast(model)
-    key = f"{sha256}:{batch_size}"
-    vector = T.ArrayType(T.FloatType())
-    # The MobileNetV2 vector, and the colour histogram the classifier also uses (cheap next to it).
-    schema = T.StructType(
-        [
-            *(df.schema[name] for name in keep),
-            T.StructField("features", vector),
-            T.StructField("color_histogram", vector),
-            T.StructField(ALL_FINITE, T.BooleanType()),
-        ]
-    )
-
-    def featurize(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        model = worker_featurizer(key, lambda: broadcast.value, threads)
-        for batch in batches:
-            # The histogram rides along: the image bytes cross to Python and are decoded once.
-            features, histograms = model.with_histograms(batch.column("content").to_pylist())
-            yield pa.RecordBatch.from_arrays(
-                [
-                    *batch.columns[: len(keep)],
-                    list_array(features),
-                    list_array(histograms),
-                    pa.array(all_finite(features, histograms)),
-                ],
-                names=schema.names,
-            )
-
-    return featurize, schema

@@ -1,4 +1,5 @@
-"""A table's data files written by Spark's Python workers themselves, one per class and task.
+"""A table's data files written by Spark's Python workers themselves, in the tasks that compute
+the rows.
 
 Spark's Parquet writer takes every value of a list column through Parquet's record consumer
 (a group, a field and a value per float): 10.8 million feature floats of the 8,460-image sample
@@ -8,17 +9,20 @@ same task. `Datasets.stage_files` runs such a writer and `Datasets.publish_files
 it wrote to the Delta table, so the table is still changed by one atomic commit.
 
 Workers write into the run's staging folder, in the table's own layout (`label=<class>/`
-folders, Spark's escaping); a publish moves the files into the table's folder and commits them.
-Each task reports one row per file it wrote (`MANIFEST_SCHEMA`): what the commit and the audit
-need, without reading the files back.
+folders, escaped as Spark escapes them), or one file per task for a table not split by class; a
+publish moves the files into the table's folder and commits them. Each task reports one row per
+file and class it wrote (`manifest_schema`): what the commit and the audit need, without
+reading the files back.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -31,7 +35,8 @@ from fruits_assets.storage.layout import LABEL_COLUMN, partition_dir_name
 FILE, SIZE, ROWS, MODIFIED = "file", "size", "rows", "modification_time"
 DISTINCT = "distinct"  # the distinct values of the writer's `distinct` column in the file's class
 MANIFEST_FIELDS = [
-    # The file's path under the folder it was written to, unescaped (as Delta's log decodes it).
+    # The file's path under the folder it was written to, as a path (Delta's log holds it
+    # URL-encoded; the `deltalake` package encodes it when it commits).
     T.StructField(FILE, T.StringType(), False),
     T.StructField(LABEL_COLUMN, T.StringType(), False),
     T.StructField(SIZE, T.LongType(), False),
@@ -39,17 +44,19 @@ MANIFEST_FIELDS = [
     T.StructField(MODIFIED, T.LongType(), False),  # ms since the epoch, as Delta records it
     T.StructField(DISTINCT, T.LongType(), False),
 ]
+# Rows a task holds before it writes them as row groups: Parquet readers pay per row group, and
+# a task's memory stays bounded (4,096 photos' 1,280-d vectors are 21 MB).
+BUFFERED_ROWS = 4096
 
 
 def manifest_schema(counts: Sequence[str]) -> T.StructType:
     """One row per written file and class, and a count of its rows per name in `counts`."""
-    return T.StructType(
-        [*MANIFEST_FIELDS, *(T.StructField(c, T.LongType(), False) for c in counts)]
-    )
+    added = [T.StructField(name, T.LongType(), False) for name in counts]
+    return T.StructType([*MANIFEST_FIELDS, *added])
 
 
-# What a writer counts of each file's rows of a class for the audit: {count name: rows}, per
-# Arrow batch of them.
+# What a writer counts of a file's rows of a class for the audit: {count name: rows}, per Arrow
+# batch of them.
 Summary = Callable[[pa.RecordBatch], Mapping[str, int]]
 
 
@@ -59,15 +66,22 @@ class _Tally:
 
     rows: int = 0
     counts: dict[str, int] = field(default_factory=dict)
-    keys: set[str] = field(default_factory=set)
+    keys: set[Any] = field(default_factory=set)
 
 
 @dataclass
 class _OpenFile:
     relative: str
+    path: str
     stream: pa.NativeFile
     writer: pq.ParquetWriter
+    held: list[pa.RecordBatch] = field(default_factory=list)
     classes: dict[str, _Tally] = field(default_factory=dict)
+
+    def flush(self) -> None:
+        if self.held:
+            self.writer.write_table(pa.Table.from_batches(self.held))
+            self.held = []
 
 
 def written(
@@ -84,49 +98,53 @@ def written(
     class column (the folder says it, as in Delta's files); else one file for all the task's
     rows, `columns` as they are. Then one row per file and class it holds
     (`manifest_schema(counts)`), its `DISTINCT` the number of distinct values of the `distinct`
-    column among them (0 without one). The files are complete once their rows are
-    yielded; a task that fails leaves its files in the staging folder, in no manifest."""
+    column among them (0 without one). The files are complete once their rows are yielded; a
+    task that fails deletes the files it began."""
     task = uuid.uuid4().hex
     where = filesystem.Location.of(folder)
     opened: dict[str | None, _OpenFile] = {}
+    done: list[tuple[_OpenFile, int, int]] = []
     try:
+        held = 0
         for batch in batches:
             labels = batch.column(LABEL_COLUMN)
             present = pc.unique(labels).to_pylist()
-            if not partitioned and batch.num_rows:
-                whole = opened.get(None) or _open(
-                    where, f"part-{task}.snappy.parquet", batch, columns
-                )
-                opened[None] = whole
-                whole.writer.write_batch(batch.select(list(columns)))
             for label in present:
                 rows = batch if len(present) == 1 else batch.filter(pc.equal(labels, label))
-                if partitioned:
+                key = label if partitioned else None
+                current = opened.get(key)
+                if current is None:
                     name = (
                         f"{partition_dir_name(label)}/part-{task}-{len(opened):05d}.snappy.parquet"
+                        if partitioned
+                        else f"part-{task}.snappy.parquet"
                     )
-                    current = opened.get(label) or _open(where, name, rows, columns)
-                    opened[label] = current
-                    current.writer.write_batch(rows.select(list(columns)))
-                else:
-                    current = opened[None]
+                    current = opened[key] = _open(where, name, rows.select(list(columns)).schema)
+                current.held.append(rows.select(list(columns)))
+                held += rows.num_rows
                 tally = current.classes.setdefault(label, _Tally())
                 tally.rows += rows.num_rows
-                for key, value in summary(rows).items():
-                    tally.counts[key] = tally.counts.get(key, 0) + int(value)
+                for count, value in summary(rows).items():
+                    tally.counts[count] = tally.counts.get(count, 0) + int(value)
                 if distinct is not None:
                     tally.keys.update(rows.column(distinct).to_pylist())
-        files = []
+            if held >= BUFFERED_ROWS:
+                for current in opened.values():
+                    current.flush()
+                held = 0
         for current in opened.values():
+            current.flush()
             current.writer.close()
-            size = current.stream.tell()
+            done.append((current, current.stream.tell(), int(time.time() * 1000)))
             current.stream.close()
-            files.append((current, size, int(time.time() * 1000)))
-        opened.clear()
-    finally:
-        for current in opened.values():  # a failed task: close what it opened
-            current.stream.close()
-    rows = [(f, size, modified, label, tally) for f, size, modified in files
+    except BaseException:
+        for current in opened.values():  # no half-written file left for a retry to meet
+            with contextlib.suppress(Exception):
+                current.stream.close()
+            with contextlib.suppress(Exception):
+                where.fs.delete_file(current.path)
+        raise
+    rows = [(f, size, modified, label, tally) for f, size, modified in done
             for label, tally in f.classes.items()]  # fmt: skip
     if not rows:
         return
@@ -151,13 +169,22 @@ def written(
     )
 
 
-def _open(
-    where: filesystem.Location, relative: str, rows: pa.RecordBatch, columns: Sequence[str]
-) -> _OpenFile:
+def _open(where: filesystem.Location, relative: str, schema: pa.Schema) -> _OpenFile:
     path = f"{where.path.rstrip('/')}/{relative}"
     where.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     stream = where.fs.open_output_stream(path)
-    schema = rows.select(list(columns)).schema
     # As Spark writes the tables' files: snappy, no dictionary (nearly every value is unique).
     writer = pq.ParquetWriter(stream, schema, compression="snappy", use_dictionary=False)
-    return _OpenFile(relative, stream, writer)
+    return _OpenFile(relative, path, stream, writer)
+
+
+def per_class(files: Iterable[Mapping[str, Any]], counts: Sequence[str]) -> dict[str, dict]:
+    """The manifest's rows (`written`) summed per class: `ROWS`, `DISTINCT` and `counts`.
+    A class's distinct values add up over its files when no value is in two files (the
+    writer's rows reach the tasks split by class or by that value)."""
+    totals: dict[str, dict[str, int]] = {}
+    for row in files:
+        total = totals.setdefault(row[LABEL_COLUMN], dict.fromkeys([ROWS, DISTINCT, *counts], 0))
+        for name in total:
+            total[name] += row[name]
+    return totals

@@ -2,12 +2,14 @@
 
 Every output table is a Delta table at a fixed path under the output root. A publish is one
 Delta commit: a reader sees the previous version or the new one, never a mix; a per-class publish
-replaces exactly those classes (`replaceWhere`); earlier versions stay readable and restorable
+replaces exactly those classes (`replaceWhere`, or a commit of the files a step's workers wrote
+that removes those classes' files); earlier versions stay readable and restorable
 (time travel) until a VACUUM. Assets name tables (`layout.RAW_IMAGES`, …), never paths.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -372,8 +374,9 @@ class Datasets:
     def stage_files(self, write: Callable[[str], DataFrame], name: str) -> Staged:
         """Rows that Spark's Python workers write as data files themselves (`class_files`),
         into this run's staging folder: `write(folder)` is the Spark job, a DataFrame of one
-        manifest row per file written. A killed run's files stay in the staging folder, which
-        the next run sweeps; `publish_files` moves them into the table and commits them."""
+        manifest row per file and class written. A killed run's files stay in the staging
+        folder, which the next run sweeps; `publish_files` moves them into the table and
+        commits them."""
         location = layout.staging_dir(self.output, self.run_id, name)
         with errors.explained(location):
             files = write(location).collect()
@@ -428,20 +431,15 @@ class Datasets:
         ]
         note = self._commit_note(**({"classes": len(wanted)} if partitioned else {}))
         properties = CommitProperties(custom_metadata={"userMetadata": note})
-        columns = DeltaSchema.from_arrow(to_arrow_schema(schema))
+        arrow_schema = to_arrow_schema(schema)
+        columns = DeltaSchema.from_arrow(arrow_schema)
         location = self.location(dataset)
         options = filesystem.delta_storage_options(location)
         before = self._latest_commit(dataset)
-        with errors.explained(location):
-            if before is not None:
-                table = DeltaTable(location, storage_options=options)
-                if partitioned:
-                    _same_columns(location, pa.schema(table.schema().to_arrow()), schema)
-            moves = [(filesystem.join(staged.location, name), filesystem.join(location, name))
-                     for name in files]  # fmt: skip
-            with ThreadPoolExecutor(max_workers=16) as pool:  # S3 copies, side by side
-                list(pool.map(lambda move: filesystem.move(*move), moves))
-            if before is None:
+        table = None
+
+        def commit() -> None:
+            if table is None:
                 create_table_with_add_actions(
                     location,
                     columns,
@@ -464,6 +462,23 @@ class Datasets:
                 table.create_write_transaction(
                     adds, mode="overwrite", schema=columns, commit_properties=properties
                 )
+
+        with errors.explained(location):
+            if before is not None:
+                table = DeltaTable(location, storage_options=options)
+            if table is not None and partitioned:
+                _same_columns(location, pa.schema(table.schema().to_arrow()), arrow_schema)
+            moves = [(filesystem.join(staged.location, name), filesystem.join(location, name))
+                     for name in files]  # fmt: skip
+            _move_all(moves)
+            try:
+                commit()
+            except BaseException:
+                # Uncommitted, the files are invisible in the table: back to the staging folder,
+                # where a failed publish leaves them for inspection and the next run sweeps them.
+                with contextlib.suppress(Exception):
+                    _move_all([(target, source) for source, target in moves])
+                raise
         return self._published(dataset, frozenset(wanted) if partitioned else None, before)
 
     def publish_partitions(
@@ -472,21 +487,19 @@ class Datasets:
         dataset: str,
         labels: Iterable[str],
         rows: int | None = None,
-        whole_classes: bool = False,
     ) -> int:
         """Replace exactly the given classes' rows, in one commit; every other class is kept.
 
         A class with no row left loses its rows; a row of another class is refused by Delta.
         `rows`: the number of rows of `df`, when known. No row, for classes the table holds none
         of (a rerun of a class without rejected images): nothing to commit, the table already
-        says it. `whole_classes`: each class's rows are in one partition of `df` already, so
-        they are written one file per class as they are.
+        says it.
         """
         labels = set(labels)
         if rows == 0 and self._holds_none(dataset, labels):
             return self._published_version(dataset)
         writer = (
-            (df if whole_classes else one_file_per_class(df))
+            one_file_per_class(df)
             .write.format("delta")
             .mode("overwrite")
             .option("replaceWhere", labels_predicate(labels))
@@ -604,17 +617,18 @@ class Datasets:
         return self._published_version(dataset)
 
     @contextmanager
-    def spread(self, dataset: str, labels: Iterable[str], per_slot: int = 4) -> Iterator[Spread]:
-        """The classes' rows, in about `per_slot` splits per task slot, for expensive per-row
-        work (reading the rows inside this block plans them with those splits).
+    def spread(self, dataset: str, labels: Iterable[str], per_slot: int = 4) -> Iterator[DataFrame]:
+        """The classes' rows split for expensive per-row work (reading the rows inside this
+        block plans them with those splits): about `per_slot` splits per task slot, each
+        class's rows in one split; or, for fewer classes than that, split by their paths.
 
         Spark's default packs small files into 128 MiB splits: a few thousand images become one
         task on one core. A few splits per slot keep every core busy to the end (a free worker
         takes the next split), and each Python worker keeps its model across them. A class is
         one file, so when there are fewer files than splits (a rerun of a class or two), the rows
-        are dealt round robin instead, a shuffle of those few files, into one split per slot:
-        dealt rows make equal splits, and a task that writes what it computes writes a file per
-        class it holds.
+        are spread by a hash of their paths instead (a shuffle of those few files), into one
+        split per slot: about equal splits, a task that writes what it computes writes a file
+        per class it holds, and rows of one path stay in one task.
         """
         labels = set(labels)
         rows = self.read(dataset, labels)
@@ -623,11 +637,10 @@ class Datasets:
         # Fewer classes than splits are fewer files: no need to plan the read to list them.
         files = [] if len(labels) < splits else rows.inputFiles()
         if len(files) < splits:
-            yield Spread(rows.repartition(slots), whole_classes=False)
+            yield rows.repartition(slots, "path")
             return
         # Each file is read whole by one split (unless it reaches a split's size: a class of
         # over a GiB of photos, whose features would then take a file per split, rows intact).
-        folders = {file.rsplit("/", 1)[0] for file in files}
         with spark_conf(
             self.spark,
             {
@@ -639,34 +652,28 @@ class Datasets:
                 "spark.sql.files.maxPartitionBytes": str(-(-len(files) // splits) * FILE_COST),
             },
         ):
-            yield Spread(rows, whole_classes=len(folders) == len(files))
+            yield rows
 
 
-@dataclass(frozen=True)
-class Spread:
-    """Rows split for expensive per-row work (`Datasets.spread`)."""
+def _same_columns(location: str, table: pa.Schema, rows: pa.Schema) -> None:
+    """Refuse to add files whose columns are not the table's, by name and type (as Spark's Delta
+    refuses a write of another schema)."""
 
-    df: DataFrame
-    # Each class's rows in one split: what is computed from them, row for row, can be
-    # published one file per class without a shuffle (`publish_partitions(whole_classes=...)`).
-    whole_classes: bool
+    def columns(schema: pa.Schema) -> dict[str, str]:
+        return {f.name: str(f.type).replace("large_", "") for f in schema}
 
-
-def _same_columns(location: str, table: pa.Schema, rows: StructType) -> None:
-    """Refuse to add files whose columns are not the table's (as Spark's Delta refuses a
-    write of another schema)."""
-    from pyspark.sql.pandas.types import to_arrow_schema
-
-    def columns(schema: pa.Schema) -> list[tuple[str, str]]:
-        return [(f.name, str(f.type).replace("large_", "")) for f in schema]
-
-    ours = to_arrow_schema(rows)
-    if columns(table) != columns(ours):
+    if columns(table) != columns(rows):
         raise ValueError(
-            f"{location} holds columns {columns(table)}, not the {columns(ours)} of the rows to "
-            "publish: its schema changed since it was written; rebuild it with a run of every "
-            "class"
+            f"{location} holds the columns {columns(table)}, not the {columns(rows)} of the rows "
+            "to publish: it was written by another version of this pipeline. Move it away (or "
+            "delete it) and run every class again to rebuild it"
         )
+
+
+def _move_all(moves: list[tuple[str, str]]) -> None:
+    """Move files (source, target), side by side: on S3 each is a copy and a delete."""
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(lambda move: filesystem.move(*move), moves))
 
 
 def _folder_label(uri: str) -> str | None:
