@@ -8,15 +8,17 @@ sample) in fresh processes with Spark's event log on, this checkout's code and, 
 `--against CHECKOUT`, another checkout's (its `fruits_assets` on the same virtual environment),
 in alternating order. For each run it prints the wall time and the jobs around the
 featurizing stage (the longest job): the stage, the audit's jobs after it, the wait from its
-end to the publish's job, the publish; how many times Spark warned of a task of a very
-large size; and the CPU seconds of the run's JVM by thread kind (tasks, calls from the driver's
-Python, the JIT compilers, GC, the threads that feed Python workers). Medians at the end. With
-`--keep`, the event logs stay in the work folder.
+end to the publish's job, the publish (none when the featurizing tasks write the table's files
+themselves); how many times Spark warned of a task of a very large size; and the CPU seconds
+of the run's JVM by thread kind (tasks, calls from the driver's Python, the JIT compilers, GC,
+the threads that feed Python workers). Medians at the end. With `--keep`, the event logs stay
+in the work folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -134,18 +136,20 @@ def jobs_of(event_log: Path) -> dict[int, tuple[float, float, str]]:
 
 
 def featurizing_tail(jobs: dict[int, tuple[float, float, str]]) -> dict[str, float]:
-    """The featurizing stage (the run's longest job), the audit's jobs that follow it (up to the
-    publish, the next job of a write), the wait from its end to the publish's start, and the
-    publish."""
+    """The featurizing stage (the run's longest job), the audit's jobs that follow it (those of
+    the same call: the aggregate collected with the rows), the wait from its end to the
+    publish's start, and the publish: the next job, when it is a write. When the featurizing
+    tasks write the table's files themselves, no Spark job publishes them: 0 for both."""
     longest = max(jobs, key=lambda job: jobs[job][1] - jobs[job][0])
     after = [job for job in sorted(jobs) if job > longest]
-    publish = next(job for job in after if jobs[job][2].startswith("save at"))
-    audit = [job for job in after if job < publish]
+    audit = list(itertools.takewhile(lambda job: jobs[job][2] == jobs[longest][2], after))
+    rest = after[len(audit) :]
+    publish = rest[0] if rest and jobs[rest[0]][2].startswith("save at") else None
     return {
         "featurizing job": jobs[longest][1] - jobs[longest][0],
         "audit jobs": sum(jobs[job][1] - jobs[job][0] for job in audit),
-        "featurizing end to publish": jobs[publish][0] - jobs[longest][1],
-        "publish job": jobs[publish][1] - jobs[publish][0],
+        "featurizing end to publish": jobs[publish][0] - jobs[longest][1] if publish else 0.0,
+        "publish job": jobs[publish][1] - jobs[publish][0] if publish else 0.0,
     }
 
 
