@@ -111,6 +111,7 @@ def written(
             present = pc.unique(labels).to_pylist()
             for label in present:
                 rows = batch if len(present) == 1 else batch.filter(pc.equal(labels, label))
+                kept = rows.select(list(columns))
                 key = label if partitioned else None
                 current = opened.get(key)
                 if current is None:
@@ -119,8 +120,8 @@ def written(
                         if partitioned
                         else f"part-{task}.snappy.parquet"
                     )
-                    current = opened[key] = _open(where, name, rows.select(list(columns)).schema)
-                current.held.append(rows.select(list(columns)))
+                    current = opened[key] = _open(where, name, kept.schema)
+                current.held.append(kept)
                 held += rows.num_rows
                 tally = current.classes.setdefault(label, _Tally())
                 tally.rows += rows.num_rows

@@ -436,9 +436,8 @@ class Datasets:
         location = self.location(dataset)
         options = filesystem.delta_storage_options(location)
         before = self._latest_commit(dataset)
-        table = None
 
-        def commit() -> None:
+        def commit(table: Any) -> None:
             if table is None:
                 create_table_with_add_actions(
                     location,
@@ -464,15 +463,14 @@ class Datasets:
                 )
 
         with errors.explained(location):
-            if before is not None:
-                table = DeltaTable(location, storage_options=options)
+            table = None if before is None else DeltaTable(location, storage_options=options)
             if table is not None and partitioned:
                 _same_columns(location, pa.schema(table.schema().to_arrow()), arrow_schema)
             moves = [(filesystem.join(staged.location, name), filesystem.join(location, name))
                      for name in files]  # fmt: skip
             _move_all(moves)
             try:
-                commit()
+                commit(table)
             except BaseException:
                 # Uncommitted, the files are invisible in the table: back to the staging folder,
                 # where a failed publish leaves them for inspection and the next run sweeps them.

@@ -38,10 +38,14 @@ def s3_endpoint() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
+def _s3_region() -> str | None:
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
+
+
 def _s3_filesystem() -> pafs.S3FileSystem:
     # pyarrow does not read AWS_ENDPOINT_URL itself; honour it so MinIO and moto work too.
     endpoint = s3_endpoint()
-    kwargs: dict = {"region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")}
+    kwargs: dict = {"region": _s3_region()}
     if endpoint:
         parsed = urlparse(endpoint)
         kwargs.update(endpoint_override=parsed.netloc or endpoint, scheme=parsed.scheme or "https")
@@ -55,7 +59,7 @@ def delta_storage_options(uri: str) -> dict[str, str]:
     if not is_s3(uri):
         return {}
     options = {"AWS_CONDITIONAL_PUT": "etag"}
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    region = _s3_region()
     if region:
         options["AWS_REGION"] = region
     endpoint = s3_endpoint()
