@@ -2,51 +2,66 @@
 
 from collections import Counter
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from dataclasses import replace
 from typing import Any
 
 import dagster as dg
-import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from dagster_pyspark import LazyPySparkResource
-from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
+from pyspark.sql import DataFrame
 from pyspark.sql import types as T
 
 from fruits_assets.assets import checks
 from fruits_assets.assets.metadata import rows_table
-from fruits_assets.assets.publishing import Publication, publish_or_fail
+from fruits_assets.assets.publishing import StagedFilesPublication, publish_or_fail
 from fruits_assets.ml import decoding
+from fruits_assets.ml.decoding import CONVERTED, REJECTIONS
 from fruits_assets.partitions import ONE_RUN_FOR_ALL_CLASSES, fruit_class_partitions
 from fruits_assets.resources.storage import FruitsStorage
-from fruits_assets.storage import discovery, layout
-from fruits_assets.storage.datasets import ROWS_PER_CLASS, Datasets, labels_filter
+from fruits_assets.storage import class_files, discovery, layout
+from fruits_assets.storage.datasets import ROWS_PER_CLASS, Datasets, Staged
 
 # A fact raw_images keeps of its commit for labeled_images (`Datasets.remember`): the classes it
-# published, the Spark application and the DataFrame of their listing, equal to the table's rows
-# of those classes at that commit.
+# published and their listing (an Arrow table), equal to the table's rows of those classes at
+# that commit.
 LISTING = "listing"
 
+# The table's columns; Delta declares every column nullable, as Spark writes any table.
 RAW_SCHEMA = T.StructType(
     [
-        T.StructField("path", T.StringType(), False),
-        T.StructField("label", T.StringType(), False),
-        T.StructField("size", T.LongType(), False),
-        T.StructField("modification_time", T.TimestampType(), False),
+        T.StructField("path", T.StringType()),
+        T.StructField(layout.LABEL_COLUMN, T.StringType()),
+        T.StructField("size", T.LongType()),
+        T.StructField("modification_time", T.TimestampType()),
     ]
 )
 
-DECODED_SCHEMA = T.StructType(
+PATH_AND_LABEL = T.StructType([RAW_SCHEMA["path"], RAW_SCHEMA[layout.LABEL_COLUMN]])
+
+# The tables of accepted photos (RGB, ready to featurize) and of rejections, as Spark declares
+# them (every column nullable).
+ACCEPTED_SCHEMA = T.StructType(
     [
-        T.StructField("path", T.StringType(), False),
-        T.StructField("label", T.StringType(), False),
-        T.StructField("content", T.BinaryType(), True),
-        T.StructField("width", T.IntegerType(), False),
-        T.StructField("height", T.IntegerType(), False),
-        T.StructField("original_mode", T.StringType(), False),
-        T.StructField("converted", T.BooleanType(), False),
-        T.StructField("reason", T.StringType(), True),
+        T.StructField("path", T.StringType()),
+        T.StructField(layout.LABEL_COLUMN, T.StringType()),
+        T.StructField("content", T.BinaryType()),
+        T.StructField("width", T.IntegerType()),
+        T.StructField("height", T.IntegerType()),
+        T.StructField("original_mode", T.StringType()),
+        T.StructField("converted", T.BooleanType()),
     ]
 )
+REJECTED_SCHEMA = T.StructType(
+    [
+        T.StructField("path", T.StringType()),
+        T.StructField(layout.LABEL_COLUMN, T.StringType()),
+        T.StructField("reason", T.StringType()),
+    ]
+)
+# Decoding splits per core, when a run has enough classes for a split of whole classes each: a
+# free core takes the next split, so the cores finish together.
+SPLITS_PER_CORE = 4
 
 
 def _missing_classes_failure(missing: set[str], root: str) -> dg.Failure:
@@ -59,22 +74,18 @@ def _missing_classes_failure(missing: set[str], root: str) -> dg.Failure:
     )
 
 
-def _listing_frame(spark: SparkSession, files: list[discovery.ImageFile]) -> DataFrame:
-    """The listing as a DataFrame, handed to the JVM through Arrow: from a list of tuples, Spark
-    would unpickle them in a Python worker of its own kind (started for that one job, most of a
-    second in a new Spark context) rather than in the JVM."""
-    frame = pd.DataFrame(
+def _listing_table(files: list[discovery.ImageFile]) -> pa.Table:
+    """The listing as Arrow rows, in the table's columns (times in microseconds, as Spark
+    keeps them)."""
+    micros = [int(f.modification_time * 1_000_000) for f in files]
+    return pa.table(
         {
-            "path": pd.Series([f.path for f in files], dtype=object),
-            "label": pd.Series([f.label for f in files], dtype=object),
-            "size": pd.array([f.size for f in files], dtype="int64"),
-            "modification_time": pd.to_datetime(
-                [datetime.fromtimestamp(f.modification_time, tz=timezone.utc) for f in files],
-                utc=True,
-            ),
+            "path": pa.array([f.path for f in files], pa.string()),
+            layout.LABEL_COLUMN: pa.array([f.label for f in files], pa.string()),
+            "size": pa.array([f.size for f in files], pa.int64()),
+            "modification_time": pa.array(micros, pa.timestamp("us", tz="UTC")),
         }
     )
-    return spark.createDataFrame(frame, RAW_SCHEMA)
 
 
 @dg.asset(
@@ -98,8 +109,10 @@ def raw_images(
     files = scan.images_of(labels)
     context.log.info(f"{len(files)} images in {len(labels)} classes under {storage.images}")
     datasets = Datasets(pyspark.spark_session, storage, context.run.run_id)
-    # No check audits this listing, so it is published at once (one atomic commit).
-    listing = _listing_frame(pyspark.spark_session, files)
+    # No check audits this listing, so it is published at once (one atomic commit). The driver
+    # holds it already: it writes the table's files itself, with no Spark job.
+    listing = _listing_table(files)
+    staged = datasets.stage_rows(listing, layout.RAW_IMAGES)
     # An ignored file belongs to its folder's class; the others are the run's.
     classes = set(scan.classes)
     per_class = Counter(f.label for f in files)
@@ -121,8 +134,10 @@ def raw_images(
     yield from publish_or_fail(
         context,
         datasets,
-        staged=[],
-        publications=[Publication(layout.RAW_IMAGES, listing, frozenset(labels))],
+        staged=[staged],
+        publications=[
+            StagedFilesPublication(layout.RAW_IMAGES, staged, frozenset(labels), RAW_SCHEMA)
+        ],
         checks=[],
         metadata={
             "input_root": storage.images,
@@ -136,9 +151,7 @@ def raw_images(
     commit = datasets.commit(layout.RAW_IMAGES)
     counts = {label: per_class[label] for label in labels}
     datasets.remember(layout.RAW_IMAGES, ROWS_PER_CLASS, counts, commit=commit)
-    application = pyspark.spark_session.sparkContext.applicationId
-    kept = (frozenset(labels), application, listing)
-    datasets.remember(layout.RAW_IMAGES, LISTING, kept, commit=commit)
+    datasets.remember(layout.RAW_IMAGES, LISTING, (frozenset(labels), listing), commit=commit)
 
 
 def _raw_listing(datasets: Datasets, labels: set[str]) -> DataFrame:
@@ -146,11 +159,14 @@ def _raw_listing(datasets: Datasets, labels: set[str]) -> DataFrame:
     in this process and its commit is still the table's latest, its own listing: the same rows,
     without planning a read of the table (a fresh JVM's Delta log replay and file listing)."""
     kept = datasets.recall(layout.RAW_IMAGES, LISTING)
-    application = datasets.spark.sparkContext.applicationId
-    if kept is not None and labels <= kept[0] and kept[1] == application:
-        published, _, listing = kept
-        rows = listing if labels == published else listing.where(labels_filter(labels))
-        return rows.select("path", "label")
+    if kept is not None and labels <= kept[0]:
+        published, listing = kept
+        if labels != published:
+            listing = listing.filter(
+                pc.is_in(listing.column(layout.LABEL_COLUMN), pa.array(sorted(labels), pa.string()))
+            )
+        columns = listing.select(["path", layout.LABEL_COLUMN]).to_pandas()
+        return datasets.spark.createDataFrame(columns, PATH_AND_LABEL)
     return datasets.read(layout.RAW_IMAGES, labels).select("path", "label")
 
 
@@ -182,32 +198,43 @@ def labeled_images(
     raw_per_class = datasets.rows_per_class(layout.RAW_IMAGES, labels)
     n_raw = sum(raw_per_class.values())
     context.log.info(f"decoding and validating {n_raw} images")
-    # Spread the (tiny) path rows over every core before the expensive decode.
-    parallelism = max(spark.sparkContext.defaultParallelism, n_raw // 2000 + 1)
-    decoded = raw.repartition(parallelism).mapInPandas(decoding.decode_batches, DECODED_SCHEMA)
-    # Accepted and rejected images are written aside together, audited, then published apart.
-    staged = datasets.stage(
-        decoded,
-        layout.LABELED_IMAGES,
-        audit=lambda rows: rows.groupBy(
-            "label", "converted", F.substring_index("reason", ":", 1).alias("kind")
-        ).count(),
+    # The decoding tasks write the accepted photos and the rejections aside themselves, a file
+    # per class and task, and count what they wrote for the audit. Many classes: each class's
+    # rows to one task (a file per class, which the featurizing step reads a class per split).
+    # A few: split by path over every core, so a small rerun still decodes side by side.
+    slots = spark.sparkContext.defaultParallelism
+    if len(labels) < SPLITS_PER_CORE * slots:
+        rows = raw.repartition(slots, "path")
+    else:
+        rows = raw.repartition(max(SPLITS_PER_CORE * slots, n_raw // 2000 + 1), "label")
+    rejected_at = datasets.staging(layout.REJECTED_IMAGES)
+    staged = datasets.stage_files(
+        lambda folder: decoding.decoded_files(rows, folder, rejected_at), layout.ACCEPTED_IMAGES
     )
-    summary = staged.audit
-    accepted_per_class, rejected_per_class = Counter(), Counter()
-    converted_per_class, reasons = Counter(), {label: Counter() for label in labels}
-    for row in summary:
-        if row["kind"] is None:
-            accepted_per_class[row["label"]] += row["count"]
-            converted_per_class[row["label"]] += row["count"] if row["converted"] else 0
-        else:
-            rejected_per_class[row["label"]] += row["count"]
-            reasons[row["label"]][row["kind"]] += row["count"]
-    rejected = staged.df.where(F.col("reason").isNotNull()).select("path", "label", "reason")
-    rejections = rejected.orderBy("label", "path").collect() if rejected_per_class else []
+    staged_accepted = replace(staged, files=[f for f in staged.files if not f[REJECTIONS]])
+    staged_rejected = Staged(
+        layout.REJECTED_IMAGES,
+        rejected_at,
+        None,
+        files=[f for f in staged.files if f[REJECTIONS]],
+    )
+    accepted_totals = class_files.per_class(staged_accepted.files, decoding.WRITTEN_COUNTS)
+    accepted_per_class = Counter({k: v[class_files.ROWS] for k, v in accepted_totals.items()})
+    converted_per_class = Counter({k: v[CONVERTED] for k, v in accepted_totals.items()})
     rejected_in: dict[str, list[tuple[str, str]]] = {label: [] for label in labels}
-    for r in rejections:
-        rejected_in.setdefault(r["label"], []).append((r["path"], r["reason"]))
+    for label, table in class_files.read_back(
+        rejected_at, staged_rejected.files, decoding.REJECTED_COLUMNS
+    ):
+        rejected_in.setdefault(label, []).extend(
+            zip(table.column("path").to_pylist(), table.column("reason").to_pylist(), strict=True)
+        )
+    rejected_per_class = Counter({k: len(v) for k, v in rejected_in.items()})
+    reasons = {
+        label: Counter(reason.split(":", 1)[0] for _, reason in rejected)
+        for label, rejected in rejected_in.items()
+    }
+    for rejected in rejected_in.values():
+        rejected.sort()
     class_metadata = {
         label: {
             "num_raw_images": raw_per_class.get(label, 0),
@@ -220,14 +247,17 @@ def labeled_images(
         for label in labels
     }
     n_accepted, n_rejected = sum(accepted_per_class.values()), sum(rejected_per_class.values())
-    accepted = staged.df.where(F.col("reason").isNull()).drop("reason")
     yield from publish_or_fail(
         context,
         datasets,
-        staged=[staged],
+        staged=[staged_accepted, staged_rejected],
         publications=[
-            Publication(layout.ACCEPTED_IMAGES, accepted, frozenset(labels)),
-            Publication(layout.REJECTED_IMAGES, rejected, frozenset(labels), rows=n_rejected),
+            StagedFilesPublication(
+                layout.ACCEPTED_IMAGES, staged_accepted, frozenset(labels), ACCEPTED_SCHEMA
+            ),
+            StagedFilesPublication(
+                layout.REJECTED_IMAGES, staged_rejected, frozenset(labels), REJECTED_SCHEMA
+            ),
         ],
         checks=[
             checks.result(

@@ -6,9 +6,9 @@ import io
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-import pandas as pd
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fruits_assets.storage import filesystem
@@ -26,17 +26,13 @@ REJECT_TOO_SMALL = "image too small"
 REJECT_CORRUPT = "corrupt or truncated image data"
 REJECT_MISSING = "file could not be read"
 
-# The columns decode_batches yields (the Spark schema lives with the labeled_images asset).
-DECODED_COLUMNS = [
-    "path",
-    "label",
-    "content",
-    "width",
-    "height",
-    "original_mode",
-    "converted",
-    "reason",
-]
+# The columns of the two tables the decode writes (the class is each file's folder), and what it
+# counts of each file it writes for the audit: the accepted photos converted to RGB, and the
+# rejections (every row of a file of rejections, none of a file of accepted photos).
+ACCEPTED_COLUMNS = ["path", "content", "width", "height", "original_mode", "converted"]
+REJECTED_COLUMNS = ["path", "reason"]
+CONVERTED, REJECTIONS = "converted", "rejections"
+WRITTEN_COUNTS = (CONVERTED, REJECTIONS)
 
 
 @dataclass(frozen=True)
@@ -112,26 +108,67 @@ def decode(content: bytes | None) -> Decoded:
     return Decoded(buffer.getvalue(), None, rgb.width, rgb.height, mode, converted=True)
 
 
-def decode_batches(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-    """Read and decode each file on the executors; a failure becomes a rejection row."""
-    for batch in batches:
-        out = []
-        for path, label in zip(batch["path"], batch["label"], strict=True):
-            try:
-                content = filesystem.read_bytes(path)
-                decoded = decode(content)
-            except Exception as exc:  # vanished or unreadable files are rejections
-                decoded = Decoded(None, f"{REJECT_MISSING}: {exc}")
-            out.append(
-                (
-                    path,
-                    label,
-                    decoded.content,
-                    decoded.width,
-                    decoded.height,
-                    decoded.original_mode,
-                    decoded.converted,
-                    decoded.reason,
-                )
+def decode_file(path: str) -> Decoded:
+    """Read and decode one file; a file that vanished or cannot be read is a rejection."""
+    try:
+        return decode(filesystem.read_bytes(path))
+    except Exception as exc:
+        return Decoded(None, f"{REJECT_MISSING}: {exc}")
+
+
+def decoded_files(df: Any, accepted_folder: str, rejected_folder: str) -> Any:
+    """Each file of `df` (its `path` and `label`) read and decoded by Spark's Python workers,
+    which write the outcome themselves (`class_files.written`): the accepted photos under
+    `accepted_folder` (`ACCEPTED_COLUMNS`), the rejections under `rejected_folder`
+    (`REJECTED_COLUMNS`), a Parquet file per class and task each. The rows of the job: one per
+    file written (`class_files.manifest_schema(WRITTEN_COUNTS)`); a file of rejections is one
+    whose `REJECTIONS` are its rows, a file of accepted photos has none."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from fruits_assets.storage import class_files
+
+    def decoded(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            outcomes = [decode_file(path) for path in batch.column("path").to_pylist()]
+            yield pa.RecordBatch.from_arrays(
+                [
+                    batch.column("path"),
+                    batch.column("label"),
+                    pa.array([d.content for d in outcomes], pa.binary()),
+                    pa.array([d.width for d in outcomes], pa.int32()),
+                    pa.array([d.height for d in outcomes], pa.int32()),
+                    pa.array([d.original_mode for d in outcomes], pa.string()),
+                    pa.array([d.converted for d in outcomes], pa.bool_()),
+                    pa.array([d.reason for d in outcomes], pa.string()),
+                ],
+                names=["path", "label", *ACCEPTED_COLUMNS[1:], "reason"],
             )
-        yield pd.DataFrame(out, columns=DECODED_COLUMNS)
+
+    def converted(batch: pa.RecordBatch) -> dict[str, int]:
+        return {CONVERTED: pc.sum(batch.column("converted").cast(pa.int64())).as_py() or 0}
+
+    def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        rejected: list[pa.RecordBatch] = []  # few, and without their bytes: held to the end
+
+        def accepted() -> Iterator[pa.RecordBatch]:
+            for batch in decoded(batches):
+                ok = pc.is_null(batch.column("reason"))
+                if batch.num_rows and not pc.all(ok).as_py():
+                    rejected.append(batch.filter(pc.invert(ok)).select(["path", "label", "reason"]))
+                yield batch.filter(ok)
+
+        yield from class_files.written(
+            accepted(), accepted_folder, ACCEPTED_COLUMNS, converted, WRITTEN_COUNTS
+        )
+        if rejected:
+            yield from class_files.written(
+                iter(rejected),
+                rejected_folder,
+                REJECTED_COLUMNS,
+                lambda batch: {REJECTIONS: batch.num_rows},
+                WRITTEN_COUNTS,
+            )
+
+    schema = class_files.manifest_schema(WRITTEN_COUNTS)
+    return df.select("path", "label").mapInArrow(write, schema)

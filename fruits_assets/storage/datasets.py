@@ -74,7 +74,7 @@ class Staged:
     written: bool = True
     partitioned: bool = True
     audit: list[Row] = field(default_factory=list)
-    files: list[Row] = field(default_factory=list)  # `class_files` manifest rows
+    files: list[Any] = field(default_factory=list)  # `class_files` manifest rows (Rows, dicts)
 
 
 def sql_string(value: str) -> str:
@@ -357,7 +357,7 @@ class Datasets:
         `audit` turns the held rows into the (small) aggregate the checks need; it is collected
         by the same Spark job that computes the rows (`Staged.audit`), not by a second pass.
         """
-        location = layout.staging_dir(self.output, self.run_id, name)
+        location = self.staging(name)
         # Disk only: held in memory, the rows (decoded images, feature vectors) would take JVM
         # heap in proportion to the run's size; on local disk they take none.
         held = df.persist(StorageLevel.DISK_ONLY)
@@ -371,15 +371,31 @@ class Datasets:
                 rows = audit(held).collect()
         return Staged(name, location, held, written=False, partitioned=partitioned, audit=rows)
 
+    def staging(self, name: str) -> str:
+        """This run's staging folder for `name` (a table's name)."""
+        return layout.staging_dir(self.output, self.run_id, name)
+
     def stage_files(self, write: Callable[[str], DataFrame], name: str) -> Staged:
         """Rows that Spark's Python workers write as data files themselves (`class_files`),
         into this run's staging folder: `write(folder)` is the Spark job, a DataFrame of one
         manifest row per file and class written. A killed run's files stay in the staging
         folder, which the next run sweeps; `publish_files` moves them into the table and
         commits them."""
-        location = layout.staging_dir(self.output, self.run_id, name)
+        location = self.staging(name)
         with errors.explained(location):
             files = write(location).collect()
+        return Staged(name, location, None, written=True, files=files)
+
+    def stage_rows(self, table: pa.Table, name: str) -> Staged:
+        """Rows the driver holds (an Arrow table with the class column), written as data files
+        into this run's staging folder by the driver itself, one per class, for
+        `publish_files`: a small table needs no Spark job to be written."""
+        from fruits_assets.storage import class_files
+
+        location = self.staging(name)
+        columns = [c for c in table.column_names if c != LABEL_COLUMN]
+        with errors.explained(location):
+            files = class_files.written_by_driver(table, location, columns)
         return Staged(name, location, None, written=True, files=files)
 
     def publish_files(
