@@ -8,9 +8,8 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 from dagster_pyspark import LazyPySparkResource
-from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
 
@@ -18,13 +17,13 @@ from fruits_assets.assets import checks
 from fruits_assets.assets.current_features import current_features
 from fruits_assets.assets.features import mobilenet_features
 from fruits_assets.assets.metadata import counts_table, png_markdown
-from fruits_assets.assets.publishing import Publication, StagedFilesPublication, publish_or_fail
+from fruits_assets.assets.publishing import StagedFilesPublication, publish_or_fail
 from fruits_assets.assets.training_moments import training_moments
 from fruits_assets.ml import featurizer, pca, plots
 from fruits_assets.resources.ml_settings import PcaSettings
 from fruits_assets.resources.storage import FruitsStorage
 from fruits_assets.storage import class_files, layout
-from fruits_assets.storage.datasets import Datasets
+from fruits_assets.storage.datasets import Datasets, Staged
 
 # (k, rows) of a published pca_features_parquet, as `Datasets.remember` keeps them.
 SIZE_FACT = "k and rows"
@@ -77,25 +76,30 @@ class PcaModel:
         return cls(row["k"], np.array(row["components"], dtype=np.float64), row["weights_sha256"])
 
 
-def _model_frame(spark: SparkSession, row: tuple) -> DataFrame:
-    """The model's one row as a DataFrame of `PCA_MODEL_SCHEMA`.
-
-    Its Arrow batch (the components' 1280 x k doubles as one columnar buffer, not pickled
-    Python floats) reaches the executors once, as a broadcast: a DataFrame made from local data
-    carries it inside every task that reads it (several MB in each stage of the write and the
-    audit, and a warning from Spark each time)."""
+def _model_table(row: tuple) -> pa.Table:
+    """The model's one row as an Arrow table of `PCA_MODEL_SCHEMA`: the components' 1280 x k
+    doubles as one columnar buffer, written by the driver itself (`Datasets.stage_rows`)."""
     fields = PCA_MODEL_SCHEMA.fields
     frame = pd.DataFrame({f.name: [v] for f, v in zip(fields, row, strict=True)})
-    batch = pa.RecordBatch.from_pandas(
+    return pa.Table.from_pandas(
         frame, schema=to_arrow_schema(PCA_MODEL_SCHEMA), preserve_index=False
     )
-    shared = spark.sparkContext.broadcast(batch)
 
-    def emit(ticks: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for _ in ticks:  # the one row of `spark.range(1)`
-            yield shared.value
 
-    return spark.range(1, numPartitions=1).mapInArrow(emit, PCA_MODEL_SCHEMA)
+def _model_audit(staged: Staged) -> dict[str, Any]:
+    """What the checks need of the model's file as staged, read back: k, its explained
+    variance, its components' rows and whether each has a value per feature."""
+    ((_, back),) = class_files.read_back(
+        staged.location, staged.files, ["k", "explained_variance", "components"]
+    )
+    components = back.column("components").combine_chunks()
+    widths = pc.list_value_length(components.flatten())
+    return {
+        "k": back.column("k")[0].as_py(),
+        "explained_variance": back.column("explained_variance")[0].as_py(),
+        "rows": pc.list_value_length(components)[0].as_py(),
+        "widths_ok": pc.all(pc.equal(widths, featurizer.FEATURE_DIM)).as_py() is not False,
+    }
 
 
 @dg.asset(
@@ -143,22 +147,8 @@ def pca_model(
         n_rows, fit_on, weights_sha256, scree,
     )  # fmt: skip
     # The audit reads back what was staged: k, the components' shape, the variance reached.
-    staged = datasets.stage(
-        _model_frame(spark, row),
-        layout.PCA_MODEL,
-        partitioned=False,
-        audit=lambda rows: rows.select(
-            "k",
-            "explained_variance",
-            F.size("components").alias("rows"),
-            F.aggregate(
-                "components",
-                F.lit(True),
-                lambda ok, c: ok & (F.size(c) == featurizer.FEATURE_DIM),
-            ).alias("widths_ok"),
-        ),
-    )
-    (audit,) = staged.audit
+    staged = datasets.stage_rows(_model_table(row), layout.PCA_MODEL)
+    audit = _model_audit(staged)
     cumulative = explained.cumsum()
     milestones = {
         f"variance_at_k_{m}": float(cumulative[m - 1]) for m in (10, 50, 100, 200) if m <= k_max
@@ -167,7 +157,7 @@ def pca_model(
         context,
         datasets,
         staged=[staged],
-        publications=[Publication(layout.PCA_MODEL, staged.df, partitioned=False)],
+        publications=[StagedFilesPublication(layout.PCA_MODEL, staged, None, PCA_MODEL_SCHEMA)],
         checks=[
             checks.result(
                 checks.PCA_K_BOUNDS,

@@ -174,10 +174,15 @@ def written(
 def written_by_driver(
     table: pa.Table, folder: str, columns: Sequence[str], threads: int = 16
 ) -> list[dict[str, Any]]:
-    """Write rows the driver already holds (a listing) under `folder` as `written` would, one
-    Parquet file per class, the classes side by side (on S3 each file is a request of its own),
-    and return the manifest's rows (`manifest_schema(())`). No Spark job: a JVM write would plan,
-    shuffle and commit a few thousand small rows in seconds, where pyarrow takes milliseconds."""
+    """Write rows the driver already holds (a listing, a model) under `folder` as `written`
+    would, one Parquet file per class, the classes side by side (on S3 each file is a request of
+    its own), or one file for a table without the class column; and return the manifest's rows
+    (`manifest_schema(())`). No Spark job: a JVM write would plan, shuffle and commit a few
+    thousand small rows in seconds, where pyarrow takes milliseconds."""
+    if LABEL_COLUMN not in table.column_names:  # not split by class: one file, one manifest row
+        whole = table.append_column(LABEL_COLUMN, pa.array([""] * table.num_rows, pa.string()))
+        found = written(iter(whole.to_batches()), folder, columns, lambda _: {}, (), False)
+        return [row for batch in found for row in batch.to_pylist()]
     labels = table.column(LABEL_COLUMN)
     classes = pc.unique(labels).to_pylist()
 

@@ -387,9 +387,9 @@ class Datasets:
         return Staged(name, location, None, written=True, files=files)
 
     def stage_rows(self, table: pa.Table, name: str) -> Staged:
-        """Rows the driver holds (an Arrow table with the class column), written as data files
-        into this run's staging folder by the driver itself, one per class, for
-        `publish_files`: a small table needs no Spark job to be written."""
+        """Rows the driver holds (an Arrow table), written as data files into this run's
+        staging folder by the driver itself, for `publish_files`: one per class (a table with
+        the class column), else one. A small table needs no Spark job to be written."""
         from fruits_assets.storage import class_files
 
         location = self.staging(name)
