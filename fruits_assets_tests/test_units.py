@@ -19,7 +19,7 @@ from PIL import Image
 from fruits_assets import partitions
 from fruits_assets.ml import decoding, pca, plots, training
 from fruits_assets.storage import discovery, layout
-from fruits_assets_tests.helpers import fruits, local_spark
+from fruits_assets_tests.helpers import fruits, local_spark, publish_rows
 from fruits_assets_tests.images import BAD_CLASS, EXPECTED, GOOD_CLASS, noisy_jpeg, write_mixed_root
 
 
@@ -458,7 +458,7 @@ def test_python_workers_read_a_tables_files_only_where_they_hold_exactly_its_row
         for i, v in enumerate(x)
     ]
     schema = "path string, label string, features array<float>"
-    datasets.publish_partitions(spark.createDataFrame(rows, schema), table, set(labels))
+    publish_rows(datasets, spark.createDataFrame(rows, schema), table, set(labels))
     files = datasets.data_files(table, ["Kiwi 1", "100% Pear"])  # as the publish kept them
     assert sorted(f.label for f in files) == ["100% Pear", "Kiwi 1"]
     assert datasets.data_files(table) is None  # a partitioned table: which classes?
@@ -488,16 +488,12 @@ def test_python_workers_read_a_tables_files_only_where_they_hold_exactly_its_row
 
     # A table not partitioned by class: all its files, the class from its rows.
     flat = layout.PCA_FEATURES_PARQUET
-    datasets.publish_whole(spark.createDataFrame(rows, schema), flat, partitioned=False)
+    publish_rows(datasets, spark.createDataFrame(rows, schema), flat, partitioned=False)
     kept = datasets.data_files(flat)
     assert kept and {f.label for f in kept} == {None}
     datasets_module._FACTS.clear()
     assert same(datasets.data_files(flat), kept)
-    assert datasets.data_files(flat, ["Kiwi 1"]) is None
-    # Some classes' rows replaced in a table without class folders: any file may hold any
-    # class, so the workers never read its files for some classes only.
-    kiwi = [r for r in rows if r[1] == "Kiwi 1"]
-    datasets.publish_partitions(spark.createDataFrame(kiwi, schema), flat, {"Kiwi 1"})
+    # Any file may hold any class: the workers never read its files for some classes only.
     assert datasets.data_files(flat, ["Kiwi 1"]) is None
 
     # A table whose readers must apply deletion vectors (rows deleted inside a file, as other
@@ -642,10 +638,9 @@ def test_scan_never_follows_links_and_reports_each_with_its_reason(tmp_path):
     assert reasons["caf\ufffd.jpg"] == discovery.IGNORED_NOT_UTF8
 
 
-def test_publish_writes_one_file_per_class_and_a_small_rerun_still_uses_every_core(tmp_path):
-    """Rows spread over many tasks still land in one file per class; reading back one class
-    for expensive per-row work gives every core its share; the staged audit is collected with
-    the rows and the published table holds exactly them."""
+def test_a_table_holds_a_file_per_class_and_a_small_rerun_still_uses_every_core(tmp_path):
+    """Rows the driver publishes land in one file per class; reading back one class for
+    expensive per-row work gives every core its share."""
     from deltalake import DeltaTable
     from pyspark.sql import functions as F
 
@@ -656,10 +651,8 @@ def test_publish_writes_one_file_per_class_and_a_small_rerun_still_uses_every_co
     storage = FruitsStorage(images_root=str(tmp_path / "in"), output_root=str(tmp_path / "out"))
     datasets = Datasets(spark, storage, "run-1")
     rows = [(f"/p/{label}/{i}.jpg", label, i) for label in "abc" for i in range(200)]
-    df = spark.createDataFrame(rows, "path string, label string, n int").repartition(8)
-    staged = datasets.stage(df, "t", audit=lambda held: held.groupBy("label").count())
-    assert {r["label"]: r["count"] for r in staged.audit} == {"a": 200, "b": 200, "c": 200}
-    datasets.publish_partitions(staged.df, "t", {"a", "b", "c"})
+    df = spark.createDataFrame(rows, "path string, label string, n int")
+    publish_rows(datasets, df, "t", {"a", "b", "c"})
     files = DeltaTable(datasets.location("t")).file_uris()
     assert sorted(f.split("/")[-2] for f in files) == ["label=a", "label=b", "label=c"]
 
@@ -669,7 +662,6 @@ def test_publish_writes_one_file_per_class_and_a_small_rerun_still_uses_every_co
         per_split = one_class.groupBy(F.spark_partition_id()).count().collect()
         assert len(per_split) == slots and min(r["count"] for r in per_split) > 200 / slots / 2
         assert one_class.agg(F.sum("n")).first()[0] == sum(range(200))
-    datasets.discard(staged)
 
 
 def test_classes_are_split_for_featurizing_by_count_not_by_bytes(tmp_path):
@@ -693,18 +685,14 @@ def test_classes_are_split_for_featurizing_by_count_not_by_bytes(tmp_path):
         for n in range(10)
     ]
     df = spark.createDataFrame(rows, "path string, label string, content binary")
-    datasets.publish_partitions(df, "t", set(labels))
+    publish_rows(datasets, df, "t", set(labels))
+    files = DeltaTable(datasets.location("t")).file_uris()
+    assert sorted(f.split("/")[-2] for f in files) == [f"label={label}" for label in labels]
     with datasets.spread("t", labels) as images:
         placed = images.select("label", F.spark_partition_id().alias("split")).collect()
-        staged = datasets.stage(images.withColumn("content", F.unhex(F.sha2("content", 256))), "t")
     rows_per_split = sorted(Counter(r["split"] for r in placed).values())
     assert rows_per_split == [20] * splits
     assert all(len({r["split"] for r in placed if r["label"] == label}) == 1 for label in labels)
-    datasets.publish_partitions(staged.df, "t", set(labels))
-    datasets.discard(staged)
-    files = DeltaTable(datasets.location("t")).file_uris()
-    assert sorted(f.split("/")[-2] for f in files) == [f"label={label}" for label in labels]
-    assert datasets.read("t").where(F.length("content") == 32).count() == len(rows)
 
 
 def test_classes_are_selected_and_replaced_by_name_whatever_their_characters(tmp_path):
@@ -718,8 +706,8 @@ def test_classes_are_selected_and_replaced_by_name_whatever_their_characters(tmp
     datasets = Datasets(spark, storage, "run-1")
     names = ["O'Henry pear", "back\\slash", "Pomme ñ", "2024", 'say "kiwi"', "Kiwi 1"]
     rows = [(f"/p/{i}/{n}.jpg", name) for i, name in enumerate(names) for n in range(i + 1)]
-    datasets.publish_partitions(
-        spark.createDataFrame(rows, "path string, label string"), "t", set(names)
+    publish_rows(
+        datasets, spark.createDataFrame(rows, "path string, label string"), "t", set(names)
     )
     for i, name in enumerate(names):
         assert [r["label"] for r in datasets.read("t", {name}).collect()] == [name] * (i + 1)
@@ -727,7 +715,7 @@ def test_classes_are_selected_and_replaced_by_name_whatever_their_characters(tmp
     assert datasets.read("t").where(labels_filter(names[:2])).count() == 1 + 2
 
     replaced = spark.createDataFrame([("/p/new.jpg", "O'Henry pear")], "path string, label string")
-    datasets.publish_partitions(replaced, "t", {"O'Henry pear"})
+    publish_rows(datasets, replaced, "t", {"O'Henry pear"})
     table = {(r["path"], r["label"]) for r in datasets.read("t").collect()}
     assert table == {("/p/new.jpg", "O'Henry pear")} | {r for r in rows if r[1] != "O'Henry pear"}
 
@@ -745,18 +733,18 @@ def test_a_tables_facts_are_reused_until_its_next_commit(tmp_path):
     datasets = Datasets(spark, storage, "run-1")
     df = spark.createDataFrame([("/p/a/1.jpg", "a")], "path string, label string")
     assert datasets.recall("t", "rows") is None  # no table yet
-    datasets.publish_partitions(df, "t", {"a"})
+    publish_rows(datasets, df, "t", {"a"})
     datasets.remember("t", "rows", 1)
     assert datasets.recall("t", "rows") == 1
     assert datasets.recall("t", "other fact") is None
     assert Datasets(spark, storage, "run-2").recall("t", "rows") == 1  # the next step's
-    datasets.publish_partitions(df, "t", {"a"})
+    publish_rows(datasets, df, "t", {"a"})
     assert datasets.recall("t", "rows") is None
     sh.rmtree(datasets.location("t"))
-    datasets.publish_partitions(df, "t", {"a"})
+    publish_rows(datasets, df, "t", {"a"})
     datasets.remember("t", "rows", 1)
     sh.rmtree(datasets.location("t"))
-    datasets.publish_partitions(df, "t", {"a"})
+    publish_rows(datasets, df, "t", {"a"})
     assert datasets.version("t") == 0
     assert datasets.recall("t", "rows") is None
     for i in range(MAX_FACTS + 1):  # a bounded memory: the oldest facts go first
@@ -792,14 +780,14 @@ def test_publishing_no_row_commits_only_where_a_class_had_rows(tmp_path):
     schema = "path string, label string"
     rows = spark.createDataFrame([("/p/a/1.jpg", "a"), ("/p/a/2.jpg", "a")], schema)
     none = spark.createDataFrame([], schema)
-    assert datasets.publish_partitions(none, "t", {"a"}, rows=0) == 0  # creates the table
-    assert datasets.publish_partitions(rows, "t", {"a"}, rows=2) == 1
-    assert datasets.publish_partitions(none, "t", {"b"}, rows=0) == 1  # never held b: no commit
+    assert publish_rows(datasets, none, "t", {"a"}) == 0  # creates the table
+    assert publish_rows(datasets, rows, "t", {"a"}) == 1
+    assert publish_rows(datasets, none, "t", {"b"}) == 1  # never held b: no commit
     assert datasets.rows_per_class("t", {"a", "b"}) == {"a": 2, "b": 0}  # counted
     datasets.remember("t", ROWS_PER_CLASS, {"a": 7})
     assert datasets.rows_per_class("t", {"a"}) == {"a": 7}  # as remembered
     assert datasets.rows_per_class("t", {"a", "b"}) == {"a": 2, "b": 0}  # b not remembered
-    assert datasets.publish_partitions(none, "t", {"a", "b"}, rows=0) == 2  # a had rows
+    assert publish_rows(datasets, none, "t", {"a", "b"}) == 2  # a had rows
     assert datasets.read("t").count() == 0
     assert datasets.rows_per_class("t", {"a"}) == {"a": 0}
 
@@ -842,7 +830,7 @@ def test_pca_training_moments_follow_the_feature_tables_changes(tmp_path, folder
 
     def publish(labels: set[str]) -> None:
         rows = [r for label in labels for r in data[label]]
-        datasets.publish_partitions(spark.createDataFrame(rows, schema), table, labels)
+        publish_rows(datasets, spark.createDataFrame(rows, schema), table, labels)
 
     class Log:
         lines: list[str] = []
@@ -1086,3 +1074,36 @@ def test_a_task_that_fails_deletes_the_files_it_began(tmp_path):
     with pytest.raises(RuntimeError, match="featurizer failed"):
         list(class_files.written(batches(), str(tmp_path), ["path"], lambda b: {}, ()))
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
+def test_a_task_writes_large_photos_in_row_groups_of_bounded_bytes(tmp_path):
+    """Photos of several MB each are written a few at a time, not 4,096 at once: a task's
+    memory stays bounded by bytes as well as rows, and every row is in the file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from fruits_assets.storage import class_files
+
+    photo = os.urandom(4 << 20)
+    per_batch, n_batches = 4, 12
+
+    def batches():
+        for b in range(n_batches):
+            yield pa.RecordBatch.from_pydict(
+                {
+                    "path": [f"/a/{b}-{i}.jpg" for i in range(per_batch)],
+                    "label": ["a"] * per_batch,
+                    "content": [photo] * per_batch,
+                }
+            )
+
+    (manifest,) = class_files.written(
+        batches(), str(tmp_path), ["path", "content"], lambda b: {}, ()
+    )
+    (row,) = manifest.to_pylist()
+    assert row["rows"] == per_batch * n_batches
+    written = pq.ParquetFile(tmp_path / row["file"])
+    assert written.metadata.num_rows == per_batch * n_batches
+    groups = [written.metadata.row_group(i) for i in range(written.num_row_groups)]
+    assert len(groups) > 1
+    assert max(g.total_byte_size for g in groups) <= class_files.BUFFERED_BYTES + len(photo) * 4

@@ -233,7 +233,7 @@ def fruit_classifier(
     yield from publish_or_fail(
         context,
         datasets,
-        staged=[Staged(layout.FRUIT_CLASSIFIER, staging, scored)],
+        staged=[Staged(layout.FRUIT_CLASSIFIER, staging)],
         publications=[FilePublication(staged_file, predictor_path)],
         checks=[
             checks.result(

@@ -125,7 +125,7 @@ def features_csv(
     yield from publish_or_fail(
         context,
         datasets,
-        staged=[Staged(layout.FEATURES_CSV, staging, table)],
+        staged=[Staged(layout.FEATURES_CSV, staging)],
         publications=[FilePublication(part, target)],
         checks=[
             checks.result(

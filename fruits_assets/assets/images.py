@@ -213,10 +213,7 @@ def labeled_images(
     )
     staged_accepted = replace(staged, files=[f for f in staged.files if not f[REJECTIONS]])
     staged_rejected = Staged(
-        layout.REJECTED_IMAGES,
-        rejected_at,
-        None,
-        files=[f for f in staged.files if f[REJECTIONS]],
+        layout.REJECTED_IMAGES, rejected_at, [f for f in staged.files if f[REJECTIONS]]
     )
     accepted_totals = class_files.per_class(staged_accepted.files, decoding.WRITTEN_COUNTS)
     accepted_per_class = Counter({k: v[class_files.ROWS] for k, v in accepted_totals.items()})

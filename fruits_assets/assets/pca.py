@@ -147,7 +147,7 @@ def pca_model(
         n_rows, fit_on, weights_sha256, scree,
     )  # fmt: skip
     # The audit reads back what was staged: k, the components' shape, the variance reached.
-    staged = datasets.stage_rows(_model_table(row), layout.PCA_MODEL)
+    staged = datasets.stage_rows(_model_table(row), layout.PCA_MODEL, partitioned=False)
     audit = _model_audit(staged)
     cumulative = explained.cumsum()
     milestones = {

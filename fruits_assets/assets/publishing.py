@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
-from pyspark.sql import DataFrame
 from pyspark.sql.types import StructType
 
 from fruits_assets import failpoints
@@ -16,17 +15,6 @@ from fruits_assets.assets.checks import SUMMARY
 from fruits_assets.dagster_sqlite import partitions_read_once
 from fruits_assets.storage import files, filesystem
 from fruits_assets.storage.datasets import Datasets, Staged
-
-
-@dataclass(frozen=True)
-class Publication:
-    """Rows to publish into a table: for some classes only (`labels`), or the whole of it."""
-
-    dataset: str
-    df: DataFrame
-    labels: frozenset[str] | None = None
-    partitioned: bool = True
-    rows: int | None = None  # the rows of `df`, when the audit counted them
 
 
 @dataclass(frozen=True)
@@ -116,7 +104,7 @@ def publish_or_fail(
     context: dg.AssetExecutionContext,
     datasets: Datasets,
     staged: list[Staged],
-    publications: list[Publication | StagedFilesPublication | FilePublication],
+    publications: list[StagedFilesPublication | FilePublication],
     checks: list[dg.AssetCheckResult],
     metadata: Mapping[str, Any],
     per_class: Mapping[str, Mapping[str, Any]] | None = None,
@@ -148,20 +136,9 @@ def publish_or_fail(
         for publication in publications:
             if isinstance(publication, FilePublication):
                 versions[publication.target] = _publish_file(publication)
-            elif isinstance(publication, StagedFilesPublication):
+            else:
                 versions[publication.dataset] = datasets.publish_files(
                     publication.staged, publication.dataset, publication.labels, publication.schema
-                )
-            elif publication.labels is None:
-                versions[publication.dataset] = datasets.publish_whole(
-                    publication.df, publication.dataset, publication.partitioned
-                )
-            else:
-                versions[publication.dataset] = datasets.publish_partitions(
-                    publication.df,
-                    publication.dataset,
-                    publication.labels,
-                    publication.rows,
                 )
     for item in staged:
         datasets.discard(item)

@@ -46,8 +46,10 @@ MANIFEST_FIELDS = [
     T.StructField(DISTINCT, T.LongType(), False),
 ]
 # Rows a task holds before it writes them as row groups: Parquet readers pay per row group, and
-# a task's memory stays bounded (4,096 photos' 1,280-d vectors are 21 MB).
+# a task's memory stays bounded (4,096 photos' 1,280-d vectors are 21 MB), photos of a few MB
+# each included (their bytes bound it first).
 BUFFERED_ROWS = 4096
+BUFFERED_BYTES = 64 << 20
 
 
 def manifest_schema(counts: Sequence[str]) -> T.StructType:
@@ -106,7 +108,7 @@ def written(
     opened: dict[str | None, _OpenFile] = {}
     done: list[tuple[_OpenFile, int, int]] = []
     try:
-        held = 0
+        held = held_bytes = 0
         for batch in batches:
             labels = batch.column(LABEL_COLUMN)
             present = pc.unique(labels).to_pylist()
@@ -124,16 +126,17 @@ def written(
                     current = opened[key] = _open(where, name, kept.schema)
                 current.held.append(kept)
                 held += rows.num_rows
+                held_bytes += kept.nbytes
                 tally = current.classes.setdefault(label, _Tally())
                 tally.rows += rows.num_rows
                 for count, value in summary(rows).items():
                     tally.counts[count] = tally.counts.get(count, 0) + int(value)
                 if distinct is not None:
                     tally.keys.update(rows.column(distinct).to_pylist())
-            if held >= BUFFERED_ROWS:
+            if held >= BUFFERED_ROWS or held_bytes >= BUFFERED_BYTES:
                 for current in opened.values():
                     current.flush()
-                held = 0
+                held = held_bytes = 0
         for current in opened.values():
             current.flush()
             current.writer.close()
@@ -172,17 +175,21 @@ def written(
 
 
 def written_by_driver(
-    table: pa.Table, folder: str, columns: Sequence[str], threads: int = 16
+    table: pa.Table, folder: str, partitioned: bool = True, threads: int = 16
 ) -> list[dict[str, Any]]:
     """Write rows the driver already holds (a listing, a model) under `folder` as `written`
-    would, one Parquet file per class, the classes side by side (on S3 each file is a request of
-    its own), or one file for a table without the class column; and return the manifest's rows
+    would: one Parquet file per class, the classes side by side (on S3 each file is a request of
+    its own), or, not `partitioned`, one file of all the columns. Returns the manifest's rows
     (`manifest_schema(())`). No Spark job: a JVM write would plan, shuffle and commit a few
     thousand small rows in seconds, where pyarrow takes milliseconds."""
-    if LABEL_COLUMN not in table.column_names:  # not split by class: one file, one manifest row
-        whole = table.append_column(LABEL_COLUMN, pa.array([""] * table.num_rows, pa.string()))
-        found = written(iter(whole.to_batches()), folder, columns, lambda _: {}, (), False)
+    if not partitioned:
+        columns = table.column_names
+        if LABEL_COLUMN not in columns:  # a table without classes: the manifest's class is ""
+            blank = pa.array([""] * table.num_rows, pa.string())
+            table = table.append_column(LABEL_COLUMN, blank)
+        found = written(iter(table.to_batches()), folder, columns, lambda _: {}, (), None, False)
         return [row for batch in found for row in batch.to_pylist()]
+    columns = [c for c in table.column_names if c != LABEL_COLUMN]
     labels = table.column(LABEL_COLUMN)
     classes = pc.unique(labels).to_pylist()
 

@@ -2,8 +2,8 @@
 
 Every output table is a Delta table at a fixed path under the output root. A publish is one
 Delta commit: a reader sees the previous version or the new one, never a mix; a per-class publish
-replaces exactly those classes (`replaceWhere`, or a commit of the files a step's workers wrote
-that removes those classes' files); earlier versions stay readable and restorable
+replaces exactly those classes (a commit of the files a step wrote that removes those classes'
+files); earlier versions stay readable and restorable
 (time travel) until a VACUUM. Assets name tables (`layout.RAW_IMAGES`, …), never paths.
 """
 
@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import unquote
 
 import pyarrow as pa
-from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
@@ -65,15 +63,11 @@ class Published:
 
 @dataclass(frozen=True)
 class Staged:
-    """Data set aside by one run, to be audited, then published or kept for inspection at
-    `location` (already there when `written`, written there when its audit fails otherwise)."""
+    """Data a run wrote aside at `location`, to be audited, then published or kept there for
+    inspection."""
 
     name: str
     location: str
-    df: DataFrame | None  # None: data files written there by Spark's Python workers (`files`)
-    written: bool = True
-    partitioned: bool = True
-    audit: list[Row] = field(default_factory=list)
     files: list[Any] = field(default_factory=list)  # `class_files` manifest rows (Rows, dicts)
 
 
@@ -342,35 +336,6 @@ class Datasets:
 
     # Write, audit, publish.
 
-    def stage(
-        self,
-        df: DataFrame,
-        name: str,
-        partitioned: bool = True,
-        audit: Callable[[DataFrame], DataFrame] | None = None,
-    ) -> Staged:
-        """Compute `df` once and hold it aside for the audit, on this Spark application's local
-        disk, so the audit and the publish read the same rows without a write, a listing and a
-        read-back of the staging folder in between. It reaches the staging folder only if its
-        audit fails (`keep_failed`); a killed run leaves nothing behind.
-
-        `audit` turns the held rows into the (small) aggregate the checks need; it is collected
-        by the same Spark job that computes the rows (`Staged.audit`), not by a second pass.
-        """
-        location = self.staging(name)
-        # Disk only: held in memory, the rows (decoded images, feature vectors) would take JVM
-        # heap in proportion to the run's size; on local disk they take none.
-        held = df.persist(StorageLevel.DISK_ONLY)
-        local_dir = self.spark.conf.get("spark.local.dir", None) or tempfile.gettempdir()
-        with errors.explained(f"{local_dir} (Spark's local folder)"):
-            # Either action computes every row now, once: the audit and the publish reuse them.
-            if audit is None:
-                held.count()
-                rows = []
-            else:
-                rows = audit(held).collect()
-        return Staged(name, location, held, written=False, partitioned=partitioned, audit=rows)
-
     def staging(self, name: str) -> str:
         """This run's staging folder for `name` (a table's name)."""
         return layout.staging_dir(self.output, self.run_id, name)
@@ -384,27 +349,27 @@ class Datasets:
         location = self.staging(name)
         with errors.explained(location):
             files = write(location).collect()
-        return Staged(name, location, None, written=True, files=files)
+        return Staged(name, location, files)
 
-    def stage_rows(self, table: pa.Table, name: str) -> Staged:
+    def stage_rows(self, table: pa.Table, name: str, partitioned: bool = True) -> Staged:
         """Rows the driver holds (an Arrow table), written as data files into this run's
-        staging folder by the driver itself, for `publish_files`: one per class (a table with
-        the class column), else one. A small table needs no Spark job to be written."""
+        staging folder by the driver itself, for `publish_files`: one per class (the table's
+        class folders), else one (`partitioned` False). A small table needs no Spark job."""
         from fruits_assets.storage import class_files
 
         location = self.staging(name)
-        columns = [c for c in table.column_names if c != LABEL_COLUMN]
         with errors.explained(location):
-            files = class_files.written_by_driver(table, location, columns)
-        return Staged(name, location, None, written=True, files=files)
+            files = class_files.written_by_driver(table, location, partitioned)
+        return Staged(name, location, files)
 
     def publish_files(
         self, staged: Staged, dataset: str, labels: Iterable[str] | None, schema: StructType
     ) -> int:
-        """Publish the files `stage_files` wrote, in one commit: as `publish_partitions` (the
-        given classes' rows replaced, every other class kept; the files in class folders), or,
-        for no `labels`, as `publish_whole` of a table not split into class folders (the whole
-        table replaced, its columns those of `schema`). The files move into the table's
+        """Publish the files `stage_files` or `stage_rows` wrote, in one commit: the given
+        classes' rows replaced, every other class kept (the files in class folders; a class
+        with no file loses its rows; no file for classes the table holds none of: no commit),
+        or, for no `labels`, the whole of a table not split into class folders (its columns
+        then those of `schema`). The files move into the table's
         folder, then one Delta commit adds them and removes those they replace. `schema`: the
         table's, as Spark would write it (the class column included).
 
@@ -495,53 +460,6 @@ class Datasets:
                 raise
         return self._published(dataset, frozenset(wanted) if partitioned else None, before)
 
-    def publish_partitions(
-        self,
-        df: DataFrame,
-        dataset: str,
-        labels: Iterable[str],
-        rows: int | None = None,
-    ) -> int:
-        """Replace exactly the given classes' rows, in one commit; every other class is kept.
-
-        A class with no row left loses its rows; a row of another class is refused by Delta.
-        `rows`: the number of rows of `df`, when known. No row, for classes the table holds none
-        of (a rerun of a class without rejected images): nothing to commit, the table already
-        says it.
-        """
-        labels = set(labels)
-        if rows == 0 and self._holds_none(dataset, labels):
-            return self._published_version(dataset)
-        writer = (
-            one_file_per_class(df)
-            .write.format("delta")
-            .mode("overwrite")
-            .option("replaceWhere", labels_predicate(labels))
-            .option("userMetadata", self._commit_note(classes=len(labels)))
-        )
-        if not self.exists(dataset):
-            writer = writer.partitionBy(LABEL_COLUMN)
-        before = self._latest_commit(dataset)
-        with errors.explained(self.location(dataset)), _files_on_every_core(self.spark):
-            writer.save(self.spark_path(dataset))
-        return self._published(dataset, frozenset(labels), before)
-
-    def publish_whole(self, df: DataFrame, dataset: str, partitioned: bool = True) -> int:
-        """Replace the whole table, in one commit (tables rebuilt from every class)."""
-        writer = (
-            (one_file_per_class(df) if partitioned else df)
-            .write.format("delta")
-            .mode("overwrite")
-            .option("overwriteSchema", "true")
-            .option("userMetadata", self._commit_note())
-        )
-        if partitioned:
-            writer = writer.partitionBy(LABEL_COLUMN)
-        before = self._latest_commit(dataset)
-        with errors.explained(self.location(dataset)), _files_on_every_core(self.spark):
-            writer.save(self.spark_path(dataset))
-        return self._published(dataset, None, before)
-
     def _holds_none(self, dataset: str, labels: set[str]) -> bool:
         """Whether the table exists and holds no row of these classes, seen without reading it:
         none of their class folders is there (a class's rows live in its folder; a commit that
@@ -574,14 +492,7 @@ class Datasets:
 
     def keep_failed(self, staged: Staged, failed_checks: list[str]) -> str:
         """Keep staged data that failed its audit in the staging folder, marked, for
-        inspection (as Parquet, partitioned by class like its table)."""
-        if not staged.written:
-            writer = staged.df.write.mode("overwrite")
-            if staged.partitioned:
-                writer = writer.partitionBy(LABEL_COLUMN)
-            with errors.explained(staged.location):
-                writer.parquet(self.storage.spark_path(staged.location))
-            staged.df.unpersist()
+        inspection."""
         marker = {
             "run_id": self.run_id,
             "failed_checks": failed_checks,
@@ -593,10 +504,7 @@ class Datasets:
         return staged.location
 
     def discard(self, staged: Staged) -> None:
-        if staged.written:
-            filesystem.delete_dir(staged.location)
-        else:
-            staged.df.unpersist()
+        filesystem.delete_dir(staged.location)
 
     # Versions.
 
@@ -695,21 +603,6 @@ def _folder_label(uri: str) -> str | None:
     folder = uri.rsplit("/", 2)[-2] if uri.count("/") >= 2 else ""
     prefix = f"{LABEL_COLUMN}="
     return unquote(folder[len(prefix) :]) if folder.startswith(prefix) else None
-
-
-def _files_on_every_core(spark: SparkSession) -> AbstractContextManager[None]:
-    """Settings for a write of a file per class: adaptive execution merges small shuffle
-    partitions up to a minimum size (1 MiB), so a few thousand small rows (a listing) would be
-    written by one task, a file per class after the other, while the other cores idle. Merged
-    to the cores' number instead, the files are written side by side."""
-    return spark_conf(spark, {"spark.sql.adaptive.coalescePartitions.minPartitionSize": "1"})
-
-
-def one_file_per_class(df: DataFrame) -> DataFrame:
-    """Each class's rows in one task, so that a publish writes one file per class: a task
-    writes a file for every class it holds, and small files cost more to write, list and read
-    than their bytes (rows spread over every task would give a file per class per task)."""
-    return df.repartition(LABEL_COLUMN)
 
 
 def finish_staging(output_root: str, run_id: str) -> None:
