@@ -120,17 +120,17 @@ def assert_kept_groups_match_the_table(output) -> None:
     assert sorted(kept["groups"], key=str) == sorted(counted, key=str)
 
 
-def publish_rows(datasets, df, table: str, labels=None, partitioned: bool = True) -> int:
+def publish_rows(datasets, df, table: str, labels=None) -> int:
     """Publish a Spark DataFrame's rows into a table as the pipeline's steps publish theirs:
-    written aside as data files, then one commit (these classes' rows replaced; no `labels`:
-    the whole table). Returns the table's version."""
+    written aside as data files, then one commit (these classes' rows replaced, in class
+    folders; no `labels`: the whole of a table without class folders). Returns its version."""
     import pyarrow as pa
     from pyspark.sql.pandas.types import to_arrow_schema
 
     rows = pa.Table.from_pandas(
         df.toPandas(), schema=to_arrow_schema(df.schema), preserve_index=False
     )
-    staged = datasets.stage_rows(rows, table, partitioned)
+    staged = datasets.stage_rows(rows, table, partitioned=labels is not None)
     version = datasets.publish_files(staged, table, labels, df.schema)
     datasets.discard(staged)
     return version

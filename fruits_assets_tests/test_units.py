@@ -488,7 +488,7 @@ def test_python_workers_read_a_tables_files_only_where_they_hold_exactly_its_row
 
     # A table not partitioned by class: all its files, the class from its rows.
     flat = layout.PCA_FEATURES_PARQUET
-    publish_rows(datasets, spark.createDataFrame(rows, schema), flat, partitioned=False)
+    publish_rows(datasets, spark.createDataFrame(rows, schema), flat)
     kept = datasets.data_files(flat)
     assert kept and {f.label for f in kept} == {None}
     datasets_module._FACTS.clear()
@@ -664,6 +664,32 @@ def test_a_table_holds_a_file_per_class_and_a_small_rerun_still_uses_every_core(
         assert one_class.agg(F.sum("n")).first()[0] == sum(range(200))
 
 
+def test_on_a_large_cluster_each_class_takes_a_few_splits_not_one_per_core():
+    """Many classes on many task slots, though fewer than the splits: each class's rows go to
+    a few splits (so its photos take a few files, not one per core), every split has some,
+    and a path is in one split only."""
+    from pyspark.sql import functions as F
+
+    from fruits_assets.storage.datasets import split_by_class
+
+    spark = local_spark()
+    classes, slots = 40, 16  # 64 splits
+    rows = spark.createDataFrame(
+        [(f"/p/{c}/{i}.jpg", f"class {c}") for c in range(classes) for i in range(30)],
+        "path string, label string",
+    )
+    split = split_by_class(rows, classes, slots)
+    assert split.rdd.getNumPartitions() == 4 * slots
+    placed = split.select("path", "label", F.spark_partition_id().alias("split")).collect()
+    per_class = Counter(label for label, _ in {(r["label"], r["split"]) for r in placed})
+    assert max(per_class.values()) <= 2  # 64 splits / 40 classes: 2 pieces each
+    assert len({r["split"] for r in placed}) > 2 * slots
+    assert len({r["path"] for r in placed}) == len(placed) == classes * 30
+    # A few classes: split by path, one split per slot, each with about its share.
+    few = split_by_class(rows.where("label IN ('class 1', 'class 2')"), 2, slots)
+    assert few.rdd.getNumPartitions() == slots
+
+
 def test_classes_are_split_for_featurizing_by_count_not_by_bytes(tmp_path):
     """Classes whose rows weigh very different numbers of bytes (small and large photos) still
     reach the featurizer in splits of equal rows, each class in one split."""
@@ -696,7 +722,7 @@ def test_classes_are_split_for_featurizing_by_count_not_by_bytes(tmp_path):
 
 
 def test_classes_are_selected_and_replaced_by_name_whatever_their_characters(tmp_path):
-    """A class is selected (one SQL IN) and replaced (replaceWhere) by its exact name: quotes,
+    """A class is selected (one SQL IN) and replaced (one commit) by its exact name: quotes,
     backslashes, accents, digits and spaces included; no class selects no row."""
     from fruits_assets.resources.storage import FruitsStorage
     from fruits_assets.storage.datasets import Datasets, labels_filter
@@ -790,6 +816,14 @@ def test_publishing_no_row_commits_only_where_a_class_had_rows(tmp_path):
     assert publish_rows(datasets, none, "t", {"a", "b"}) == 2  # a had rows
     assert datasets.read("t").count() == 0
     assert datasets.rows_per_class("t", {"a"}) == {"a": 0}
+    # A checkpoint of the log every ten commits, as Spark's Delta writes them: readers replay
+    # the commits since the last one, and Spark reads the table through it.
+    for _ in range(8):
+        publish_rows(datasets, rows, "t", {"a"})
+    assert datasets.version("t") == 10
+    log = tmp_path / "out" / "t" / "_delta_log"
+    assert (log / f"{10:020d}.checkpoint.parquet").exists()
+    assert datasets.read("t").count() == 2 and datasets.rows_per_class("t", {"a"}) == {"a": 2}
 
 
 @pytest.mark.parametrize("folders", [False, True], ids=["all rows", "Training folders"])

@@ -19,8 +19,8 @@ from fruits_assets.ml import decoding
 from fruits_assets.ml.decoding import CONVERTED, REJECTIONS
 from fruits_assets.partitions import ONE_RUN_FOR_ALL_CLASSES, fruit_class_partitions
 from fruits_assets.resources.storage import FruitsStorage
-from fruits_assets.storage import class_files, discovery, layout
-from fruits_assets.storage.datasets import ROWS_PER_CLASS, Datasets, Staged
+from fruits_assets.storage import class_files, discovery, errors, layout
+from fruits_assets.storage.datasets import ROWS_PER_CLASS, Datasets, Staged, split_by_class
 
 # A fact raw_images keeps of its commit for labeled_images (`Datasets.remember`): the classes it
 # published and their listing (an Arrow table), equal to the table's rows of those classes at
@@ -59,9 +59,6 @@ REJECTED_SCHEMA = T.StructType(
         T.StructField("reason", T.StringType()),
     ]
 )
-# Decoding splits per core, when a run has enough classes for a split of whole classes each: a
-# free core takes the next split, so the cores finish together.
-SPLITS_PER_CORE = 4
 
 
 def _missing_classes_failure(missing: set[str], root: str) -> dg.Failure:
@@ -77,7 +74,7 @@ def _missing_classes_failure(missing: set[str], root: str) -> dg.Failure:
 def _listing_table(files: list[discovery.ImageFile]) -> pa.Table:
     """The listing as Arrow rows, in the table's columns (times in microseconds, as Spark
     keeps them)."""
-    micros = [int(f.modification_time * 1_000_000) for f in files]
+    micros = [round(f.modification_time * 1_000_000) for f in files]
     return pa.table(
         {
             "path": pa.array([f.path for f in files], pa.string()),
@@ -199,14 +196,10 @@ def labeled_images(
     n_raw = sum(raw_per_class.values())
     context.log.info(f"decoding and validating {n_raw} images")
     # The decoding tasks write the accepted photos and the rejections aside themselves, a file
-    # per class and task, and count what they wrote for the audit. Many classes: each class's
-    # rows to one task (a file per class, which the featurizing step reads a class per split).
-    # A few: split by path over every core, so a small rerun still decodes side by side.
-    slots = spark.sparkContext.defaultParallelism
-    if len(labels) < SPLITS_PER_CORE * slots:
-        rows = raw.repartition(slots, "path")
-    else:
-        rows = raw.repartition(max(SPLITS_PER_CORE * slots, n_raw // 2000 + 1), "label")
+    # per class and task, and count what they wrote for the audit: each class's rows go to one
+    # task, or to a few when there are fewer classes than splits (a small rerun, a large
+    # cluster), so every core decodes and a class takes a file or a few.
+    rows = split_by_class(raw, len(labels), spark.sparkContext.defaultParallelism)
     rejected_at = datasets.staging(layout.REJECTED_IMAGES)
     staged = datasets.stage_files(
         lambda folder: decoding.decoded_files(rows, folder, rejected_at), layout.ACCEPTED_IMAGES
@@ -219,12 +212,12 @@ def labeled_images(
     accepted_per_class = Counter({k: v[class_files.ROWS] for k, v in accepted_totals.items()})
     converted_per_class = Counter({k: v[CONVERTED] for k, v in accepted_totals.items()})
     rejected_in: dict[str, list[tuple[str, str]]] = {label: [] for label in labels}
-    for label, table in class_files.read_back(
-        rejected_at, staged_rejected.files, decoding.REJECTED_COLUMNS
-    ):
-        rejected_in.setdefault(label, []).extend(
-            zip(table.column("path").to_pylist(), table.column("reason").to_pylist(), strict=True)
-        )
+    with errors.explained(rejected_at):
+        for label, table in class_files.read_back(
+            rejected_at, staged_rejected.files, decoding.REJECTED_COLUMNS
+        ):
+            paths, causes = (table.column(c).to_pylist() for c in ("path", "reason"))
+            rejected_in.setdefault(label, []).extend(zip(paths, causes, strict=True))
     rejected_per_class = Counter({k: len(v) for k, v in rejected_in.items()})
     reasons = {
         label: Counter(reason.split(":", 1)[0] for _, reason in rejected)

@@ -51,6 +51,8 @@ PCA_MODEL_SCHEMA = T.StructType(
         T.StructField("scree_png", T.BinaryType(), False),
     ]
 )
+# The table's columns, nullable as Delta declares every column Spark writes.
+PCA_MODEL_TABLE = T.StructType([T.StructField(f.name, f.dataType) for f in PCA_MODEL_SCHEMA])
 
 
 @dataclass(frozen=True)
@@ -157,7 +159,7 @@ def pca_model(
         context,
         datasets,
         staged=[staged],
-        publications=[StagedFilesPublication(layout.PCA_MODEL, staged, None, PCA_MODEL_SCHEMA)],
+        publications=[StagedFilesPublication(layout.PCA_MODEL, staged, None, PCA_MODEL_TABLE)],
         checks=[
             checks.result(
                 checks.PCA_K_BOUNDS,

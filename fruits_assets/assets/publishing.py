@@ -19,8 +19,9 @@ from fruits_assets.storage.datasets import Datasets, Staged
 
 @dataclass(frozen=True)
 class StagedFilesPublication:
-    """Data files a step's Python workers wrote aside (`Datasets.stage_files`), to publish as
-    these classes' rows (None: as the whole table) of a table whose columns are `schema`."""
+    """Data files a step wrote aside (its Python workers, `Datasets.stage_files`; its driver,
+    `Datasets.stage_rows`), to publish as these classes' rows (None: as the whole table) of a
+    table whose columns are `schema`."""
 
     dataset: str
     staged: Staged

@@ -158,6 +158,8 @@ def decoded_files(df: Any, accepted_folder: str, rejected_folder: str) -> Any:
                     rejected.append(batch.filter(pc.invert(ok)).select(["path", "label", "reason"]))
                 yield batch.filter(ok)
 
+        # A task that fails while writing its rejections leaves its accepted files, complete
+        # but in no manifest: never published, swept with the run's staging folder.
         yield from class_files.written(
             accepted(), accepted_folder, ACCEPTED_COLUMNS, converted, WRITTEN_COUNTS
         )

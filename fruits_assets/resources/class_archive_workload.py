@@ -1,6 +1,7 @@
 """Run by spark-submit while the class archive is recorded (`class_archive.record`): a few rows
-through the kinds of Spark work a run does, so that the JVM has loaded their classes when it
-exits and writes the archive. Touches nothing but a scratch folder."""
+through the kinds of Spark work a run and `fruits restore` do (Delta's reads, writes and
+history, Arrow to Python workers, rows held on disk, text), so that the JVM has loaded their
+classes when it exits and writes the archive. Touches nothing but a scratch folder."""
 
 from __future__ import annotations
 

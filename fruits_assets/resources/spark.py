@@ -19,7 +19,7 @@ from fruits_assets.settings import FruitsSettings
 COMMON_SPARK_CONFIG: dict[str, Any] = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
     "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
-    # A class named "2024" stays the string "2024" when staged data is read back.
+    # A class named "2024" stays the string "2024" wherever Spark reads class folders.
     "spark.sql.sources.partitionColumnTypeInference.enabled": "false",
     "spark.sql.execution.arrow.pyspark.enabled": "true",
     # Rows per Arrow batch sent to the Python UDFs: each batch is a few MB of image bytes.

@@ -1,5 +1,5 @@
 """A table's data files written by Spark's Python workers themselves, in the tasks that compute
-the rows.
+the rows, or by the driver for the rows it holds (`written_by_driver`).
 
 Spark's Parquet writer takes every value of a list column through Parquet's record consumer
 (a group, a field and a value per float): 10.8 million feature floats of the 8,460-image sample

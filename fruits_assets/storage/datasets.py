@@ -44,6 +44,8 @@ ROWS_PER_CLASS = "rows per class"
 # A fact: the classes this process's publish replaced with its commit (`Published`), whose
 # added files are then the live files of those classes (`Datasets.data_files`).
 PUBLISHED = "published"
+# Commits between two checkpoints of a table's log, as Spark's Delta writes them.
+CHECKPOINT_INTERVAL = 10
 # What `Datasets.spread` tells Spark a file costs to read, whatever its size (1 GiB).
 FILE_COST = 1 << 30
 
@@ -458,7 +460,14 @@ class Datasets:
                 with contextlib.suppress(Exception):
                     _move_all([(target, source) for source, target in moves])
                 raise
-        return self._published(dataset, frozenset(wanted) if partitioned else None, before)
+        version = self._published(dataset, frozenset(wanted) if partitioned else None, before)
+        if version % CHECKPOINT_INTERVAL == 0 and version > 0:
+            # Readers replay the log's commits since its last checkpoint: one every ten
+            # commits, as Spark's Delta writes them (the `deltalake` package's default is 100).
+            # The commit is made: a checkpoint that fails only leaves the replay longer.
+            with contextlib.suppress(Exception):
+                DeltaTable(location, storage_options=options).create_checkpoint()
+        return version
 
     def _holds_none(self, dataset: str, labels: set[str]) -> bool:
         """Whether the table exists and holds no row of these classes, seen without reading it:
@@ -542,15 +551,14 @@ class Datasets:
     def spread(self, dataset: str, labels: Iterable[str], per_slot: int = 4) -> Iterator[DataFrame]:
         """The classes' rows split for expensive per-row work (reading the rows inside this
         block plans them with those splits): about `per_slot` splits per task slot, each
-        class's rows in one split; or, for fewer classes than that, split by their paths.
+        class's files read whole by one split; or, for fewer files than that, each class's rows
+        cut into a few pieces (`split_by_class`).
 
         Spark's default packs small files into 128 MiB splits: a few thousand images become one
         task on one core. A few splits per slot keep every core busy to the end (a free worker
         takes the next split), and each Python worker keeps its model across them. A class is
-        one file, so when there are fewer files than splits (a rerun of a class or two), the rows
-        are spread by a hash of their paths instead (a shuffle of those few files), into one
-        split per slot: about equal splits, a task that writes what it computes writes a file
-        per class it holds, and rows of one path stay in one task.
+        a file or a few, so when there are fewer files than splits (a rerun of a class or two,
+        a large cluster), the rows are shuffled into pieces of their class instead.
         """
         labels = set(labels)
         rows = self.read(dataset, labels)
@@ -559,7 +567,7 @@ class Datasets:
         # Fewer classes than splits are fewer files: no need to plan the read to list them.
         files = [] if len(labels) < splits else rows.inputFiles()
         if len(files) < splits:
-            yield rows.repartition(slots, "path")
+            yield split_by_class(rows, len(labels), slots, per_slot)
             return
         # Each file is read whole by one split (unless it reaches a split's size: a class of
         # over a GiB of photos, whose features would then take a file per split, rows intact).
@@ -575,6 +583,27 @@ class Datasets:
             },
         ):
             yield rows
+
+
+def split_by_class(rows: DataFrame, classes: int, slots: int, per_slot: int = 4) -> DataFrame:
+    """Rows of `classes` classes shuffled for work whose tasks write a file per class they
+    hold, with every task slot busy and few files per class:
+    - as many classes as `per_slot` splits per slot (a full run): each class's rows in one
+      split, a file per class;
+    - a few classes (a small rerun): split by a hash of their paths, one split per slot, about
+      equal: a file per class and slot, a few dozen at most;
+    - in between (many classes, a large cluster): each class cut by a hash of its paths into
+      as few pieces as give each split one, `per_slot` splits per slot: a class takes that
+      many files, where split by path it would take one per slot.
+    Rows of one path always stay in one split."""
+    splits = slots * per_slot
+    if classes >= splits:
+        return rows.repartition(splits, LABEL_COLUMN)
+    if classes * slots <= splits * per_slot:
+        return rows.repartition(slots, "path")
+    pieces = -(-splits // classes)
+    piece = F.pmod(F.xxhash64("path"), F.lit(pieces))
+    return rows.repartition(splits, LABEL_COLUMN, piece)
 
 
 def _same_columns(location: str, table: pa.Schema, rows: pa.Schema) -> None:
