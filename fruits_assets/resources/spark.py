@@ -248,12 +248,11 @@ _WARMED_LOCK = threading.Lock()
 
 
 def warm_up(spark: Any, jvm: bool = True, workers: bool = True) -> None:
-    """A tiny Delta table written as the steps write theirs (pyarrow's files, the `deltalake`
-    package's commit) and read by Spark (unless `jvm` is False: a JVM already warm), and a
-    pandas UDF on every core (unless `workers` is False: workers already running), so that the
-    JVM has loaded and compiled Delta's read paths, and each Python worker has imported the
-    image and model libraries, before the first asset needs them; then the driver imports its
-    plotting and Spark ML libraries.
+    """A tiny Delta write and read (unless `jvm` is False: a JVM already warm) and a pandas UDF
+    on every core (unless `workers` is False: workers already running), so that the JVM has
+    loaded and compiled Delta's code paths, and each Python worker has imported the image and
+    model libraries, before the first asset needs them; then the driver imports its plotting
+    and Spark ML libraries.
     Once per application; best effort: never fails a run."""
     from pyspark.sql import functions as F
 
@@ -273,12 +272,7 @@ def warm_up(spark: Any, jvm: bool = True, workers: bool = True) -> None:
             "label", (F.col("id") % 2).cast("string")
         )
         if jvm:
-            import pyarrow as pa
-            from deltalake import write_deltalake
-
-            labels = [str(i % 2) for i in range(4 * cores)]
-            written = pa.table({"id": list(range(4 * cores)), "label": labels})
-            write_deltalake(f"{scratch}/table", written, partition_by=["label"])
+            rows.write.format("delta").partitionBy("label").save(table)
             spark.read.format("delta").load(table).groupBy("label").count().collect()
         if workers:
             rows.mapInPandas(python_workers.warm, "id long").collect()
