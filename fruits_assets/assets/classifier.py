@@ -216,7 +216,7 @@ def fruit_classifier(
         featurizer_model=filesystem.read_bytes(serving_model_path),
         reg_param=float(reg_param),
     )
-    staging = layout.staging_dir(storage.output, context.run.run_id, layout.FRUIT_CLASSIFIER)
+    staging = datasets.staging(layout.FRUIT_CLASSIFIER)
     staged_file = filesystem.join(staging, layout.PREDICTOR_FILE)
     predictor_path = layout.classifier_file(storage.output, layout.PREDICTOR_FILE)
     filesystem.write_bytes(staged_file, predictor.to_bytes())

@@ -113,7 +113,7 @@ def features_csv(
         .select("line")
     )
 
-    staging = layout.staging_dir(storage.output, context.run.run_id, layout.FEATURES_CSV)
+    staging = datasets.staging(layout.FEATURES_CSV)
     table.write.text(storage.spark_path(staging))
     part = next(
         filesystem.to_uri(staging, info.path)
