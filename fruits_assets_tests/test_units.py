@@ -440,6 +440,7 @@ def test_python_workers_read_a_tables_files_only_where_they_hold_exactly_its_row
     from fruits_assets.storage import datasets as datasets_module
     from fruits_assets.storage import filesystem
     from fruits_assets.storage.datasets import Datasets
+    from fruits_assets.storage.table_files import DataFile
 
     def same(found, kept) -> bool:  # the same files and classes, whatever the URIs' form
         def key(files):
@@ -462,9 +463,19 @@ def test_python_workers_read_a_tables_files_only_where_they_hold_exactly_its_row
     files = datasets.data_files(table, ["Kiwi 1", "100% Pear"])  # as the publish kept them
     assert sorted(f.label for f in files) == ["100% Pear", "Kiwi 1"]
     assert datasets.data_files(table) is None  # a partitioned table: which classes?
-    datasets_module._FACTS.clear()  # another process: as Delta lists them
+    datasets_module._FACTS.clear()  # another process: as Delta's log lists them
     assert same(datasets.data_files(table, ["Kiwi 1", "100% Pear"]), files)
     assert datasets.data_files(table) is None
+    # One class replaced, in a commit this process did not make: the live files only, the
+    # files Spark's reader would read.
+    kiwis = [r for r in rows if r[1] == "Kiwi 1"][:4]
+    publish_rows(datasets, spark.createDataFrame(kiwis, schema), table, {"Kiwi 1"})
+    datasets_module._FACTS.clear()
+    live = datasets.data_files(table, labels)
+    spark_files = [DataFile(uri) for uri in datasets.read(table).inputFiles()]
+    assert same([DataFile(f.uri) for f in live], spark_files) and len(live) == 3
+    assert {f.label for f in live} == set(labels)
+    publish_rows(datasets, spark.createDataFrame(rows, schema), table, set(labels))
 
     both = datasets.data_files(table, labels)
     training = x.astype(np.float64)[0::2]
@@ -638,11 +649,25 @@ def test_scan_never_follows_links_and_reports_each_with_its_reason(tmp_path):
     assert reasons["caf\ufffd.jpg"] == discovery.IGNORED_NOT_UTF8
 
 
-def test_a_table_holds_a_file_per_class_and_a_small_rerun_still_uses_every_core(tmp_path):
-    """Rows the driver publishes land in one file per class; reading back one class for
-    expensive per-row work gives every core its share."""
-    from deltalake import DeltaTable
+def _placed(rows, schema: str) -> list:
+    """The rows a `mapInArrow` over `rows` (`table_files.Rows`) receives, each with its task's
+    `split`."""
     from pyspark.sql import functions as F
+
+    def same(batches):
+        yield from batches
+
+    frame = rows.map_in_arrow(same, schema)
+    return frame.select("*", F.spark_partition_id().alias("split")).collect()
+
+
+@pytest.mark.parametrize("reader", ["workers", "spark"])
+def test_a_table_holds_a_file_per_class_and_a_small_rerun_uses_every_core(tmp_path, reader):
+    """Rows the driver publishes land in one file per class; reading back one class for
+    expensive per-row work gives every core its share, each row once: read by the Python
+    workers from the table's files, or, for a table whose files may hold deleted rows, by
+    Spark."""
+    from deltalake import DeltaTable
 
     from fruits_assets.resources.storage import FruitsStorage
     from fruits_assets.storage.datasets import Datasets
@@ -655,13 +680,20 @@ def test_a_table_holds_a_file_per_class_and_a_small_rerun_still_uses_every_core(
     publish_rows(datasets, df, "t", {"a", "b", "c"})
     files = DeltaTable(datasets.location("t")).file_uris()
     assert sorted(f.split("/")[-2] for f in files) == ["label=a", "label=b", "label=c"]
+    if reader == "spark":
+        path = datasets.spark_path("t")
+        spark.sql(
+            f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ('delta.enableDeletionVectors' = true)"
+        )
+    assert (datasets.data_files("t", {"b"}) is None) == (reader == "spark")
 
     slots = spark.sparkContext.defaultParallelism
-    with datasets.spread("t", {"b"}) as one_class:
-        assert one_class.rdd.getNumPartitions() == slots
-        per_split = one_class.groupBy(F.spark_partition_id()).count().collect()
-        assert len(per_split) == slots and min(r["count"] for r in per_split) > 200 / slots / 2
-        assert one_class.agg(F.sum("n")).first()[0] == sum(range(200))
+    with datasets.spread("t", {"b"}, ["n", "path", "label"]) as one_class:
+        placed = _placed(one_class, "n int, path string, label string")
+    assert sorted(r["n"] for r in placed) == list(range(200))
+    assert {r["label"] for r in placed} == {"b"}
+    per_split = Counter(r["split"] for r in placed)
+    assert len(per_split) == slots and min(per_split.values()) > 200 / slots / 2
 
 
 def test_on_a_large_cluster_each_class_takes_a_few_splits_not_one_per_core():
@@ -690,11 +722,43 @@ def test_on_a_large_cluster_each_class_takes_a_few_splits_not_one_per_core():
     assert few.rdd.getNumPartitions() == slots
 
 
-def test_classes_are_split_for_featurizing_by_count_not_by_bytes(tmp_path):
+def test_workers_reading_a_tables_files_share_them_as_spark_would_split_the_rows():
+    """The tasks whose workers read a table's files themselves: whole files in equal numbers
+    for many files, a piece of every file per slot for a few, and a few pieces of each in
+    between; every file's pieces cover it once, and no task is empty."""
+    from fruits_assets.storage.table_files import DataFile, shares_per_task
+
+    def files(count: int) -> list[DataFile]:
+        return [DataFile(f"/t/label=c{c}/part-0.parquet", f"c{c}") for c in range(count)]
+
+    def pieces(tasks) -> dict[DataFile, list[tuple[int, int]]]:
+        found: dict[DataFile, list[tuple[int, int]]] = {}
+        for task in tasks:
+            for share in task:
+                found.setdefault(share.file, []).append((share.piece, share.pieces))
+        return {file: sorted(p) for file, p in found.items()}
+
+    full = shares_per_task(files(141), slots=2)  # a full run on 2 cores: 8 tasks
+    assert len(full) == 8 and {len(task) for task in full} == {17, 18}
+    assert [share.file for task in full for share in task] == files(141)
+    assert set(map(tuple, pieces(full).values())) == {((0, 1),)}
+
+    few = shares_per_task(files(2), slots=16)  # a rerun of 2 classes on 16 slots
+    assert len(few) == 16 and all(len(task) == 2 for task in few)
+    assert all(p == [(i, 16) for i in range(16)] for p in pieces(few).values())
+
+    between = shares_per_task(files(40), slots=16)  # 64 tasks, 40 files: 2 pieces each
+    assert len(between) == 64 and all(between)
+    assert all(p == [(0, 2), (1, 2)] for p in pieces(between).values())
+    assert len(pieces(between)) == 40
+
+
+@pytest.mark.parametrize("reader", ["workers", "spark"])
+def test_classes_are_split_for_featurizing_by_count_not_by_bytes(tmp_path, reader):
     """Classes whose rows weigh very different numbers of bytes (small and large photos) still
-    reach the featurizer in splits of equal rows, each class in one split."""
+    reach the featurizer in splits of equal rows, each class in one split, whichever reads
+    them."""
     from deltalake import DeltaTable
-    from pyspark.sql import functions as F
 
     from fruits_assets.resources.storage import FruitsStorage
     from fruits_assets.storage.datasets import Datasets
@@ -714,8 +778,13 @@ def test_classes_are_split_for_featurizing_by_count_not_by_bytes(tmp_path):
     publish_rows(datasets, df, "t", set(labels))
     files = DeltaTable(datasets.location("t")).file_uris()
     assert sorted(f.split("/")[-2] for f in files) == [f"label={label}" for label in labels]
-    with datasets.spread("t", labels) as images:
-        placed = images.select("label", F.spark_partition_id().alias("split")).collect()
+    if reader == "spark":
+        path = datasets.spark_path("t")
+        spark.sql(
+            f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ('delta.enableDeletionVectors' = true)"
+        )
+    with datasets.spread("t", labels, ["label", "content"]) as images:
+        placed = _placed(images, "label string, content binary")
     rows_per_split = sorted(Counter(r["split"] for r in placed).values())
     assert rows_per_split == [20] * splits
     assert all(len({r["split"] for r in placed if r["label"] == label}) == 1 for label in labels)

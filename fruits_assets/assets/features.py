@@ -178,7 +178,7 @@ def mobilenet_features(
 
     context.log.info(f"featurizing {len(labels)} classes with MobileNetV2 weights {info.source}")
     started = time.perf_counter()
-    with datasets.spread(layout.ACCEPTED_IMAGES, labels) as images:
+    with datasets.spread(layout.ACCEPTED_IMAGES, labels, ["path", "label", "content"]) as images:
         # Each featurizing task writes its rows' data files itself, and counts for the audit
         # what it wrote: the checks need no pass over the vectors of their own.
         staged = datasets.stage_files(
@@ -255,7 +255,8 @@ def _per_class(files: list[Row]) -> list[dict[str, Any]]:
     """The audit's counts per class, from the data files the featurizing tasks wrote
     (`featurizer.featurized_files`): `count` (the rows, as `current_features.COUNTS` names
     them), the `WRITTEN_COUNTS` and the distinct paths (`PATHS`). The photos reach the tasks a
-    class per split or split by path (`Datasets.spread`), so a path is never in two files."""
+    class per split or split by a hash of the path (`Datasets.spread`), so a path is never in
+    two files."""
     totals = class_files.per_class(files, featurizer.WRITTEN_COUNTS)
     return [
         {layout.LABEL_COLUMN: label, "count": total.pop(class_files.ROWS)}

@@ -381,7 +381,7 @@ WRITTEN_COUNTS = (BAD, "train", "test", "none")
 
 
 def featurized_files(
-    df,
+    photos,
     model: bytes,
     sha256: str,
     batch_size: int,
@@ -390,11 +390,12 @@ def featurized_files(
     columns: Sequence[str],
     constants: dict[str, str],
 ):
-    """Each photo of `df` (its `path`, `label` and `content`, the photo's bytes) featurized:
-    MobileNetV2's `features`, the `color_histogram` (which the classifier also uses) and an
-    `all_finite` flag, computed by one interpreter per Python worker process for the whole
-    stage (the TFLite model broadcast once). From and to Arrow batches (`mapInArrow`): the
-    vectors stay contiguous values, never a Python object per value.
+    """Each photo of `photos` (`table_files.Rows` of its `path`, `label` and `content`, the
+    photo's bytes) featurized: MobileNetV2's `features`, the `color_histogram` (which the
+    classifier also uses) and an `all_finite` flag, computed by one interpreter per Python
+    worker process for the whole stage (the TFLite model broadcast once). From and to Arrow
+    batches (`mapInArrow`): the vectors stay contiguous values, never a Python object per
+    value.
 
     Each task writes its rows under `folder` itself, one Parquet file per class
     (`class_files.written`): the feature table's `columns`, with `constants` added (name:
@@ -405,7 +406,7 @@ def featurized_files(
     from fruits_assets.ml.arrow_vectors import list_array
     from fruits_assets.storage import class_files
 
-    broadcast = df.sparkSession.sparkContext.broadcast(model)
+    broadcast = photos.frame.sparkSession.sparkContext.broadcast(model)
     key = f"{sha256}:{batch_size}"
     columns = list(columns)
 
@@ -433,7 +434,7 @@ def featurized_files(
         )
 
     schema = class_files.manifest_schema(WRITTEN_COUNTS)
-    return df.select("path", "label", "content").mapInArrow(write, schema)
+    return photos.map_in_arrow(write, schema)
 
 
 def written_counts(batch) -> dict[str, int]:

@@ -25,9 +25,9 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
 from fruits_assets.resources.storage import FruitsStorage
-from fruits_assets.storage import errors, filesystem, layout
+from fruits_assets.storage import errors, filesystem, layout, table_files
 from fruits_assets.storage.layout import LABEL_COLUMN
-from fruits_assets.storage.table_files import DataFile
+from fruits_assets.storage.table_files import DataFile, Rows
 
 DELTA_LOG = "_delta_log"
 FAILED_MARKER = "_AUDIT_FAILED.json"
@@ -228,13 +228,15 @@ class Datasets:
         from a table partitioned by class; every file, for a table that is not (no `labels`).
 
         The files that this process's publish added, while its commit is the latest and it
-        replaced these classes (`PUBLISHED`); else as Delta lists them. None when the files may
-        hold other rows or columns than the table: a table that needs more than Delta's first
-        reader protocol (deletion vectors mark rows deleted inside a file; column mapping
-        renames the stored columns), files that are not in the class folders the table's
-        layout says, or a commit made while they were being listed."""
+        replaced these classes (`PUBLISHED`); else as the log lists them at that commit, read
+        by the `deltalake` package (Spark's Delta would first compute its own snapshot of a
+        table it has not seen: a few Spark jobs). None when the files may hold other rows or
+        columns than the table: a table that needs more than Delta's first reader protocol
+        (deletion vectors mark rows deleted inside a file; column mapping renames the stored
+        columns), a file outside the table's folder, or a log the package cannot read."""
         commit = self._latest_commit(dataset)
-        if commit is None or self._reader_version(dataset) != 1:
+        table = None if commit is None else self._log_at(dataset, commit[0])
+        if table is None or table.protocol().min_reader_version != 1:
             return None
         wanted = None if labels is None else set(labels)
         published = self._kept_at(dataset, PUBLISHED, commit)
@@ -244,9 +246,8 @@ class Datasets:
             if found is not None and wanted is not None:  # these classes' of those replaced
                 found = [(uri, label) for uri, label in found if label in wanted]
         if found is None:
-            rows = self.read(dataset, wanted)
-            found = [(uri, _folder_label(uri)) for uri in rows.inputFiles()]
-            if self._latest_commit(dataset) != commit:
+            found = self._live_files(dataset, table, wanted)
+            if found is None:
                 return None
         if wanted is None:
             if any(label is not None for _, label in found):
@@ -256,13 +257,34 @@ class Datasets:
             return None
         return [DataFile(uri, label) for uri, label in found]
 
-    def _reader_version(self, dataset: str) -> int | None:
-        """The Delta reader protocol version the table requires, from its log's protocol (not
-        its files); None if the table does not say."""
-        name = self.spark_path(dataset).replace("`", "``")
-        properties = dict(self.spark.sql(f"SHOW TBLPROPERTIES delta.`{name}`").collect())
-        version = properties.get("delta.minReaderVersion")
-        return int(version) if version is not None else None
+    def _log_at(self, dataset: str, version: int) -> Any | None:
+        """The table's log at `version`, read by the `deltalake` package (its protocol, its
+        live files); None where the package cannot read it (a feature it lacks)."""
+        from deltalake import DeltaTable
+
+        location = self.location(dataset)
+        options = filesystem.delta_storage_options(location)
+        try:
+            return DeltaTable(location, version=version, storage_options=options)
+        except Exception:
+            return None
+
+    def _live_files(
+        self, dataset: str, table: Any, labels: set[str] | None
+    ) -> list[tuple[str, str | None]] | None:
+        """The live data files of `table` (`_log_at`), each with its class (None in a table not
+        split by class): those of other classes left out, unless `labels` is None. None for a
+        file outside the table's folder."""
+        location = self.location(dataset)
+        found = []
+        for entry in pa.table(table.get_add_actions(flatten=True)).to_pylist():
+            path = unquote(entry["path"])
+            label = entry.get(f"partition.{LABEL_COLUMN}")
+            if "://" in path or path.startswith("/"):
+                return None
+            if labels is None or label is None or label in labels:
+                found.append((filesystem.join(location, path), label))
+        return found
 
     def _added_files(
         self, dataset: str, version: int, labels: frozenset[str] | None
@@ -548,29 +570,36 @@ class Datasets:
         return self._published_version(dataset)
 
     @contextmanager
-    def spread(self, dataset: str, labels: Iterable[str], per_slot: int = 4) -> Iterator[DataFrame]:
-        """The classes' rows split for expensive per-row work (reading the rows inside this
-        block plans them with those splits): about `per_slot` splits per task slot, each
-        class's files read whole by one split; or, for fewer files than that, each class's rows
-        cut into a few pieces (`split_by_class`).
+    def spread(
+        self, dataset: str, labels: Iterable[str], columns: list[str], per_slot: int = 4
+    ) -> Iterator[Rows]:
+        """The `columns` of the classes' rows split for expensive per-row work, about
+        `per_slot` splits per task slot (a free worker takes the next split to the end, and
+        each Python worker keeps its model across them); the rows inside this block.
 
-        Spark's default packs small files into 128 MiB splits: a few thousand images become one
-        task on one core. A few splits per slot keep every core busy to the end (a free worker
-        takes the next split), and each Python worker keeps its model across them. A class is
-        a file or a few, so when there are fewer files than splits (a rerun of a class or two,
-        a large cluster), the rows are shuffled into pieces of their class instead.
-        """
+        The Python workers read the table's files themselves (`table_files.shares_per_task`:
+        whole files for many, pieces of each for a few) where Delta's log says which files
+        hold the rows (`data_files`). Else Spark reads the table: each class's files read whole
+        by one split, or, for fewer files than splits, its rows shuffled into a few pieces of
+        their class (`split_by_class`)."""
         labels = set(labels)
-        rows = self.read(dataset, labels)
         slots = self.spark.sparkContext.defaultParallelism
+        found = self.data_files(dataset, labels)
+        if found is not None:
+            tasks = table_files.shares_per_task(found, slots, per_slot)
+            yield table_files.shares_read(self.spark, tasks, columns, key="path")
+            return
+        rows = self.read(dataset, labels).select(*columns)
         splits = slots * per_slot
         # Fewer classes than splits are fewer files: no need to plan the read to list them.
         files = [] if len(labels) < splits else rows.inputFiles()
         if len(files) < splits:
-            yield split_by_class(rows, len(labels), slots, per_slot)
+            yield Rows(split_by_class(rows, len(labels), slots, per_slot))
             return
-        # Each file is read whole by one split (unless it reaches a split's size: a class of
-        # over a GiB of photos, whose features would then take a file per split, rows intact).
+        # Spark's default packs small files into 128 MiB splits: a few thousand images would
+        # be one task on one core. Each file is read whole by one split (unless it reaches a
+        # split's size: a class of over a GiB of photos, whose features would then take a file
+        # per split, rows intact).
         with spark_conf(
             self.spark,
             {
@@ -582,7 +611,7 @@ class Datasets:
                 "spark.sql.files.maxPartitionBytes": str(-(-len(files) // splits) * FILE_COST),
             },
         ):
-            yield rows
+            yield Rows(rows)
 
 
 def split_by_class(rows: DataFrame, classes: int, slots: int, per_slot: int = 4) -> DataFrame:
@@ -625,13 +654,6 @@ def _move_all(moves: list[tuple[str, str]]) -> None:
     """Move files (source, target), side by side: on S3 each is a copy and a delete."""
     with ThreadPoolExecutor(max_workers=16) as pool:
         list(pool.map(lambda move: filesystem.move(*move), moves))
-
-
-def _folder_label(uri: str) -> str | None:
-    """The class of a data file in a `label=` folder (Spark's escaping undone), else None."""
-    folder = uri.rsplit("/", 2)[-2] if uri.count("/") >= 2 else ""
-    prefix = f"{LABEL_COLUMN}="
-    return unquote(folder[len(prefix) :]) if folder.startswith(prefix) else None
 
 
 def finish_staging(output_root: str, run_id: str) -> None:

@@ -3,14 +3,17 @@
 A pass over the feature vectors through Spark's reader decodes every value into the JVM, then
 copies it into Arrow for the Python workers: on 2 cores, 1.7 s for the 8,460-image sample's
 1280-d vectors, against 0.4 s for the workers reading the same files
-(`benchmarks/array_columns.py`). The steps that only hand vectors to numpy (the PCA's moments,
-its projections, the CSV's lines) read them this way; Delta's log says which files are live
-(`Datasets.data_files`) and Spark runs the tasks.
+(`benchmarks/array_columns.py`). The steps that only hand rows to Python (the featurizer's
+photos, the PCA's moments, its projections, the CSV's lines) read them this way; Delta's log
+says which files are live (`Datasets.data_files`) and Spark runs the tasks. Nor does Spark plan
+the read: a table written by the `deltalake` package is new to Spark's Delta, whose first look
+at it (its snapshot, its files listed) takes a few Spark jobs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import zlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import pandas as pd
@@ -68,19 +71,114 @@ def read_batches(
             batch.column(LABEL_COLUMN).to_pylist(),
             strict=True,
         ):
-            where = filesystem.Location.of(uri)
-            with where.fs.open_input_file(where.path) as handle:
-                parquet = pq.ParquetFile(handle)
-                stored = set(parquet.schema_arrow.names)
-                read = [c for c in columns if c in stored]
-                from_folder = LABEL_COLUMN in columns and LABEL_COLUMN not in stored
-                missing = [c for c in columns if c not in stored]
-                if missing and (missing != [LABEL_COLUMN] or label is None):
-                    raise ValueError(f"{uri} has no column {missing[0]!r}")
-                for piece in parquet.iter_batches(batch_size=BATCH_ROWS, columns=read):
-                    if from_folder:
-                        labels = pa.array([label] * piece.num_rows, pa.string())
-                        piece = pa.RecordBatch.from_arrays(
-                            [*piece.columns, labels], names=[*piece.schema.names, LABEL_COLUMN]
-                        )
-                    yield piece.select(list(columns))
+            yield from _file_batches(DataFile(uri, label), columns)
+
+
+def _file_batches(file: DataFile, columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
+    """The `columns` of a data file's rows; the class column, where the file lacks it, from
+    its folder's class."""
+    where = filesystem.Location.of(file.uri)
+    with where.fs.open_input_file(where.path) as handle:
+        parquet = pq.ParquetFile(handle)
+        stored = set(parquet.schema_arrow.names)
+        read = [c for c in columns if c in stored]
+        from_folder = LABEL_COLUMN in columns and LABEL_COLUMN not in stored
+        missing = [c for c in columns if c not in stored]
+        if missing and (missing != [LABEL_COLUMN] or file.label is None):
+            raise ValueError(f"{file.uri} has no column {missing[0]!r}")
+        for piece in parquet.iter_batches(batch_size=BATCH_ROWS, columns=read):
+            if from_folder:
+                labels = pa.array([file.label] * piece.num_rows, pa.string())
+                piece = pa.RecordBatch.from_arrays(
+                    [*piece.columns, labels], names=[*piece.schema.names, LABEL_COLUMN]
+                )
+            yield piece.select(list(columns))
+
+
+@dataclass(frozen=True)
+class Share:
+    """The rows of a data file whose path falls in `piece` of its `pieces` (a hash of the path
+    says which): all of them, for one piece."""
+
+    file: DataFile
+    piece: int = 0
+    pieces: int = 1
+
+
+def shares_per_task(files: Sequence[DataFile], slots: int, per_slot: int = 4) -> list[list[Share]]:
+    """The files' rows dealt to tasks for expensive per-row work whose tasks write a file per
+    class they hold, with every task slot busy and few files per class (as
+    `datasets.split_by_class` deals rows):
+    - at least `per_slot` files per slot (a full run: a file per class, or a few): whole files,
+      `per_slot` tasks per slot with equal numbers of files (not of bytes: one class's photos
+      can weigh several times another's), so a free worker takes the next task to the end;
+    - a few files (a small rerun): a task per slot, each with its piece of every file, about
+      equal: a file per class and slot;
+    - in between (many classes, a large cluster): each file cut into as few pieces as give
+      each of the `per_slot` tasks per slot one.
+    A path is in one task's share only. Files in the order given; no task without a share."""
+    splits = slots * per_slot
+    count = len(files)
+    if count >= splits:
+        return _dealt([Share(f) for f in files], splits)
+    if count * slots <= splits * per_slot:
+        return [[Share(f, piece, slots) for f in files] for piece in range(slots)]
+    pieces = -(-splits // count)
+    return _dealt([Share(f, piece, pieces) for f in files for piece in range(pieces)], splits)
+
+
+def _dealt(shares: list[Share], tasks: int) -> list[list[Share]]:
+    """`shares` in `tasks` runs of consecutive ones, their lengths differing by one at most."""
+    count = len(shares)
+    return [shares[i * count // tasks : (i + 1) * count // tasks] for i in range(tasks)]
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Rows for a `mapInArrow`: those of `frame`, or, with `read`, what `read` makes of its
+    batches (a worker reading its task's share of a table's files)."""
+
+    frame: DataFrame
+    read: Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]] | None = None
+
+    def map_in_arrow(
+        self,
+        function: Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]],
+        schema: T.StructType,
+    ) -> DataFrame:
+        read = self.read
+        if read is None:
+            return self.frame.mapInArrow(function, schema)
+        return self.frame.mapInArrow(lambda batches: function(read(batches)), schema)
+
+
+def shares_read(
+    spark: SparkSession, tasks: Sequence[Sequence[Share]], columns: Sequence[str], key: str
+) -> Rows:
+    """The `columns` of the rows of `tasks`' shares (`shares_per_task`), each task's read by
+    its Python worker: a task per share list, in order. `key`: the column (a text) whose hash
+    cuts a file into pieces."""
+    tasks = [list(shares) for shares in tasks if shares]
+    columns = list(columns)
+    read_columns = columns if key in columns else [*columns, key]
+
+    def read(ids: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in ids:
+            for task in batch.column(0).to_pylist():
+                for share in tasks[task]:
+                    for piece in _file_batches(share.file, read_columns):
+                        if share.pieces > 1:
+                            keys = piece.column(key).to_pylist()
+                            mask = [_piece_of(k, share.pieces) == share.piece for k in keys]
+                            piece = piece.filter(pa.array(mask, pa.bool_()))
+                        if piece.num_rows:
+                            yield piece.select(columns)
+
+    # One id per task, one task per id: Spark's range splits ids evenly over its partitions.
+    ids = spark.range(0, len(tasks), 1, max(1, len(tasks)))
+    return Rows(ids, read)
+
+
+def _piece_of(key: str | None, pieces: int) -> int:
+    """Which of `pieces` a row with this key falls in: the same in every process."""
+    return zlib.crc32((key or "").encode()) % pieces
