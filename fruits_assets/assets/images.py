@@ -7,9 +7,7 @@ from typing import Any
 
 import dagster as dg
 import pyarrow as pa
-import pyarrow.compute as pc
 from dagster_pyspark import LazyPySparkResource
-from pyspark.sql import DataFrame
 from pyspark.sql import types as T
 
 from fruits_assets.assets import checks
@@ -20,12 +18,7 @@ from fruits_assets.ml.decoding import CONVERTED, REJECTIONS
 from fruits_assets.partitions import ONE_RUN_FOR_ALL_CLASSES, fruit_class_partitions
 from fruits_assets.resources.storage import FruitsStorage
 from fruits_assets.storage import class_files, discovery, errors, layout
-from fruits_assets.storage.datasets import ROWS_PER_CLASS, Datasets, Staged, split_by_class
-
-# A fact raw_images keeps of its commit for labeled_images (`Datasets.remember`): the classes it
-# published and their listing (an Arrow table), equal to the table's rows of those classes at
-# that commit.
-LISTING = "listing"
+from fruits_assets.storage.datasets import ROWS_PER_CLASS, Datasets, Staged
 
 # The table's columns; Delta declares every column nullable, as Spark writes any table.
 RAW_SCHEMA = T.StructType(
@@ -36,8 +29,6 @@ RAW_SCHEMA = T.StructType(
         T.StructField("modification_time", T.TimestampType()),
     ]
 )
-
-PATH_AND_LABEL = T.StructType([RAW_SCHEMA["path"], RAW_SCHEMA[layout.LABEL_COLUMN]])
 
 # The tables of accepted photos (RGB, ready to featurize) and of rejections, as Spark declares
 # them (every column nullable).
@@ -144,27 +135,9 @@ def raw_images(
         },
         per_class=class_metadata,
     )
-    # Published: labeled_images, next in this run, need not count them again, nor read them.
-    commit = datasets.commit(layout.RAW_IMAGES)
+    # Published: labeled_images, next in this run, need not count them again.
     counts = {label: per_class[label] for label in labels}
-    datasets.remember(layout.RAW_IMAGES, ROWS_PER_CLASS, counts, commit=commit)
-    datasets.remember(layout.RAW_IMAGES, LISTING, (frozenset(labels), listing), commit=commit)
-
-
-def _raw_listing(datasets: Datasets, labels: set[str]) -> DataFrame:
-    """Path and label of these classes' published raw images. When raw_images published them
-    in this process and its commit is still the table's latest, its own listing: the same rows,
-    without planning a read of the table (a fresh JVM's Delta log replay and file listing)."""
-    kept = datasets.recall(layout.RAW_IMAGES, LISTING)
-    if kept is not None and labels <= kept[0]:
-        published, listing = kept
-        if labels != published:
-            listing = listing.filter(
-                pc.is_in(listing.column(layout.LABEL_COLUMN), pa.array(sorted(labels), pa.string()))
-            )
-        columns = listing.select(["path", layout.LABEL_COLUMN]).to_pandas()
-        return datasets.spark.createDataFrame(columns, PATH_AND_LABEL)
-    return datasets.read(layout.RAW_IMAGES, labels).select("path", "label")
+    datasets.remember(layout.RAW_IMAGES, ROWS_PER_CLASS, counts)
 
 
 @dg.asset(
@@ -191,19 +164,19 @@ def labeled_images(
     spark = pyspark.spark_session
     labels = set(context.partition_keys)
     datasets = Datasets(spark, storage, context.run.run_id)
-    raw = _raw_listing(datasets, labels)
     raw_per_class = datasets.rows_per_class(layout.RAW_IMAGES, labels)
     n_raw = sum(raw_per_class.values())
     context.log.info(f"decoding and validating {n_raw} images")
     # The decoding tasks write the accepted photos and the rejections aside themselves, a file
-    # per class and task, and count what they wrote for the audit: each class's rows go to one
-    # task, or to a few when there are fewer classes than splits (a small rerun, a large
+    # per class and task, and count what they wrote for the audit: each class's listing goes to
+    # one task, or to a few when there are fewer classes than splits (a small rerun, a large
     # cluster), so every core decodes and a class takes a file or a few.
-    rows = split_by_class(raw, len(labels), spark.sparkContext.defaultParallelism)
     rejected_at = datasets.staging(layout.REJECTED_IMAGES)
-    staged = datasets.stage_files(
-        lambda folder: decoding.decoded_files(rows, folder, rejected_at), layout.ACCEPTED_IMAGES
-    )
+    with datasets.spread(layout.RAW_IMAGES, labels, ["path", layout.LABEL_COLUMN]) as raw:
+        staged = datasets.stage_files(
+            lambda folder: decoding.decoded_files(raw, folder, rejected_at),
+            layout.ACCEPTED_IMAGES,
+        )
     staged_accepted = replace(staged, files=[f for f in staged.files if not f[REJECTIONS]])
     staged_rejected = Staged(
         layout.REJECTED_IMAGES, rejected_at, [f for f in staged.files if f[REJECTIONS]]

@@ -116,13 +116,13 @@ def decode_file(path: str) -> Decoded:
         return Decoded(None, f"{REJECT_MISSING}: {exc}")
 
 
-def decoded_files(df: Any, accepted_folder: str, rejected_folder: str) -> Any:
-    """Each file of `df` (its `path` and `label`) read and decoded by Spark's Python workers,
-    which write the outcome themselves (`class_files.written`): the accepted photos under
-    `accepted_folder` (`ACCEPTED_COLUMNS`), the rejections under `rejected_folder`
-    (`REJECTED_COLUMNS`), a Parquet file per class and task each. The rows of the job: one per
-    file written (`class_files.manifest_schema(WRITTEN_COUNTS)`); a file of rejections is one
-    whose `REJECTIONS` are its rows, a file of accepted photos has none."""
+def decoded_files(listing: Any, accepted_folder: str, rejected_folder: str) -> Any:
+    """Each file of `listing` (`table_files.Rows` of its `path` and `label`) read and decoded
+    by Spark's Python workers, which write the outcome themselves (`class_files.written`): the
+    accepted photos under `accepted_folder` (`ACCEPTED_COLUMNS`), the rejections under
+    `rejected_folder` (`REJECTED_COLUMNS`), a Parquet file per class and task each. The rows of
+    the job: one per file written (`class_files.manifest_schema(WRITTEN_COUNTS)`); a file of
+    rejections is one whose `REJECTIONS` are its rows, a file of accepted photos has none."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -173,4 +173,4 @@ def decoded_files(df: Any, accepted_folder: str, rejected_folder: str) -> Any:
             )
 
     schema = class_files.manifest_schema(WRITTEN_COUNTS)
-    return df.select("path", "label").mapInArrow(write, schema)
+    return listing.map_in_arrow(write, schema)
