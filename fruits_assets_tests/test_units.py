@@ -952,7 +952,7 @@ def test_pca_training_moments_follow_the_feature_tables_changes(tmp_path, folder
         x = np.array([r[2] for r in fit_rows], dtype=np.float32)
         x = x.astype(np.float64)  # as stored
         current = CurrentFeatures(
-            df=datasets.read(table).where(labels_filter(classes)),
+            read=lambda: datasets.read(table).where(labels_filter(classes)),
             classes=sorted(classes),
             stale=[],
             without_features=[],

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import dagster as dg
@@ -22,7 +24,7 @@ WEIGHTS_COLUMN = "weights_sha256"
 class CurrentFeatures:
     """The feature rows of the input root's classes, and what was left out and why."""
 
-    df: DataFrame
+    read: Callable[[], DataFrame]  # the rows (`df`), read by Spark when a step needs them
     classes: list[str]  # the fruit_class partitions: the class folders of the input root
     stale: list[str]  # stored classes not under the input root (another dataset's leftovers)
     without_features: list[str]  # registered classes with no feature rows (not yet materialized)
@@ -33,6 +35,12 @@ class CurrentFeatures:
     # Whether the dataset's Training/Test folders split every class of `df` (`splits.with_split`).
     folders_split: bool
     training_rows: int = -1  # the rows of `df` a model learns from (`splits.training_rows`)
+
+    @functools.cached_property
+    def df(self) -> DataFrame:
+        """The rows, through Spark's Delta reader: planned on first use only, as steps that
+        read the table's files themselves (`Datasets.data_files`) need no Spark snapshot of it."""
+        return self.read()
 
     def weights_sha256(self) -> str:
         """The featurizer every current row was computed with, as the weights column names it
@@ -47,18 +55,19 @@ def current_features(context: dg.AssetExecutionContext, datasets: Datasets) -> C
     to EMR steps), so they stand for a listing of the input root.
     """
     classes = registered_classes(context.instance)
-    table = datasets.read(layout.MOBILENET_FEATURES)
+    recorded = WEIGHTS_COLUMN in datasets.columns(layout.MOBILENET_FEATURES)
+    table = functools.cache(lambda: datasets.read(layout.MOBILENET_FEATURES))
     registered = set(classes)
     # One pass over the table gives its classes, the weights of each and their images on each
     # side of the folders' split: the stale classes, the weights check and the split need no job
     # of their own. The run's later steps reuse it while the table has no new commit.
     groups = datasets.remembered(
-        layout.MOBILENET_FEATURES, FACTS, lambda: _kept_groups(datasets, table)
+        layout.MOBILENET_FEATURES, FACTS, lambda: _kept_groups(datasets, table())
     )
-    stored, weights, rows = _weights_by_class(groups, registered, WEIGHTS_COLUMN in table.columns)
+    stored, weights, rows = _weights_by_class(groups, registered, recorded)
     folders = splits.folders_split(g for g in groups if g[layout.LABEL_COLUMN] in registered)
     return CurrentFeatures(
-        df=table.where(labels_filter(registered)),
+        read=lambda: table().where(labels_filter(registered)),
         classes=classes,
         stale=sorted(stored - registered),
         without_features=sorted(registered - stored),
@@ -83,9 +92,10 @@ def other_featurizers(
     outside = set(registered_classes(context.instance)) - set(context.partition_keys)
     if not outside:
         return {}
-    table = datasets.read(layout.MOBILENET_FEATURES)
     groups = datasets.remembered(
-        layout.MOBILENET_FEATURES, FACTS, lambda: _kept_groups(datasets, table)
+        layout.MOBILENET_FEATURES,
+        FACTS,
+        lambda: _kept_groups(datasets, datasets.read(layout.MOBILENET_FEATURES)),
     )
     others: dict[str, set[str]] = {}
     for g in groups:

@@ -49,11 +49,12 @@ def read_csv_facts(uri: str) -> tuple[list[str], int, set[str]]:
     return header, rows, labels
 
 
-def _lines(datasets: Datasets, features: DataFrame, k: int) -> DataFrame:
+def _lines(datasets: Datasets, k: int) -> DataFrame:
     """Each feature row's CSV line (`csv_text.LINE_SCHEMA`), formatted on every core: the
     Python workers read the table's files themselves where they hold exactly its rows."""
     files = datasets.data_files(layout.PCA_FEATURES_PARQUET)
     if files is None:
+        features = datasets.read(layout.PCA_FEATURES_PARQUET)
         rows = features.select("path", "label", "pca_features")
         return rows.mapInArrow(csv_text.lines("pca_features", k), csv_text.LINE_SCHEMA)
     return table_files.file_rows(datasets.spark, files).mapInArrow(
@@ -89,9 +90,9 @@ def features_csv(
     """
     spark = pyspark.spark_session
     datasets = Datasets(spark, storage, context.run.run_id)
-    features = datasets.read(layout.PCA_FEATURES_PARQUET)
     size = datasets.recall(layout.PCA_FEATURES_PARQUET, SIZE_FACT)
     if size is None:
+        features = datasets.read(layout.PCA_FEATURES_PARQUET)
         facts = features.agg(F.max(F.size("pca_features")).alias("k"), F.count("*").alias("n"))
         row = facts.first()
         size = (row["k"] or 0, row["n"])
@@ -107,7 +108,7 @@ def features_csv(
         F.lit(header_line).alias("line"),
     )
     table = (
-        header_row.unionByName(_lines(datasets, features, k).withColumn("order", F.lit(1)))
+        header_row.unionByName(_lines(datasets, k).withColumn("order", F.lit(1)))
         .repartition(1, "order")
         .sortWithinPartitions("order", "label", "path")
         .select("line")

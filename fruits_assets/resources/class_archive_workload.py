@@ -29,7 +29,7 @@ def main() -> None:
     spark = SparkSession.builder.getOrCreate()
     scratch = tempfile.mkdtemp(prefix="fruits-class-archive-")
     try:
-        warm_up(spark)  # a Delta write and read, the Python workers, Spark ML's Python side
+        warm_up(spark)  # the Python workers, Spark ML's Python side
         table = f"file://{scratch}/table"
         listing = spark.createDataFrame(
             pd.DataFrame(

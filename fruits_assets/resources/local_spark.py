@@ -32,13 +32,11 @@ class LocalSpark(LazyPySparkResource):
                 dg.get_dagster_logger().info("Spark: a context in the UI's warm JVM")
             else:
                 super()._init_session()
-            # The UI's JVM has run Delta's code already: warming it again would only take the
-            # two cores from the run's first steps. A context it prepared has its Python
-            # workers running too.
+            # A context the UI's JVM prepared has its Python workers running already.
             threading.Thread(
                 target=warm_up,
                 args=(self._spark_session,),
-                kwargs={"jvm": not attached, "workers": not prepared},
+                kwargs={"workers": not prepared},
                 name=WARM_UP_THREAD,
                 daemon=True,
             ).start()

@@ -5,9 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 import shlex
-import shutil
 import sys
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -247,15 +245,14 @@ _WARMED: set[str] = set()  # the Spark applications already warmed up in this pr
 _WARMED_LOCK = threading.Lock()
 
 
-def warm_up(spark: Any, jvm: bool = True, workers: bool = True) -> None:
-    """A tiny Delta write and read (unless `jvm` is False: a JVM already warm) and a pandas UDF
-    on every core (unless `workers` is False: workers already running), so that the JVM has
-    loaded and compiled Delta's code paths, and each Python worker has imported the image and
-    model libraries, before the first asset needs them; then the driver imports its plotting
-    and Spark ML libraries.
-    Once per application; best effort: never fails a run."""
-    from pyspark.sql import functions as F
+def warm_up(spark: Any, workers: bool = True) -> None:
+    """A pandas UDF on every core (unless `workers` is False: workers already running), so that
+    each Python worker has imported the image and model libraries before the first asset needs
+    them; then the driver imports its plotting and Spark ML libraries.
 
+    No Delta write or read: a run's steps write and commit their tables' files themselves and
+    their workers read them, so Delta's code in the JVM would only take the cores from the
+    first steps. Once per application; best effort: never fails a run."""
     from fruits_assets.ml import plots
     from fruits_assets.ml import workers as python_workers
 
@@ -264,21 +261,12 @@ def warm_up(spark: Any, jvm: bool = True, workers: bool = True) -> None:
         if application in _WARMED:
             return
         _WARMED.add(application)
-    scratch = tempfile.mkdtemp(prefix="fruits-warm-up-")
     try:
-        cores = spark.sparkContext.defaultParallelism
-        table = f"file://{scratch}/table"
-        rows = spark.range(0, 4 * cores, numPartitions=cores).withColumn(
-            "label", (F.col("id") % 2).cast("string")
-        )
-        if jvm:
-            rows.write.format("delta").partitionBy("label").save(table)
-            spark.read.format("delta").load(table).groupBy("label").count().collect()
         if workers:
+            cores = spark.sparkContext.defaultParallelism
+            rows = spark.range(0, 4 * cores, numPartitions=cores)
             rows.mapInPandas(python_workers.warm, "id long").collect()
         plots.preload()
         importlib.import_module("fruits_assets.ml.training")  # Spark ML's Python side
     except Exception:  # the run itself reports any real problem with the session
         pass
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)

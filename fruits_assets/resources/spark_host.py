@@ -226,7 +226,7 @@ class SparkHost:
         run_config: dict[str, Any] | None = None,
     ) -> None:
         """`config`: the JVM's settings. `rehearsal`: work that warms the JVM up (by default a
-        tiny Delta table and pandas UDF, `spark.warm_up`), run in this process once the JVM is
+        pandas UDF on every core, `spark.warm_up`), run in this process once the JVM is
         up, before any run attaches; False when it did not run through. `run_config`: the
         settings of the runs' contexts, which the host then prepares ahead of each run."""
         from pyspark import SparkConf

@@ -138,6 +138,14 @@ class Datasets:
             return table
         return table.where(labels_filter(labels))
 
+    def columns(self, dataset: str) -> list[str]:
+        """The table's columns at its latest version, from its log: no Spark snapshot of it."""
+        commit = self._latest_commit(dataset)
+        table = None if commit is None else self._log_at(dataset, commit[0])
+        if table is None:  # none yet (its error), or a log only Spark's Delta reads
+            return self._table(dataset).columns
+        return [column.name for column in table.schema().fields]
+
     def version(self, dataset: str) -> int | None:
         """The latest published version of a table (None before its first publish)."""
         commit = self._latest_commit(dataset)
