@@ -238,14 +238,16 @@ def pca_features_parquet(
     # Each projecting task writes its rows' data file itself, and counts for the audit what it
     # wrote: the checks need no pass over the vectors of their own.
     *keep, output = PCA_FEATURES_SCHEMA.names
+    files = datasets.data_files(layout.MOBILENET_FEATURES, current.classes)
     staged = datasets.stage_files(
         lambda folder: pca.projected_files(
-            current.df,
+            spark,
+            current.df if files is None else None,
             model.components,
             "features",
             output,
             keep=keep,
-            files=datasets.data_files(layout.MOBILENET_FEATURES, current.classes),
+            files=files,
             folder=folder,
         ),
         layout.PCA_FEATURES_PARQUET,

@@ -253,7 +253,7 @@ def projected(
     themselves instead of through Spark's reader."""
     from pyspark.sql import types as T
 
-    project, rows = _projection(df, components, column, keep, files)
+    project, rows = _projection(df.sparkSession, df, components, column, keep, files)
     schema = T.StructType(
         [df.schema[name] for name in keep] + [T.StructField(output, T.ArrayType(T.FloatType()))]
     )
@@ -264,6 +264,7 @@ WRONG_LENGTH = "wrong_length"  # the projections written whose length is not k (
 
 
 def projected_files(
+    spark: SparkSession,
     df,
     components: np.ndarray,
     column: str,
@@ -273,11 +274,12 @@ def projected_files(
     folder: str,
 ):
     """`projected`, each task writing its rows under `folder` itself, in one Parquet file of
-    `keep` and `output` (`class_files.written`, not split by class). The rows of the job: one
+    `keep` and `output` (`class_files.written`, not split by class); `df` only without `files`
+    (None with them: the rows need no Spark plan). The rows of the job: one
     per file and class, with its rows whose projection's length is not k (`WRONG_LENGTH`)."""
     from fruits_assets.storage import class_files
 
-    project, rows = _projection(df, components, column, keep, files)
+    project, rows = _projection(spark, df, components, column, keep, files)
     k = len(components)
 
     def wrong_length(batch: pa.RecordBatch) -> dict[str, int]:
@@ -297,10 +299,11 @@ def projected_files(
     return rows.mapInArrow(write, class_files.manifest_schema((WRONG_LENGTH,)))
 
 
-def _projection(df, components: np.ndarray, column: str, keep: Sequence[str], files):
+def _projection(
+    spark: SparkSession, df, components: np.ndarray, column: str, keep: Sequence[str], files
+):
     """The function a `mapInArrow` runs to project the vectors of `column` (`projected`), and
     the rows it runs over: `df`'s `keep` columns and `column`, or one row per data file."""
-    spark = df.sparkSession
     matrix = spark.sparkContext.broadcast(np.ascontiguousarray(components.T, dtype=np.float64))
     columns = [*keep, column]
     from_files = files is not None
