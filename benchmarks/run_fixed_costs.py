@@ -7,10 +7,11 @@ the way a run paid it before and the way it pays it now, alternated, medians of 
 
 - selecting the rows of every class of mobilenet_features: `Column.isin` (one round trip to the
   JVM per class) vs `labels_filter` (one SQL expression);
-- `Datasets.spread` of one class of accepted images: planning the read to list its files
-  (`inputFiles`: Delta filters the table's files, Spark jobs) vs not, for fewer classes than
-  splits (the table's state is computed before the first repetition, as the run's own read
-  would compute it anyway);
+- a Spark read of one class of accepted images (`Datasets.spread` where the workers cannot
+  read the table's files themselves): planning the read to list its files (`inputFiles`:
+  Delta filters the table's files, Spark jobs) vs not, for fewer classes than splits (the
+  table's state is computed before the first repetition, as the run's own read would compute
+  it anyway);
 - stopping a Spark context: `SparkSession.stop` (which waits for PySpark's accumulator server)
   vs `spark_host.stop_without_waiting`; a new context is created in the same JVM before each.
 """

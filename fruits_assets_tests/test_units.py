@@ -670,6 +670,7 @@ def test_a_table_holds_a_file_per_class_and_a_small_rerun_uses_every_core(tmp_pa
     from deltalake import DeltaTable
 
     from fruits_assets.resources.storage import FruitsStorage
+    from fruits_assets.storage import datasets as datasets_module
     from fruits_assets.storage.datasets import Datasets
 
     spark = local_spark()
@@ -688,12 +689,15 @@ def test_a_table_holds_a_file_per_class_and_a_small_rerun_uses_every_core(tmp_pa
     assert (datasets.data_files("t", {"b"}) is None) == (reader == "spark")
 
     slots = spark.sparkContext.defaultParallelism
-    with datasets.spread("t", {"b"}, ["n", "path", "label"]) as one_class:
-        placed = _placed(one_class, "n int, path string, label string")
-    assert sorted(r["n"] for r in placed) == list(range(200))
-    assert {r["label"] for r in placed} == {"b"}
-    per_split = Counter(r["split"] for r in placed)
-    assert len(per_split) == slots and min(per_split.values()) > 200 / slots / 2
+    for fresh in (False, True):  # the files this process published, then as the log lists them
+        if fresh:
+            datasets_module._FACTS.clear()
+        with datasets.spread("t", {"b"}, ["n", "path", "label"]) as one_class:
+            placed = _placed(one_class, "n int, path string, label string")
+        assert sorted(r["n"] for r in placed) == list(range(200))
+        assert {r["label"] for r in placed} == {"b"}
+        per_split = Counter(r["split"] for r in placed)
+        assert len(per_split) == slots and min(per_split.values()) > 200 / slots / 2
 
 
 def test_on_a_large_cluster_each_class_takes_a_few_splits_not_one_per_core():
@@ -751,6 +755,54 @@ def test_workers_reading_a_tables_files_share_them_as_spark_would_split_the_rows
     assert len(between) == 64 and all(between)
     assert all(p == [(0, 2), (1, 2)] for p in pieces(between).values())
     assert len(pieces(between)) == 40
+
+
+def test_files_one_step_cut_by_path_are_cut_again_evenly_by_the_next(tmp_path):
+    """A small rerun on a large cluster: the decode cuts each class's listing into a piece per
+    slot, by a hash of the path, and writes a file per piece; the featurizer cuts those files
+    again. Its pieces, hashed with another salt, each take some rows of every file: no task is
+    left empty, and every path is read once. With the decode's own hash, half would be."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from fruits_assets.storage.table_files import DataFile, shares_per_task, shares_read
+
+    spark = local_spark()
+    slots = 16
+
+    def write(folder, label: str, paths: list[str]) -> DataFile:
+        folder.mkdir(parents=True)
+        table = pa.table({"path": paths, "label": [label] * len(paths)})
+        pq.write_table(table, folder / "part.parquet")
+        return DataFile(str(folder / "part.parquet"), label)
+
+    def read(tasks, salt: str) -> list[list[str]]:
+        rows = shares_read(spark, tasks, ["path", "label"], key="path", salt=salt)
+        per_task = []
+        for task in range(len([t for t in tasks if t])):
+            ids = pa.record_batch([pa.array([task], pa.int64())], names=["id"])
+            per_task.append([p for b in rows.read(iter([ids])) for p in b.column(0).to_pylist()])
+        return per_task
+
+    paths = {label: [f"/in/{label}/{i:04d}.jpg" for i in range(512)] for label in "ab"}
+    listing = [write(tmp_path / "raw" / label, label, paths[label]) for label in "ab"]
+    decoded = read(shares_per_task(listing, slots), salt="raw_images")
+    assert len(decoded) == slots and sorted(p for t in decoded for p in t) == sorted(
+        paths["a"] + paths["b"]
+    )
+    accepted = [
+        write(
+            tmp_path / "accepted" / f"{label}-{task}", label, [p for p in got if f"/{label}/" in p]
+        )
+        for task, got in enumerate(decoded)
+        for label in "ab"
+    ]
+    tasks = shares_per_task(accepted, slots)
+    assert len(tasks) == 4 * slots
+    featurized = read(tasks, salt="accepted_images")
+    assert min(len(t) for t in featurized) > 0
+    assert sorted(p for t in featurized for p in t) == sorted(paths["a"] + paths["b"])
+    assert sum(not t for t in read(tasks, salt="raw_images")) >= len(tasks) // 4
 
 
 @pytest.mark.parametrize("reader", ["workers", "spark"])

@@ -254,9 +254,9 @@ def mobilenet_features(
 def _per_class(files: list[Row]) -> list[dict[str, Any]]:
     """The audit's counts per class, from the data files the featurizing tasks wrote
     (`featurizer.featurized_files`): `count` (the rows, as `current_features.COUNTS` names
-    them), the `WRITTEN_COUNTS` and the distinct paths (`PATHS`). The photos reach the tasks a
-    class per split or split by a hash of the path (`Datasets.spread`), so a path is never in
-    two files."""
+    them), the `WRITTEN_COUNTS` and the distinct paths (`PATHS`). The photos reach the tasks
+    as whole files of accepted photos or pieces of them cut by a hash of the path
+    (`Datasets.spread`), so a path is never in two files."""
     totals = class_files.per_class(files, featurizer.WRITTEN_COUNTS)
     return [
         {layout.LABEL_COLUMN: label, "count": total.pop(class_files.ROWS)}

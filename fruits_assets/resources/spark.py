@@ -250,9 +250,10 @@ def warm_up(spark: Any, workers: bool = True) -> None:
     each Python worker has imported the image and model libraries before the first asset needs
     them; then the driver imports its plotting and Spark ML libraries.
 
-    No Delta write or read: a run's steps write and commit their tables' files themselves and
-    their workers read them, so Delta's code in the JVM would only take the cores from the
-    first steps. Once per application; best effort: never fails a run."""
+    No Delta write or read: the pipeline's steps write and commit their tables' files
+    themselves and their workers read them (the classifier alone reads through Spark's Delta,
+    late in the run), so Delta's code in the JVM would only take the cores from the first
+    steps. Once per application; best effort: never fails a run."""
     from fruits_assets.ml import plots
     from fruits_assets.ml import workers as python_workers
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -28,6 +29,8 @@ from fruits_assets.resources.storage import FruitsStorage
 from fruits_assets.storage import errors, filesystem, layout, table_files
 from fruits_assets.storage.layout import LABEL_COLUMN
 from fruits_assets.storage.table_files import DataFile, Rows
+
+logger = logging.getLogger(__name__)
 
 DELTA_LOG = "_delta_log"
 FAILED_MARKER = "_AUDIT_FAILED.json"
@@ -267,14 +270,17 @@ class Datasets:
 
     def _log_at(self, dataset: str, version: int) -> Any | None:
         """The table's log at `version`, read by the `deltalake` package (its protocol, its
-        live files); None where the package cannot read it (a feature it lacks)."""
+        live files); None where the package cannot read it (a feature it lacks, a storage
+        error): Spark's Delta then reads the table, and reports what it cannot read."""
         from deltalake import DeltaTable
+        from deltalake.exceptions import DeltaError
 
         location = self.location(dataset)
         options = filesystem.delta_storage_options(location)
         try:
             return DeltaTable(location, version=version, storage_options=options)
-        except Exception:
+        except DeltaError as error:
+            logger.info("%s: the deltalake package cannot read its log (%s)", location, error)
             return None
 
     def _live_files(
@@ -595,14 +601,16 @@ class Datasets:
         found = self.data_files(dataset, labels)
         if found is not None:
             tasks = table_files.shares_per_task(found, slots, per_slot)
-            yield table_files.shares_read(self.spark, tasks, columns, key="path")
+            # Cut by a hash of the path salted with the table's name: the pieces of files that
+            # an earlier step cut by path (a small rerun's decode) are not all or nothing.
+            yield table_files.shares_read(self.spark, tasks, columns, key="path", salt=dataset)
             return
-        rows = self.read(dataset, labels).select(*columns)
+        rows = self.read(dataset, labels)
         splits = slots * per_slot
         # Fewer classes than splits are fewer files: no need to plan the read to list them.
         files = [] if len(labels) < splits else rows.inputFiles()
         if len(files) < splits:
-            yield Rows(split_by_class(rows, len(labels), slots, per_slot))
+            yield Rows(split_by_class(rows, len(labels), slots, per_slot).select(*columns))
             return
         # Spark's default packs small files into 128 MiB splits: a few thousand images would
         # be one task on one core. Each file is read whole by one split (unless it reaches a
@@ -619,7 +627,7 @@ class Datasets:
                 "spark.sql.files.maxPartitionBytes": str(-(-len(files) // splits) * FILE_COST),
             },
         ):
-            yield Rows(rows)
+            yield Rows(rows.select(*columns))
 
 
 def split_by_class(rows: DataFrame, classes: int, slots: int, per_slot: int = 4) -> DataFrame:

@@ -12,7 +12,7 @@ at it (its snapshot, its files listed) takes a few Spark jobs.
 
 from __future__ import annotations
 
-import zlib
+import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -97,7 +97,7 @@ def _file_batches(file: DataFile, columns: Sequence[str]) -> Iterator[pa.RecordB
 
 @dataclass(frozen=True)
 class Share:
-    """The rows of a data file whose path falls in `piece` of its `pieces` (a hash of the path
+    """The rows of a data file whose key falls in `piece` of its `pieces` (a hash of the key
     says which): all of them, for one piece."""
 
     file: DataFile
@@ -116,9 +116,13 @@ def shares_per_task(files: Sequence[DataFile], slots: int, per_slot: int = 4) ->
       equal: a file per class and slot;
     - in between (many classes, a large cluster): each file cut into as few pieces as give
       each of the `per_slot` tasks per slot one.
-    A path is in one task's share only. Files in the order given; no task without a share."""
+    A key is in one task's share only. Files in the order given; no task without a share. A
+    file cut into pieces is read by each of their tasks: bytes read again, cheap beside the
+    per-row work that then runs on every core."""
     splits = slots * per_slot
     count = len(files)
+    if count == 0:
+        return []
     if count >= splits:
         return _dealt([Share(f) for f in files], splits)
     if count * slots <= splits * per_slot:
@@ -153,32 +157,60 @@ class Rows:
 
 
 def shares_read(
-    spark: SparkSession, tasks: Sequence[Sequence[Share]], columns: Sequence[str], key: str
+    spark: SparkSession,
+    tasks: Sequence[Sequence[Share]],
+    columns: Sequence[str],
+    key: str,
+    salt: str,
 ) -> Rows:
     """The `columns` of the rows of `tasks`' shares (`shares_per_task`), each task's read by
-    its Python worker: a task per share list, in order. `key`: the column (a text) whose hash
-    cuts a file into pieces."""
+    its Python worker, in batches of about `BATCH_ROWS` rows: a task per share list, in order.
+    `key`: the column (a text) whose hash, with `salt`, cuts a file into pieces. A step that
+    reads files an earlier step cut by the same key uses another salt: its pieces then take
+    rows from every earlier piece, not all or none."""
     tasks = [list(shares) for shares in tasks if shares]
     columns = list(columns)
     read_columns = columns if key in columns else [*columns, key]
 
+    def shared(task: list[Share]) -> Iterator[pa.RecordBatch]:
+        for share in task:
+            for piece in _file_batches(share.file, read_columns):
+                if share.pieces > 1:
+                    keys = piece.column(key).to_pylist()
+                    mask = [_piece_of(k, salt, share.pieces) == share.piece for k in keys]
+                    piece = piece.filter(pa.array(mask, pa.bool_()))
+                if piece.num_rows:
+                    yield piece.select(columns)
+
     def read(ids: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in ids:
             for task in batch.column(0).to_pylist():
-                for share in tasks[task]:
-                    for piece in _file_batches(share.file, read_columns):
-                        if share.pieces > 1:
-                            keys = piece.column(key).to_pylist()
-                            mask = [_piece_of(k, share.pieces) == share.piece for k in keys]
-                            piece = piece.filter(pa.array(mask, pa.bool_()))
-                        if piece.num_rows:
-                            yield piece.select(columns)
+                yield from _regrouped(shared(tasks[task]))
 
     # One id per task, one task per id: Spark's range splits ids evenly over its partitions.
     ids = spark.range(0, len(tasks), 1, max(1, len(tasks)))
     return Rows(ids, read)
 
 
-def _piece_of(key: str | None, pieces: int) -> int:
+def _regrouped(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """`batches` gathered into batches of `BATCH_ROWS` rows (the last may hold fewer): a small
+    file or a piece of one does not make a small batch."""
+    held: list[pa.RecordBatch] = []
+    rows = 0
+    for batch in batches:
+        held.append(batch)
+        rows += batch.num_rows
+        if rows >= BATCH_ROWS:
+            table = pa.Table.from_batches(held)
+            whole = rows // BATCH_ROWS * BATCH_ROWS
+            yield from table.slice(0, whole).combine_chunks().to_batches(BATCH_ROWS)
+            held = table.slice(whole).combine_chunks().to_batches() if rows > whole else []
+            rows -= whole
+    if rows:
+        yield from pa.Table.from_batches(held).combine_chunks().to_batches()
+
+
+def _piece_of(key: str | None, salt: str, pieces: int) -> int:
     """Which of `pieces` a row with this key falls in: the same in every process."""
-    return zlib.crc32((key or "").encode()) % pieces
+    digest = hashlib.blake2b(f"{salt}\0{key or ''}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % pieces
