@@ -433,9 +433,11 @@ def test_projections_are_the_features_times_the_components_and_bad_vectors_say_w
 
 
 def test_python_workers_read_a_tables_files_only_where_they_hold_exactly_its_rows(tmp_path):
-    """The moments and projections the workers compute from a table's files (class folders
-    with escaped names included) equal those through Spark's reader; a table whose files may
-    hold deleted rows (deletion vectors) is not read that way."""
+    """The moments, projections and rows the workers compute or read from a table's files
+    (class folders with escaped names included) equal those through Spark's reader; a table
+    whose files may hold deleted rows (deletion vectors) is not read that way."""
+    from pyspark.sql import types as T
+
     from fruits_assets.resources.storage import FruitsStorage
     from fruits_assets.storage import datasets as datasets_module
     from fruits_assets.storage import filesystem
@@ -497,6 +499,25 @@ def test_python_workers_read_a_tables_files_only_where_they_hold_exactly_its_row
     with pytest.raises(Exception, match="feature vectors of 16 values where 2 are expected"):
         pca.projected(stored, np.ones((1, 2)), "features", "pca", ("path",), files=both).collect()
 
+    # Rows for Spark's own operators (the classifier's join): those Spark's reader gives.
+    def rows_of(frame) -> list:
+        return sorted(tuple(row) for row in frame.collect())
+
+    vectors = T.StructType(
+        [
+            T.StructField("features", T.ArrayType(T.FloatType())),
+            T.StructField("path", T.StringType()),
+        ]
+    )
+    some = ["Kiwi 1", "Fig=3"]
+    assert datasets.data_files(table, some) is not None
+    by_workers = datasets.frame(table, vectors, some)
+    assert by_workers.schema == vectors
+    assert len(rows_of(by_workers)) == 40
+    assert rows_of(by_workers) == rows_of(
+        stored.where("label IN ('Kiwi 1', 'Fig=3')").select("features", "path")
+    )
+
     # A table not partitioned by class: all its files, the class from its rows.
     flat = layout.PCA_FEATURES_PARQUET
     publish_rows(datasets, spark.createDataFrame(rows, schema), flat)
@@ -506,6 +527,10 @@ def test_python_workers_read_a_tables_files_only_where_they_hold_exactly_its_row
     assert same(datasets.data_files(flat), kept)
     # Any file may hold any class: the workers never read its files for some classes only.
     assert datasets.data_files(flat, ["Kiwi 1"]) is None
+    with_label = T.StructType([T.StructField("label", T.StringType()), *vectors.fields])
+    assert rows_of(datasets.frame(flat, with_label)) == rows_of(
+        datasets.read(flat).select("label", "features", "path")
+    )
 
     # A table whose readers must apply deletion vectors (rows deleted inside a file, as other
     # Delta writers leave them): only Spark's reader knows which rows are live.
@@ -514,6 +539,7 @@ def test_python_workers_read_a_tables_files_only_where_they_hold_exactly_its_row
         f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ('delta.enableDeletionVectors' = true)"
     )
     assert datasets.data_files(table, labels) is None
+    assert rows_of(datasets.frame(table, vectors, some)) == rows_of(by_workers)
 
 
 def test_csv_lines_quote_what_needs_it_and_keep_every_float32():

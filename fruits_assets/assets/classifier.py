@@ -10,11 +10,19 @@ from dagster_pyspark import LazyPySparkResource
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from fruits_assets.assets import checks
 from fruits_assets.assets.current_features import current_features
+from fruits_assets.assets.features import FEATURES_SCHEMA
 from fruits_assets.assets.metadata import png_markdown, rows_table
-from fruits_assets.assets.pca import CLASSES_FACT, SIZE_FACT, PcaModel, pca_features_parquet
+from fruits_assets.assets.pca import (
+    CLASSES_FACT,
+    PCA_FEATURES_SCHEMA,
+    SIZE_FACT,
+    PcaModel,
+    pca_features_parquet,
+)
 from fruits_assets.assets.publishing import FilePublication, publish_or_fail
 from fruits_assets.ml import plots, splits
 from fruits_assets.ml.serving import Predictor
@@ -25,6 +33,8 @@ from fruits_assets.storage.datasets import Datasets, Staged
 
 WORST_CLASSES_SHOWN = 12
 SERVING_AUDIT_ROWS = 200
+# What the classifier reads of mobilenet_features (joined with pca_features_parquet by path).
+FEATURE_ROWS = T.StructType([FEATURES_SCHEMA[c] for c in ("path", "color_histogram", "features")])
 
 
 @dg.asset(
@@ -74,8 +84,7 @@ def fruit_classifier(
     settings = classifier_settings
     datasets = Datasets(spark, storage, context.run.run_id)
     current = current_features(context, datasets)
-    features = current.df
-    if "color_histogram" not in features.columns:
+    if "color_histogram" not in datasets.columns(layout.MOBILENET_FEATURES):
         raise dg.Failure(
             description="mobilenet_features has no colour histograms (written by an older "
             "fruits_assets): rematerialize it, e.g. `fruits run` without --downstream-only"
@@ -87,8 +96,11 @@ def fruit_classifier(
             description=f"{serving_model_path} is missing: rematerialize mobilenet_features "
             "(`fruits run` without --downstream-only)"
         )
-    histograms = features.select("path", "color_histogram", "features")
-    pca_rows = datasets.read(layout.PCA_FEATURES_PARQUET)
+    # Read from the tables' files by the Python workers: Spark's Delta would first rebuild its
+    # own snapshot of each table (the steps commit them with the `deltalake` package), a few
+    # Spark jobs and seconds of a run.
+    histograms = datasets.frame(layout.MOBILENET_FEATURES, FEATURE_ROWS, current.classes)
+    pca_rows = datasets.frame(layout.PCA_FEATURES_PARQUET, PCA_FEATURES_SCHEMA)
     # The split, the class index, the fit and the scoring all read these rows: joined once,
     # kept on local disk (not in the JVM's heap, whatever the number of images).
     joined = pca_rows.join(histograms, "path").persist(StorageLevel.DISK_ONLY)

@@ -141,6 +141,19 @@ class Datasets:
             return table
         return table.where(labels_filter(labels))
 
+    def frame(
+        self, dataset: str, schema: StructType, labels: Iterable[str] | None = None
+    ) -> DataFrame:
+        """The `schema` columns of the published rows (of these classes only, if given) for a
+        step that needs them in Spark (a join, Spark ML): read from the table's files by the
+        Python workers where Delta's log says which files hold them (`data_files`), else
+        through Spark's Delta reader (`read`)."""
+        wanted = None if labels is None else set(labels)
+        files = self.data_files(dataset, wanted)
+        if files is None:
+            return self.read(dataset, wanted).select(*schema.names)
+        return table_files.frame(self.spark, files, schema)
+
     def columns(self, dataset: str) -> list[str]:
         """The table's columns at its latest version, from its log: no Spark snapshot of it."""
         commit = self._latest_commit(dataset)

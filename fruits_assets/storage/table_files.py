@@ -74,6 +74,22 @@ def read_batches(
             yield from _file_batches(DataFile(uri, label), columns)
 
 
+def frame(spark: SparkSession, files: Sequence[DataFile], schema: T.StructType) -> DataFrame:
+    """The `schema` columns of the files' rows as a DataFrame for Spark's own operators (a
+    join, Spark ML), read by the Python workers (`read_batches`, a task per core) and handed to
+    the JVM as `schema`'s Arrow types: no Spark snapshot of the table, no Spark reader."""
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    columns = list(schema.names)
+    arrow = to_arrow_schema(schema)
+
+    def read(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in read_batches(batches, columns):
+            yield batch.cast(arrow)
+
+    return file_rows(spark, files).mapInArrow(read, schema)
+
+
 def _file_batches(file: DataFile, columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
     """The `columns` of a data file's rows; the class column, where the file lacks it, from
     its folder's class."""
