@@ -19,6 +19,11 @@ next single run of that UI session. `--cold-ui` adds one such run from a UI star
 the same repetitions, on their own copy of the images. The CLI rerun's seconds are split into
 start-up, each asset's step and the end, from its Dagster events.
 
+`--cli-against OTHER --reruns N` compares CLI reruns alone: after one full run, N rounds of a
+rerun of the class by OTHER and by this `fruits` (`fruits run --classes`, two new photos before
+each, the order alternating by round), on the same copy of the images and output (each with
+its own Dagster home).
+
 `--ui-against OTHER --sessions N` compares the UI alone: after one full run, N UI sessions of
 OTHER and N of this `fruits`, alternated, on the same copy of the images and output (each state
 with its own Dagster home), each with `--ui-runs` single-partition runs; the runs after each
@@ -250,11 +255,16 @@ def main() -> None:
     parser.add_argument(
         "--cold-ui", action="store_true", help="also a UI run without the UI's warm Spark JVM"
     )
+    parser.add_argument("--cli-against", help="another `fruits`: alternated CLI reruns only")
+    parser.add_argument("--reruns", type=int, default=4, help="CLI reruns per `fruits`")
     parser.add_argument("--ui-against", help="another `fruits`: alternated UI sessions only")
     parser.add_argument("--sessions", type=int, default=2, help="UI sessions per state")
     parser.add_argument("--ui-runs", type=int, default=4, help="runs per UI session")
     args = parser.parse_args()
     print("machine:", json.dumps(describe()))
+    if args.cli_against:
+        compare_cli(args.cli_against, args.reruns)
+        return
     if args.ui_against:
         compare_ui(args.ui_against, args.sessions, args.ui_runs)
         return
@@ -334,6 +344,45 @@ def main() -> None:
         print(f"| {part} | " + " | ".join(cells) + " |")
     for line in sorted({part for b in budgets_ui for part in b if "Spark: " in part}):
         print(f"\nUI runs (next) that logged {line!r}: {sum(line in b for b in budgets_ui)}")
+
+
+def compare_cli(other: str, reruns: int) -> None:
+    """Alternated CLI reruns of the class by `other` and this `fruits` after one full run (see
+    the module's docstring): each rerun's seconds, then medians and where they went."""
+    states = {"--cli-against": other, "this": FRUITS}
+    seconds: dict[str, list[float]] = {name: [] for name in states}
+    budgets: dict[str, list[dict[str, float]]] = {name: [] for name in states}
+    with tempfile.TemporaryDirectory(prefix="reruns_cli_") as tmp:
+        images = Path(tmp) / "images"
+        shutil.copytree(DATA / "Test", images)
+        common = ["--images", str(images), "--output", str(Path(tmp) / "out"), "--weights",
+                  str(WEIGHTS)]  # fmt: skip
+        base = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        print(f"full run: {run('run', *common, env={**base, 'DAGSTER_HOME': f'{tmp}/home'}):.1f} s")
+        for round_ in range(reruns):
+            order = list(enumerate(states.items()))
+            for index, (name, fruits) in order if round_ % 2 == 0 else order[::-1]:
+                home = Path(tmp) / f"home_{index}"
+                add_photos(images, 2)
+                since = time.time()
+                seconds[name].append(
+                    run(
+                        "run",
+                        *common,
+                        "--classes",
+                        CLASS,
+                        env={**base, "DAGSTER_HOME": str(home)},
+                        fruits=fruits,
+                    )  # fmt: skip
+                )
+                budgets[name].append(step_budget(home, since, seconds[name][-1]))
+                print(f"round {round_ + 1}, {name}: {seconds[name][-1]:.1f} s", flush=True)
+    print("\n| part (medians) | " + " | ".join(states) + " |")
+    print("| --- |" + " ---: |" * len(states))
+    print("| run | " + " | ".join(f"{statistics.median(seconds[n]):.1f}" for n in states) + " |")
+    for part in ["start-up", *ALL_ASSETS, "end"]:
+        cells = [f"{statistics.median(b.get(part, 0.0) for b in budgets[n]):.1f}" for n in states]
+        print(f"| {part} | " + " | ".join(cells) + " |")
 
 
 def compare_ui(other: str, sessions: int, runs: int) -> None:
