@@ -22,7 +22,7 @@ start-up, each asset's step and the end, from its Dagster events.
 `--cli-against OTHER --reruns N` compares CLI reruns alone: after one full run, N rounds of a
 rerun of the class by OTHER and by this `fruits` (`fruits run --classes`, two new photos before
 each, the order alternating by round), on the same copy of the images and output (each with
-its own Dagster home).
+its own Dagster home, new at its first rerun).
 
 `--ui-against OTHER --sessions N` compares the UI alone: after one full run, N UI sessions of
 OTHER and N of this `fruits`, alternated, on the same copy of the images and output (each state
@@ -381,7 +381,8 @@ def compare_cli(other: str, reruns: int) -> None:
     print("| --- |" + " ---: |" * len(states))
     print("| run | " + " | ".join(f"{statistics.median(seconds[n]):.1f}" for n in states) + " |")
     for part in ["start-up", *ALL_ASSETS, "end"]:
-        cells = [f"{statistics.median(b.get(part, 0.0) for b in budgets[n]):.1f}" for n in states]
+        found = [[b[part] for b in budgets[n] if part in b] for n in states]
+        cells = [f"{statistics.median(f):.1f}" if f else "—" for f in found]
         print(f"| {part} | " + " | ".join(cells) + " |")
 
 

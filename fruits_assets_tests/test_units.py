@@ -517,6 +517,9 @@ def test_python_workers_read_a_tables_files_only_where_they_hold_exactly_its_row
     assert rows_of(by_workers) == rows_of(
         stored.where("label IN ('Kiwi 1', 'Fig=3')").select("features", "path")
     )
+    wrong = T.StructType([T.StructField("path", T.FloatType())])
+    with pytest.raises(Exception, match=r"label=Kiwi.{1,3}1/.*do not read as"):
+        datasets.frame(table, wrong, ["Kiwi 1"]).collect()
 
     # A table not partitioned by class: all its files, the class from its rows.
     flat = layout.PCA_FEATURES_PARQUET

@@ -103,7 +103,9 @@ def fruit_classifier(
     pca_rows = datasets.frame(layout.PCA_FEATURES_PARQUET, PCA_FEATURES_SCHEMA)
     # The split, the class index, the fit and the scoring all read these rows: joined once,
     # kept on local disk (not in the JVM's heap, whatever the number of images).
-    joined = pca_rows.join(histograms, "path").persist(StorageLevel.DISK_ONLY)
+    # A shuffle join, whatever the sizes: the workers' rows come without Spark's size estimates,
+    # and neither side is one to broadcast from the driver at scale.
+    joined = pca_rows.join(histograms.hint("merge"), "path").persist(StorageLevel.DISK_ONLY)
     data, split_source = splits.with_split(joined, current.folders_split)
     known = datasets.recall(layout.PCA_FEATURES_PARQUET, CLASSES_FACT)
     if known and set(known) <= set(current.classes) - set(current.without_features):
@@ -130,7 +132,7 @@ def fruit_classifier(
 
     started = time.perf_counter()
     pca = PcaModel.load(datasets)
-    projected_k = _projected_k(datasets, pca_rows)
+    projected_k = _projected_k(datasets, joined)
     if projected_k != pca.k:
         raise dg.Failure(
             description=f"pca_features_parquet holds projections on {projected_k} components "
@@ -322,7 +324,7 @@ def _carried_over(
 
 def _projected_k(datasets: Datasets, pca_rows: DataFrame) -> int:
     """The width of pca_features_parquet's vectors: as its step in this run published them,
-    else read from one row."""
+    else read from one row of `pca_rows` (its rows, joined or not)."""
     kept = datasets.recall(layout.PCA_FEATURES_PARQUET, SIZE_FACT)
     if kept is not None and kept[1]:
         return kept[0]

@@ -144,14 +144,16 @@ class Datasets:
     def frame(
         self, dataset: str, schema: StructType, labels: Iterable[str] | None = None
     ) -> DataFrame:
-        """The `schema` columns of the published rows (of these classes only, if given) for a
-        step that needs them in Spark (a join, Spark ML): read from the table's files by the
-        Python workers where Delta's log says which files hold them (`data_files`), else
-        through Spark's Delta reader (`read`)."""
+        """The `schema` columns of the published rows (of these classes only, if given), as
+        `schema`'s types, for a step that needs them in Spark (a join, Spark ML): read from the
+        table's files by the Python workers where Delta's log says which files hold them
+        (`data_files`: a table split into class folders only for given classes), else through
+        Spark's Delta reader (`read`)."""
         wanted = None if labels is None else set(labels)
         files = self.data_files(dataset, wanted)
         if files is None:
-            return self.read(dataset, wanted).select(*schema.names)
+            rows = self.read(dataset, wanted)
+            return rows.select(*(F.col(f.name).cast(f.dataType) for f in schema.fields))
         return table_files.frame(self.spark, files, schema)
 
     def columns(self, dataset: str) -> list[str]:

@@ -4,8 +4,9 @@ A pass over the feature vectors through Spark's reader decodes every value into 
 copies it into Arrow for the Python workers: on 2 cores, 1.7 s for the 8,460-image sample's
 1280-d vectors, against 0.4 s for the workers reading the same files
 (`benchmarks/array_columns.py`). The steps that only hand rows to Python (the featurizer's
-photos, the PCA's moments, its projections, the CSV's lines) read them this way; Delta's log
-says which files are live (`Datasets.data_files`) and Spark runs the tasks. Nor does Spark plan
+photos, the PCA's moments, its projections, the CSV's lines) read them this way, and so does the
+classifier, whose rows Spark then joins and fits on (`frame`); Delta's log says which files are
+live (`Datasets.data_files`) and Spark runs the tasks. Nor does Spark plan
 the read: a table written by the `deltalake` package is new to Spark's Delta, whose first look
 at it (its snapshot, its files listed) takes a few Spark jobs.
 """
@@ -84,10 +85,26 @@ def frame(spark: SparkSession, files: Sequence[DataFile], schema: T.StructType) 
     arrow = to_arrow_schema(schema)
 
     def read(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in read_batches(batches, columns):
-            yield batch.cast(arrow)
+        for batch in batches:
+            for uri, label in zip(
+                batch.column(FILE_COLUMN).to_pylist(),
+                batch.column(LABEL_COLUMN).to_pylist(),
+                strict=True,
+            ):
+                for piece in _file_batches(DataFile(uri, label), columns):
+                    try:
+                        yield piece.cast(arrow)
+                    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
+                        raise ValueError(
+                            f"{uri}: its columns ({_types(piece.schema)}) do not read as "
+                            f"{_types(arrow)} ({e}): rematerialize the asset that wrote it"
+                        ) from e
 
     return file_rows(spark, files).mapInArrow(read, schema)
+
+
+def _types(schema: pa.Schema) -> str:
+    return ", ".join(f"{f.name} {f.type}" for f in schema)
 
 
 def _file_batches(file: DataFile, columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
