@@ -44,6 +44,8 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -346,44 +348,59 @@ def main() -> None:
         print(f"\nUI runs (next) that logged {line!r}: {sum(line in b for b in budgets_ui)}")
 
 
-def compare_cli(other: str, reruns: int) -> None:
-    """Alternated CLI reruns of the class by `other` and this `fruits` after one full run (see
-    the module's docstring): each rerun's seconds, then medians and where they went."""
-    states = {"--cli-against": other, "this": FRUITS}
-    seconds: dict[str, list[float]] = {name: [] for name in states}
-    budgets: dict[str, list[dict[str, float]]] = {name: [] for name in states}
-    with tempfile.TemporaryDirectory(prefix="reruns_cli_") as tmp:
+@contextmanager
+def _after_full_run(prefix: str) -> Iterator[tuple[str, Path, list[str], dict[str, str]]]:
+    """A copy of the Test split in a new folder, after one full run of this `fruits` into its
+    output: (the folder, the images, the run's common arguments, the environment)."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         images = Path(tmp) / "images"
         shutil.copytree(DATA / "Test", images)
         common = ["--images", str(images), "--output", str(Path(tmp) / "out"), "--weights",
                   str(WEIGHTS)]  # fmt: skip
         base = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
         print(f"full run: {run('run', *common, env={**base, 'DAGSTER_HOME': f'{tmp}/home'}):.1f} s")
+        yield tmp, images, common, base
+
+
+def _print_medians(
+    title: str,
+    states: list[str],
+    seconds: dict[str, list[float]],
+    budgets: dict[str, list[dict[str, float]]],
+    parts: list[str],
+) -> None:
+    """Each state's median run and, per part, the median of the runs that have it."""
+    print(f"\n| {title} | " + " | ".join(states) + " |")
+    print("| --- |" + " ---: |" * len(states))
+    print("| run | " + " | ".join(f"{statistics.median(seconds[n]):.1f}" for n in states) + " |")
+    for part in parts:
+        found = [[b[part] for b in budgets[n] if part in b] for n in states]
+        cells = [f"{statistics.median(f):.1f}" if f else "—" for f in found]
+        print(f"| {part} | " + " | ".join(cells) + " |")
+
+
+def compare_cli(other: str, reruns: int) -> None:
+    """Alternated CLI reruns of the class by `other` and this `fruits` after one full run (see
+    the module's docstring): each rerun's seconds, then medians and where they went."""
+    states = {"--cli-against": other, "this": FRUITS}
+    seconds: dict[str, list[float]] = {name: [] for name in states}
+    budgets: dict[str, list[dict[str, float]]] = {name: [] for name in states}
+    with _after_full_run("reruns_cli_") as (tmp, images, common, base):
         for round_ in range(reruns):
             order = list(enumerate(states.items()))
             for index, (name, fruits) in order if round_ % 2 == 0 else order[::-1]:
                 home = Path(tmp) / f"home_{index}"
                 add_photos(images, 2)
                 since = time.time()
+                env = {**base, "DAGSTER_HOME": str(home)}
                 seconds[name].append(
-                    run(
-                        "run",
-                        *common,
-                        "--classes",
-                        CLASS,
-                        env={**base, "DAGSTER_HOME": str(home)},
-                        fruits=fruits,
-                    )  # fmt: skip
+                    run("run", *common, "--classes", CLASS, env=env, fruits=fruits)
                 )
                 budgets[name].append(step_budget(home, since, seconds[name][-1]))
                 print(f"round {round_ + 1}, {name}: {seconds[name][-1]:.1f} s", flush=True)
-    print("\n| part (medians) | " + " | ".join(states) + " |")
-    print("| --- |" + " ---: |" * len(states))
-    print("| run | " + " | ".join(f"{statistics.median(seconds[n]):.1f}" for n in states) + " |")
-    for part in ["start-up", *ALL_ASSETS, "end"]:
-        found = [[b[part] for b in budgets[n] if part in b] for n in states]
-        cells = [f"{statistics.median(f):.1f}" if f else "—" for f in found]
-        print(f"| {part} | " + " | ".join(cells) + " |")
+    _print_medians(
+        "part (medians)", list(states), seconds, budgets, ["start-up", *ALL_ASSETS, "end"]
+    )
 
 
 def compare_ui(other: str, sessions: int, runs: int) -> None:
@@ -393,13 +410,7 @@ def compare_ui(other: str, sessions: int, runs: int) -> None:
     states = {"--ui-against": other, "this": FRUITS}
     seconds: dict[str, list[float]] = {name: [] for name in states}
     budgets: dict[str, list[dict[str, float]]] = {name: [] for name in states}
-    with tempfile.TemporaryDirectory(prefix="reruns_ui_") as tmp:
-        images = Path(tmp) / "images"
-        shutil.copytree(DATA / "Test", images)
-        common = ["--images", str(images), "--output", str(Path(tmp) / "out"), "--weights",
-                  str(WEIGHTS)]  # fmt: skip
-        base = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-        print(f"full run: {run('run', *common, env={**base, 'DAGSTER_HOME': f'{tmp}/home'}):.1f} s")
+    with _after_full_run("reruns_ui_") as (tmp, images, common, base):
         for session in range(sessions):
             for index, (name, fruits) in enumerate(states.items()):
                 env = {**base, "DAGSTER_HOME": f"{tmp}/home_{index}"}
@@ -408,13 +419,9 @@ def compare_ui(other: str, sessions: int, runs: int) -> None:
                       + " s", flush=True)  # fmt: skip
                 seconds[name] += times[1:]
                 budgets[name] += spent[1:]
-    print("\n| part (runs after a session's first, medians) | " + " | ".join(states) + " |")
-    print("| --- |" + " ---: |" * len(states))
-    print("| run | " + " | ".join(f"{statistics.median(seconds[n]):.1f}" for n in states) + " |")
-    for part in ["start-up", "queued", *ALL_ASSETS, "end"]:
-        cells = [f"{statistics.median(b[part] for b in budgets[n] if part in b):.1f}"
-                 for n in states]  # fmt: skip
-        print(f"| {part} | " + " | ".join(cells) + " |")
+    parts = ["start-up", "queued", *ALL_ASSETS, "end"]
+    title = "part (runs after a session's first, medians)"
+    _print_medians(title, list(states), seconds, budgets, parts)
     lines = sorted({part for n in states for b in budgets[n] for part in b if "Spark: " in part})
     for line in lines:  # how many of the compared runs logged it
         cells = [str(sum(int(b.get(line, 0)) for b in budgets[n])) for n in states]
