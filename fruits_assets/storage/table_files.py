@@ -66,13 +66,19 @@ def read_batches(
 ) -> Iterator[pa.RecordBatch]:
     """The `columns` of the rows of the files named by `files` (batches of `file_rows`), in
     that order; the class column, where the files lack it, from the file's row."""
-    for batch in files:
+    for file in _files_of(files):
+        yield from _file_batches(file, columns)
+
+
+def _files_of(batches: Iterator[pa.RecordBatch]) -> Iterator[DataFile]:
+    """The data files named by batches of `file_rows`."""
+    for batch in batches:
         for uri, label in zip(
             batch.column(FILE_COLUMN).to_pylist(),
             batch.column(LABEL_COLUMN).to_pylist(),
             strict=True,
         ):
-            yield from _file_batches(DataFile(uri, label), columns)
+            yield DataFile(uri, label)
 
 
 def frame(spark: SparkSession, files: Sequence[DataFile], schema: T.StructType) -> DataFrame:
@@ -85,20 +91,15 @@ def frame(spark: SparkSession, files: Sequence[DataFile], schema: T.StructType) 
     arrow = to_arrow_schema(schema)
 
     def read(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            for uri, label in zip(
-                batch.column(FILE_COLUMN).to_pylist(),
-                batch.column(LABEL_COLUMN).to_pylist(),
-                strict=True,
-            ):
-                for piece in _file_batches(DataFile(uri, label), columns):
-                    try:
-                        yield piece.cast(arrow)
-                    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
-                        raise ValueError(
-                            f"{uri}: its columns ({_types(piece.schema)}) do not read as "
-                            f"{_types(arrow)} ({e}): rematerialize the asset that wrote it"
-                        ) from e
+        for file in _files_of(batches):
+            for piece in _file_batches(file, columns):
+                try:
+                    yield piece.cast(arrow)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
+                    raise ValueError(
+                        f"{file.uri}: its columns ({_types(piece.schema)}) do not read as "
+                        f"{_types(arrow)} ({e}): rematerialize the asset that wrote it"
+                    ) from e
 
     return file_rows(spark, files).mapInArrow(read, schema)
 
