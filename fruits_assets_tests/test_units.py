@@ -368,6 +368,40 @@ def test_spark_regression_starts_from_given_coefficients():
     assert history[-1] <= history[0]
 
 
+def test_cross_validation_folds_follow_the_photos_not_the_rows_order():
+    """The same photos delivered in another order and other partitions fall in the same folds,
+    so the cross-validation scores each L2 strength alike (a random fold per row would not)."""
+    from pyspark.ml.linalg import Vectors
+    from pyspark.ml.tuning import ParamGridBuilder
+    from pyspark.sql import functions as F
+
+    spark = local_spark()
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(3, 4))
+    rows = [
+        (f"/in/Training/c{c}/{i}_100.jpg", float(c), Vectors.dense(centres[c] + rng.normal(size=4)))
+        for i, c in enumerate(rng.integers(0, 3, 240))
+    ]
+    folded = training.fold_of(F.col("path"), 3).alias(training.FOLD)
+    one = spark.createDataFrame(rows, ["path", "y", "z"]).coalesce(1).select("*", folded)
+    other = spark.createDataFrame(rows[::-1], ["path", "y", "z"]).repartition(3)
+    other = other.select("*", folded)
+
+    folds = dict(one.select("path", training.FOLD).collect())
+    assert folds == dict(other.select("path", training.FOLD).collect())
+    assert sorted(Counter(folds.values())) == [0, 1, 2]
+    assert min(Counter(folds.values()).values()) > 240 / 3 / 2  # folds of comparable sizes
+
+    regression = training.softmax_regression(20)
+    grid = ParamGridBuilder().addGrid(regression.regParam, [1e-3, 1.0]).build()
+    scores = [
+        training.cross_validator(regression, grid, 3).fit(data.cache()).avgMetrics
+        for data in (one, other)
+    ]
+    assert scores[0] == pytest.approx(scores[1], abs=1e-12)
+    assert scores[0][0] != scores[0][1]  # the two strengths told apart
+
+
 def test_class_order_is_string_indexers_whatever_the_characters():
     """The classes of a run's pca_features_parquet are indexed without a Spark job, in the
     order StringIndexer would give them (the published classifier's labels compare equal)."""

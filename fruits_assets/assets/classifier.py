@@ -73,10 +73,9 @@ def fruit_classifier(
     # Spark ML's Python side loads here, and meanwhile in the run's background warm-up
     # (`spark.warm_up`), rather than with the code location: every run would wait for it.
     from pyspark.ml import PipelineModel
-    from pyspark.ml.evaluation import MulticlassClassificationEvaluator
     from pyspark.ml.feature import StringIndexer, StringIndexerModel
     from pyspark.ml.functions import array_to_vector, vector_to_array
-    from pyspark.ml.tuning import CrossValidator, ParamGridBuilder
+    from pyspark.ml.tuning import ParamGridBuilder
 
     from fruits_assets.ml import training
 
@@ -121,7 +120,9 @@ def fruit_classifier(
         .withColumn("x", array_to_vector("pca_features"))
         .withColumn("h", array_to_vector("color_histogram"))
     )
-    train = data.where(F.col("split") == splits.TRAIN).select("y", "x", "h")
+    train = data.where(F.col("split") == splits.TRAIN).select(
+        "y", "x", "h", training.fold_of(F.col("path"), settings.cv_folds).alias(training.FOLD)
+    )
     if spark.sparkContext.master.startswith("local"):
         # One partition per core: each optimizer iteration is a Spark job whose tasks each
         # return a full gradient, so more partitions than cores only add tasks and gradients
@@ -140,7 +141,9 @@ def fruit_classifier(
             "pca_model), then the classifier"
         )
     preparation = training.input_stages(train, settings.variance_shrinkage, pca.k)
-    prepared = PipelineModel(stages=preparation).transform(train).select("y", "z").cache()
+    prepared = (
+        PipelineModel(stages=preparation).transform(train).select("y", "z", training.FOLD).cache()
+    )
     scaling = training.input_scaling(preparation, pca.k)
     regression = training.softmax_regression(settings.max_iter)
     previous = _published(storage.output)
@@ -177,13 +180,7 @@ def fruit_classifier(
         context.log.info(
             f"cross-validating {len(grid)} L2 strengths ({settings.cv_folds} folds) on Training"
         )
-        search = CrossValidator(
-            estimator=regression,
-            estimatorParamMaps=grid,
-            evaluator=MulticlassClassificationEvaluator(labelCol="y", metricName="accuracy"),
-            numFolds=settings.cv_folds,
-            seed=0,
-        ).fit(prepared)
+        search = training.cross_validator(regression, grid, settings.cv_folds).fit(prepared)
         fitted = search.bestModel
         reg_param = grid[int(np.argmax(search.avgMetrics))][regression.regParam]
         cv_accuracy = {

@@ -8,9 +8,12 @@ import numpy as np
 from pyspark.ml import PipelineModel
 from pyspark.ml.classification import LogisticRegression
 from pyspark.ml.common import _py2java
+from pyspark.ml.evaluation import MulticlassClassificationEvaluator
 from pyspark.ml.feature import ElementwiseProduct, StandardScaler, VectorAssembler, VectorSizeHint
 from pyspark.ml.linalg import DenseMatrix, DenseVector, Vectors
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.ml.tuning import CrossValidator
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from fruits_assets.ml import color
 from fruits_assets.ml.serving import Predictor
@@ -48,6 +51,30 @@ def class_order(labels: Iterable[str]) -> list[str]:
     """The classes in the order of StringIndexer's `alphabetAsc` (Java's string order: by UTF-16
     code units, which differs from Python's for characters beyond the BMP)."""
     return sorted(labels, key=lambda label: label.encode("utf-16-be"))
+
+
+# The column of each training photo's cross-validation fold (`fold_of`).
+FOLD = "fold"
+
+
+def fold_of(path: Column, folds: int) -> Column:
+    """The cross-validation fold of each photo, from a hash of its path: the same photos fall in
+    the same folds whatever the order or the partitions their rows come in (Spark's default, a
+    random number per row, follows the plan that delivered the rows), so a fit on the same
+    photos chooses the same L2 strength."""
+    return F.pmod(F.xxhash64(path), F.lit(folds)).cast("int")
+
+
+def cross_validator(regression: LogisticRegression, grid: list, folds: int) -> CrossValidator:
+    """Cross-validation of `regression` over the param maps `grid` by top-1 accuracy, on the
+    folds of the rows' `FOLD` column (`fold_of`)."""
+    return CrossValidator(
+        estimator=regression,
+        estimatorParamMaps=grid,
+        evaluator=MulticlassClassificationEvaluator(labelCol="y", metricName="accuracy"),
+        numFolds=folds,
+        foldCol=FOLD,
+    )
 
 
 def softmax_regression(max_iter: int) -> LogisticRegression:
