@@ -163,7 +163,9 @@ def _is_asset_event(entry: dg.EventLogEntry) -> bool:
 class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
     """Dagster's SQLite event log, storing each batch of asset events Dagster hands it in one
     transaction per database: the run's own log, then its mirror in the event index. The rows
-    are those `SqliteEventLogStorage.store_event` writes for each event, in the same order.
+    are those `SqliteEventLogStorage.store_event` writes for each event, in the same order; each
+    asset's summary row in the index is written once per batch, as the batch's events would
+    leave it, rather than once per event.
 
     Dagster batches events only while $DAGSTER_EVENT_BATCH_SIZE is set, and reads it at each
     event: the storage sets it (unless set already) in every process that loads it, a run's or
@@ -267,7 +269,16 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
         if None in ids:
             raise dg.DagsterInvariantViolationError("an asset event was stored without an id")
         self._store_asset_event_tags(conn, entries, ids)
+        # The index keeps one row per asset, each column from the newest event that sets it,
+        # and an event's kind decides which columns it sets: the newest event of each asset and
+        # kind, in their order, leave the row as every event would, for one write (and one
+        # serialization of a materialization) per asset and kind instead of one per class.
+        newest: dict[tuple[Any, Any], tuple[dg.EventLogEntry, int]] = {}
         for entry, event_id in zip(entries, ids, strict=True):
+            kind = (entry.get_dagster_event().asset_key, entry.dagster_event_type)
+            newest.pop(kind, None)  # re-inserted last: the order of the newest events
+            newest[kind] = (entry, event_id)
+        for entry, event_id in newest.values():
             self._store_asset_event(conn, entry, event_id)
 
 

@@ -251,6 +251,14 @@ def _stored(home: Path) -> dict[str, object]:
         # Each asset's latest materialization is the newest in the index; every tag is its
         # own asset event's.
         "latest_is_newest": latest == newest and len(latest) == 2,
+        # Each asset's row in the index holds the time of its newest event of the kinds that
+        # set it (materializations and planned ones here).
+        "asset_rows_of_newest_events": rows(
+            index,
+            "SELECT COUNT(*), SUM(a.last_materialization_timestamp = (SELECT MAX(e.timestamp) "
+            "FROM event_logs e WHERE e.asset_key = a.asset_key AND e.dagster_event_type IN "
+            "('ASSET_MATERIALIZATION', 'ASSET_MATERIALIZATION_PLANNED'))) FROM asset_keys a",
+        ),
         "tags_of_other_events": rows(
             index,
             "SELECT COUNT(*) FROM asset_event_tags t LEFT JOIN event_logs e ON t.event_id = e.id "
@@ -281,6 +289,7 @@ def test_the_batched_event_log_stores_what_dagsters_own_stores(tmp_path: Path) -
     middle of a batch: what was stored is not stored again, the rest is."""
     plain, plain_connections = _run(tmp_path, "plain", batched=False)
     assert plain["latest_is_newest"] and plain["tags_of_other_events"] == [(0,)]
+    assert plain["asset_rows_of_newest_events"] == [(2, 2)]
     # Each class's two planned events and two materializations.
     assert sum(len(partitions) for _, partitions in plain["run_log"]) > 4 * len(CLASSES)
     batched, connections = _run(tmp_path, "batched", batched=True)
