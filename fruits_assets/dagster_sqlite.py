@@ -164,8 +164,8 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
     """Dagster's SQLite event log, storing each batch of asset events Dagster hands it in one
     transaction per database: the run's own log, then its mirror in the event index. The rows
     are those `SqliteEventLogStorage.store_event` writes for each event, in the same order; each
-    asset's summary row in the index is written once per batch, as the batch's events would
-    leave it, rather than once per event.
+    asset's summary row in the index is written once per kind of event in a batch, its columns as
+    the batch's events would leave them, rather than once per event.
 
     Dagster batches events only while $DAGSTER_EVENT_BATCH_SIZE is set, and reads it at each
     event: the storage sets it (unless set already) in every process that loads it, a run's or
@@ -264,15 +264,16 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
                         self.store_event(entry)
 
     def _index(self, conn: Any, entries: list[dg.EventLogEntry]) -> None:
-        """The event index's rows for asset events of one run, as `store_event` writes them."""
+        """The event index's rows for asset events of one run, as `store_event` writes them;
+        each asset's summary row once per asset and kind of event (below)."""
         ids = [conn.execute(self.prepare_insert_event(e)).inserted_primary_key[0] for e in entries]
         if None in ids:
             raise dg.DagsterInvariantViolationError("an asset event was stored without an id")
         self._store_asset_event_tags(conn, entries, ids)
         # The index keeps one row per asset, each column from the newest event that sets it,
         # and an event's kind decides which columns it sets: the newest event of each asset and
-        # kind, in their order, leave the row as every event would, for one write (and one
-        # serialization of a materialization) per asset and kind instead of one per class.
+        # kind, in their order, leave its columns as every event would, for one write (and one
+        # serialization of a materialization) per asset and kind instead of one per event.
         newest: dict[tuple[Any, Any], tuple[dg.EventLogEntry, int]] = {}
         for entry, event_id in zip(entries, ids, strict=True):
             kind = (entry.get_dagster_event().asset_key, entry.dagster_event_type)

@@ -301,6 +301,57 @@ def test_the_batched_event_log_stores_what_dagsters_own_stores(tmp_path: Path) -
     assert recovered == plain
 
 
+def test_a_batch_of_several_kinds_leaves_each_assets_row_as_event_by_event(
+    tmp_path: Path,
+) -> None:
+    """Planned events and materializations of two assets interleaved in one batch: each
+    asset's row in the index (its latest materialization, run and event time) ends as Dagster's
+    own storage leaves it, storing the same events one at a time."""
+    from dagster._core.events import (
+        AssetMaterializationPlannedData,
+        DagsterEvent,
+        DagsterEventType,
+        StepMaterializationData,
+    )
+    from dagster._core.storage.event_log import SqliteEventLogStorage
+
+    def entry(kind: str, asset: str, partition: str, second: int) -> dg.EventLogEntry:
+        if kind == "planned":
+            kind_value = DagsterEventType.ASSET_MATERIALIZATION_PLANNED.value
+            data = AssetMaterializationPlannedData(dg.AssetKey(asset), partition=partition)
+        else:
+            kind_value = DagsterEventType.ASSET_MATERIALIZATION.value
+            data = StepMaterializationData(dg.AssetMaterialization(asset, partition=partition))
+        event = DagsterEvent(kind_value, "job", event_specific_data=data, step_key=asset)
+        return dg.EventLogEntry(
+            None, "DEBUG", "", "run-1", 1_700_000_000.0 + second, asset, "job", event
+        )
+
+    events = [
+        entry("planned", "a", "p1", 1),
+        entry("materialized", "a", "p1", 2),
+        entry("planned", "b", "p1", 3),
+        entry("planned", "a", "p2", 4),
+        entry("materialized", "b", "p1", 5),
+        entry("materialized", "a", "p2", 6),
+        entry("planned", "a", "p3", 7),
+    ]
+    plain = SqliteEventLogStorage(str(tmp_path / "plain"))
+    for one in events:
+        plain.store_event(one)
+    BatchedSqliteEventLogStorage(str(tmp_path / "batched")).store_event_batch(events)
+
+    def asset_rows(folder: str) -> list[tuple]:
+        with contextlib.closing(sqlite3.connect(tmp_path / folder / "index.db")) as connection:
+            return connection.execute(
+                "SELECT asset_key, last_materialization, last_run_id, "
+                "last_materialization_timestamp FROM asset_keys ORDER BY asset_key"
+            ).fetchall()
+
+    assert len(asset_rows("plain")) == 2
+    assert asset_rows("batched") == asset_rows("plain")
+
+
 def test_the_batched_event_log_remembers_only_the_tables_it_found(tmp_path: Path) -> None:
     """A table found in the event index is not looked up again; an absent one is, until it
     appears (as a migration would add it)."""

@@ -369,8 +369,9 @@ def test_spark_regression_starts_from_given_coefficients():
 
 
 def test_cross_validation_folds_follow_the_photos_not_the_rows_order():
-    """The same photos delivered in another order and other partitions fall in the same folds,
-    so the cross-validation scores each L2 strength alike (a random fold per row would not)."""
+    """The same photos delivered in another order and other partitions, or under another input
+    root, fall in the same folds, so the cross-validation scores each L2 strength alike (a
+    random fold per row would not)."""
     from pyspark.ml.linalg import Vectors
     from pyspark.ml.tuning import ParamGridBuilder
     from pyspark.sql import functions as F
@@ -389,15 +390,20 @@ def test_cross_validation_folds_follow_the_photos_not_the_rows_order():
 
     folds = dict(one.select("path", training.FOLD).collect())
     assert folds == dict(other.select("path", training.FOLD).collect())
+    moved = spark.createDataFrame([(f"s3a://bucket/copy{p[3:]}",) for p in folds], ["path"])
+    moved_folds = dict(moved.select("path", folded).collect())
+    assert {p[3:]: f for p, f in folds.items()} == {
+        p.removeprefix("s3a://bucket/copy"): f for p, f in moved_folds.items()
+    }  # the same photos under another input root
     assert sorted(Counter(folds.values())) == [0, 1, 2]
     assert min(Counter(folds.values()).values()) > 240 / 3 / 2  # folds of comparable sizes
 
     regression = training.softmax_regression(20)
     grid = ParamGridBuilder().addGrid(regression.regParam, [1e-3, 1.0]).build()
-    scores = [
-        training.cross_validator(regression, grid, 3).fit(data.cache()).avgMetrics
-        for data in (one, other)
-    ]
+    scores = []
+    for data in (one, other):
+        scores.append(training.cross_validator(regression, grid, 3).fit(data.cache()).avgMetrics)
+        data.unpersist()
     assert scores[0] == pytest.approx(scores[1], abs=1e-12)
     assert scores[0][0] != scores[0][1]  # the two strengths told apart
 

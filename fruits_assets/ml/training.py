@@ -58,11 +58,13 @@ FOLD = "fold"
 
 
 def fold_of(path: Column, folds: int) -> Column:
-    """The cross-validation fold of each photo, from a hash of its path: the same photos fall in
-    the same folds whatever the order or the partitions their rows come in (Spark's default, a
-    random number per row, follows the plan that delivered the rows), so a fit on the same
-    photos chooses the same L2 strength."""
-    return F.pmod(F.xxhash64(path), F.lit(folds)).cast("int")
+    """The cross-validation fold of each photo, from a hash of its class folder and file name:
+    the same photos fall in the same folds whatever the order or the partitions their rows come
+    in (Spark's default, a random number per row, follows the plan that delivered the rows), and
+    wherever the input root lies (a local copy, S3)."""
+    parts = F.split(path, "/")
+    photo = F.concat_ws("/", F.element_at(parts, -2), F.element_at(parts, -1))
+    return F.pmod(F.xxhash64(photo), F.lit(folds)).cast("int")
 
 
 def cross_validator(regression: LogisticRegression, grid: list, folds: int) -> CrossValidator:
