@@ -7,8 +7,9 @@ graph shaped like the pipeline's: three per-class assets (single-run backfill ov
 `fruit_class` partitions, each class with its own metadata table, one or two checks) and three
 whole-table assets with their checks, but with bodies that do nothing. What remains is what
 Dagster does for any run of that shape: create the run (one "planned" event per asset and
-class), give each class its metadata (`add_asset_metadata`, which looks the dynamic partitions
-up in the instance each time) and store one materialization event per asset and class.
+class), give each class its metadata as the pipeline's steps do (`adding_per_class`: Dagster's
+`add_asset_metadata`, which checks each class against the instance's dynamic partitions, read
+once per step) and store one materialization event per asset and class.
 `--no-class-metadata` runs the same without per-class metadata, to separate that part.
 Runs execute as `fruits run` executes them, with Dagster's SQLite databases kept open
 (`fruits_assets.dagster_sqlite`); `--plain-sqlite` runs them without.
@@ -34,6 +35,7 @@ from end_to_end import step_spans  # noqa: E402
 from machine import describe  # noqa: E402
 
 from fruits_assets import dagster_sqlite, partitions  # noqa: E402
+from fruits_assets.assets.publishing import adding_per_class  # noqa: E402
 from fruits_assets.cli import INSTANCE_CONFIG, instance_config  # noqa: E402
 from fruits_assets.runner import ALL_CLASSES, PER_CLASS, RUN_CONFIG  # noqa: E402
 from fruits_assets.storage import layout  # noqa: E402
@@ -63,11 +65,9 @@ def one_run(classes: int, class_metadata: bool, kept_open: bool = True) -> dict[
                   check_specs=check_specs(name))  # fmt: skip
         def body(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
             if class_metadata:
-                for label in context.partition_keys:
-                    context.add_asset_metadata(
-                        {"num_images": 15, "num_rejected": 0, "rejected_images": EMPTY_TABLE},
-                        partition_key=label,
-                    )
+                values = {"num_images": 15, "num_rejected": 0, "rejected_images": EMPTY_TABLE}
+                with adding_per_class(context, dict.fromkeys(context.partition_keys, values)):
+                    pass  # the pipeline's steps publish their tables meanwhile
             return dg.MaterializeResult(metadata={"classes_in_run": 1},
                                         check_results=results(name))  # fmt: skip
 
