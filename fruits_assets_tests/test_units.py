@@ -408,6 +408,27 @@ def test_cross_validation_folds_follow_the_photos_not_the_rows_order():
     assert scores[0][0] != scores[0][1]  # the two strengths told apart
 
 
+def test_too_few_training_photos_for_the_folds_fail_naming_the_remedy():
+    """Photos too few to fill every fold stop the cross-validation with what to change, not
+    Spark's bare "at fold N is empty"."""
+    from pyspark.ml.linalg import Vectors
+    from pyspark.ml.tuning import ParamGridBuilder
+    from pyspark.sql import functions as F
+
+    spark = local_spark()
+    rows = [(f"/in/Training/c{c}/{c}_100.jpg", float(c), Vectors.dense([c, 1.0])) for c in (0, 1)]
+    data = spark.createDataFrame(rows, ["path", "y", "z"])
+    data = data.select("*", training.fold_of(F.col("path"), 5).alias(training.FOLD))
+    regression = training.softmax_regression(5)
+    grid = ParamGridBuilder().addGrid(regression.regParam, [1e-3, 1.0]).build()
+    with pytest.raises(training.EmptyFoldError) as raised:
+        training.cross_validated(regression, grid, 5, data)
+    message = str(raised.value)
+    assert message.startswith("Cross-validation needs training photos in each of its 5 folds")
+    assert "is empty" in message
+    assert "lower `cv_folds`" in message and "one L2 strength" in message
+
+
 def test_class_order_is_string_indexers_whatever_the_characters():
     """The classes of a run's pca_features_parquet are indexed without a Spark job, in the
     order StringIndexer would give them (the published classifier's labels compare equal)."""

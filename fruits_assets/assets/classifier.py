@@ -181,16 +181,9 @@ def fruit_classifier(
             f"cross-validating {len(grid)} L2 strengths ({settings.cv_folds} folds) on Training"
         )
         try:
-            search = training.cross_validator(regression, grid, settings.cv_folds).fit(prepared)
-        except ValueError as exc:
-            if "at fold" not in str(exc):
-                raise
-            # Too few training photos for the folds (each photo's fold is fixed by its name).
-            raise dg.Failure(
-                description=f"Cross-validation needs training photos in each of its "
-                f"{settings.cv_folds} folds: {exc} Add photos, lower `cv_folds`, or give one "
-                "L2 strength in `reg_params` (no cross-validation)."
-            ) from exc
+            search = training.cross_validated(regression, grid, settings.cv_folds, prepared)
+        except training.EmptyFoldError as exc:
+            raise dg.Failure(description=str(exc)) from exc
         fitted = search.bestModel
         reg_param = grid[int(np.argmax(search.avgMetrics))][regression.regParam]
         cv_accuracy = {

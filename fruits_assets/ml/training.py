@@ -11,7 +11,7 @@ from pyspark.ml.common import _py2java
 from pyspark.ml.evaluation import MulticlassClassificationEvaluator
 from pyspark.ml.feature import ElementwiseProduct, StandardScaler, VectorAssembler, VectorSizeHint
 from pyspark.ml.linalg import DenseMatrix, DenseVector, Vectors
-from pyspark.ml.tuning import CrossValidator
+from pyspark.ml.tuning import CrossValidator, CrossValidatorModel
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -77,6 +77,28 @@ def cross_validator(regression: LogisticRegression, grid: list, folds: int) -> C
         numFolds=folds,
         foldCol=FOLD,
     )
+
+
+class EmptyFoldError(ValueError):
+    """Too few training photos for the cross-validation's folds: one fold holds none."""
+
+
+def cross_validated(
+    regression: LogisticRegression, grid: list, folds: int, data: DataFrame
+) -> CrossValidatorModel:
+    """`cross_validator(regression, grid, folds)` fitted on `data`. Raises `EmptyFoldError`,
+    naming the remedies, when a fold holds no photo (each photo's fold is fixed by its name, so
+    a few photos can leave one empty): Spark would stop with a bare "at fold N is empty"."""
+    try:
+        return cross_validator(regression, grid, folds).fit(data)
+    except ValueError as exc:
+        if "at fold" not in str(exc):
+            raise
+        raise EmptyFoldError(
+            f"Cross-validation needs training photos in each of its {folds} folds: {exc} Add "
+            "photos, lower `cv_folds`, or give one L2 strength in `reg_params` (no "
+            "cross-validation)."
+        ) from exc
 
 
 def softmax_regression(max_iter: int) -> LogisticRegression:
