@@ -10,6 +10,7 @@ import time
 from importlib import metadata
 
 from fruits_assets.ml.featurizer import INT8_DOT_PRODUCT_FLAGS
+from fruits_assets.resources.cores import available_cores
 
 
 def describe() -> dict:
@@ -38,6 +39,7 @@ def describe() -> dict:
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
+        "cores_usable": available_cores(),  # what local Spark takes: affinity, cgroup quota
         "cpu_flags": flags,
         "memory_gib": round(memory_gib, 1),
         "python": platform.python_version(),

@@ -59,7 +59,11 @@ class FruitsSettings(BaseModel):
         1800.0, ge=0, description="how long a run launched by the UI waits for the output root"
     )
     # Local Spark and caches: machine-local.
-    spark_cores: int = Field(0, ge=0, **_local("local Spark cores (0: all)"))
+    spark_cores: int = Field(
+        0,
+        ge=0,
+        **_local("local Spark cores (0: the CPUs this process may use, container limits included)"),
+    )
     driver_memory: str = Field("4g", **_local("local Spark driver heap"))
     spark_ui: bool = Field(False, **_local("serve Spark's own web UI"))
     spark_master: str = Field("", **_local("a spark:// master instead of local[N]"))

@@ -1352,3 +1352,103 @@ def test_a_task_writes_large_photos_in_row_groups_of_bounded_bytes(tmp_path):
     groups = [written.metadata.row_group(i) for i in range(written.num_row_groups)]
     assert len(groups) > 1
     assert max(g.total_byte_size for g in groups) <= class_files.BUFFERED_BYTES + len(photo) * 4
+
+
+# What a process in a test's cgroup or CPU set reports: its Spark master and the JVM's count.
+_CORES_PROBE = """
+import re, subprocess
+from fruits_assets.resources.spark import local_spark_config
+from fruits_assets.settings import FruitsSettings
+java = subprocess.run(["java", "-XshowSettings:system", "-version"], capture_output=True, text=True)
+found = re.search(r"Effective CPU Count: (\\d+)", java.stdout + java.stderr)
+print(local_spark_config(FruitsSettings())["spark.master"], found and found.group(1))
+"""
+
+
+def _cpu_cgroup(quota_us: int, period_us: int = 100_000):
+    """A new cgroup whose CPU quota is `quota_us` per `period_us` (v1's cpu controller or
+    v2's cpu.max): its cgroup.procs file, or None where this machine does not let us make one."""
+    import uuid
+    from pathlib import Path
+
+    name = f"fruits_test_{uuid.uuid4().hex[:8]}"
+    v1, v2 = Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup")
+    try:
+        if (v1 / "cpu.cfs_quota_us").exists():
+            group = v1 / name
+            group.mkdir()
+            (group / "cpu.cfs_period_us").write_text(str(period_us))
+            (group / "cpu.cfs_quota_us").write_text(str(quota_us))
+        elif "cpu" in (v2 / "cgroup.controllers").read_text().split():
+            (v2 / "cgroup.subtree_control").write_text("+cpu")
+            group = v2 / name
+            group.mkdir()
+            (group / "cpu.max").write_text(f"{quota_us} {period_us}")
+        else:
+            return None
+    except OSError:
+        return None
+    return group
+
+
+def test_local_spark_takes_the_cpus_its_process_may_use():
+    """A process limited to one CPU by its cgroup's quota (a container's `--cpus 1`) or by its
+    CPU affinity gets one Spark task slot, not the machine's two; where the JVM reports its
+    container's CPU count (`-XshowSettings:system`), it counts the same."""
+
+    def assert_cores(run: subprocess.CompletedProcess, expected: int) -> None:
+        master, jvm = run.stdout.split()
+        assert master == f"local[{expected}]"
+        assert jvm in (str(expected), "None")
+
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("needs a machine with at least 2 CPUs")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    probe = [sys.executable, "-c", _CORES_PROBE]
+    everything = subprocess.run(probe, env=env, capture_output=True, text=True, check=True)
+    cores = len(os.sched_getaffinity(0))
+    assert_cores(everything, cores)
+
+    pinned = subprocess.run(
+        probe, env=env, capture_output=True, text=True, check=True,
+        preexec_fn=lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}),
+    )  # fmt: skip
+    assert_cores(pinned, 1)
+
+    group = _cpu_cgroup(quota_us=80_000)  # 0.8 of a CPU: rounded up to one
+    if group is None:
+        pytest.skip("cannot create a cgroup with a CPU quota here (needs root and cgroupfs)")
+    try:
+        limited = subprocess.run(
+            probe, env=env, capture_output=True, text=True, check=True,
+            preexec_fn=lambda: (group / "cgroup.procs").write_text(str(os.getpid())),
+        )  # fmt: skip
+    finally:
+        group.rmdir()
+    assert_cores(limited, 1)
+    assert limited.stdout.split()[1] == "1"  # the JVM reads the same cgroup
+
+
+def test_a_containers_cpu_limit_is_read_from_its_cgroup_and_the_parents(tmp_path):
+    """cgroup v2 as a container or a Kubernetes pod sees it: the smallest quota along the
+    process's cgroup and its parents counts; "max" is no limit."""
+    from fruits_assets.resources.cores import available_cores, cgroup_cpu_limit
+
+    proc, mount = tmp_path / "proc", tmp_path / "sys fs cgroup"
+    (proc / "self").mkdir(parents=True)
+    (proc / "self" / "mountinfo").write_text(
+        "24 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw\n"
+        f"35 24 0:30 /kubepods {str(mount).replace(' ', chr(92) + '040')} rw,nosuid - "
+        "cgroup2 cgroup2 rw,nsdelegate\n"
+    )
+    (proc / "self" / "cgroup").write_text("0::/kubepods/pod1/app\n")
+    (mount / "pod1" / "app").mkdir(parents=True)
+    (mount / "cpu.max").write_text("max 100000\n")
+    (mount / "pod1" / "app" / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cpu_limit(str(proc)) is None
+    (mount / "pod1" / "cpu.max").write_text("150000 100000\n")
+    assert cgroup_cpu_limit(str(proc)) == 1.5
+    assert available_cores(str(proc)) == min(2, len(os.sched_getaffinity(0)))
+    (mount / "pod1" / "app" / "cpu.max").write_text("50000 100000\n")
+    assert cgroup_cpu_limit(str(proc)) == 0.5
+    assert available_cores(str(proc)) == 1

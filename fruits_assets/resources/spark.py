@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from fruits_assets.resources.cores import available_cores
 from fruits_assets.settings import FruitsSettings
 
 # Settings every environment needs. Every output table is a Delta table: one atomic commit per
@@ -179,7 +180,7 @@ def local_spark_config(
     # Spark's Python workers must be this interpreter, with this package and its pins.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # local Spark listens on loopback only
-    cores = settings.spark_cores or os.cpu_count() or 1
+    cores = settings.spark_cores or available_cores()  # a container's CPU limit included
     config = {
         **COMMON_SPARK_CONFIG,
         # A standalone cluster's URL works too, when its workers share this machine's paths.
