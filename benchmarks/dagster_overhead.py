@@ -9,7 +9,8 @@ whole-table assets with their checks, but with bodies that do nothing. What rema
 Dagster does for any run of that shape: create the run (one "planned" event per asset and
 class), give each class its metadata as the pipeline's steps do (`adding_per_class`: Dagster's
 `add_asset_metadata`, which checks each class against the instance's dynamic partitions, read
-once per step) and store one materialization event per asset and class.
+once per step by the event log `fruits` sets up, once per class with `--unbatched`) and store one
+materialization event per asset and class.
 `--no-class-metadata` runs the same without per-class metadata, to separate that part.
 Runs execute as `fruits run` executes them, with Dagster's SQLite databases kept open
 (`fruits_assets.dagster_sqlite`); `--plain-sqlite` runs them without.

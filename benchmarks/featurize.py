@@ -83,7 +83,9 @@ def run_project(images: str, weights: str, workdir: str, precision: str = "float
 def run_seed(images: str, weights: str, workdir: str) -> int:
     import seed_style
 
-    spark = seed_style.seed_session(os.cpu_count() or 1)
+    from fruits_assets.resources.cores import available_cores
+
+    spark = seed_style.seed_session(available_cores())
     global STARTED
     STARTED = time.perf_counter()
     features = seed_style.featurize(spark, images, weights)

@@ -103,5 +103,7 @@ def pca_and_write(features_df, k: int, output: str) -> None:
 if __name__ == "__main__":
     # python benchmarks/seed_style.py IMAGES WEIGHTS K OUTPUT: the notebook's whole script.
     images_root, weights_path, k, output = sys.argv[1:5]
-    session = seed_session(os.cpu_count() or 1)
+    from fruits_assets.resources.cores import available_cores  # local[N] as `fruits` sizes it
+
+    session = seed_session(available_cores())
     pca_and_write(featurize(session, images_root, weights_path), int(k), output)

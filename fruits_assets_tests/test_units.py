@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -1354,9 +1355,16 @@ def test_a_task_writes_large_photos_in_row_groups_of_bounded_bytes(tmp_path):
     assert max(g.total_byte_size for g in groups) <= class_files.BUFFERED_BYTES + len(photo) * 4
 
 
-# What a process in a test's cgroup or CPU set reports: its Spark master and the JVM's count.
+# What a process reports once it has pinned itself to one CPU ("pin") or moved itself into a
+# cgroup (the path of its cgroup.procs): its Spark master and the JVM's CPU count (which
+# `java` inherits with the affinity and the cgroup).
 _CORES_PROBE = """
-import re, subprocess
+import os, re, subprocess, sys
+if sys.argv[1:] == ["pin"]:
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+elif sys.argv[1:]:
+    with open(sys.argv[1], "w") as procs:
+        procs.write(str(os.getpid()))
 from fruits_assets.resources.spark import local_spark_config
 from fruits_assets.settings import FruitsSettings
 java = subprocess.run(["java", "-XshowSettings:system", "-version"], capture_output=True, text=True)
@@ -1365,14 +1373,17 @@ print(local_spark_config(FruitsSettings())["spark.master"], found and found.grou
 """
 
 
+@contextlib.contextmanager
 def _cpu_cgroup(quota_us: int, period_us: int = 100_000):
     """A new cgroup whose CPU quota is `quota_us` per `period_us` (v1's cpu controller or
-    v2's cpu.max): its cgroup.procs file, or None where this machine does not let us make one."""
+    v2's cpu.max), removed afterwards; None where this machine does not let us make one."""
+    import time
     import uuid
     from pathlib import Path
 
     name = f"fruits_test_{uuid.uuid4().hex[:8]}"
     v1, v2 = Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup")
+    group, enabled = None, False
     try:
         if (v1 / "cpu.cfs_quota_us").exists():
             group = v1 / name
@@ -1380,75 +1391,115 @@ def _cpu_cgroup(quota_us: int, period_us: int = 100_000):
             (group / "cpu.cfs_period_us").write_text(str(period_us))
             (group / "cpu.cfs_quota_us").write_text(str(quota_us))
         elif "cpu" in (v2 / "cgroup.controllers").read_text().split():
-            (v2 / "cgroup.subtree_control").write_text("+cpu")
+            if "cpu" not in (v2 / "cgroup.subtree_control").read_text().split():
+                (v2 / "cgroup.subtree_control").write_text("+cpu")
+                enabled = True
             group = v2 / name
             group.mkdir()
             (group / "cpu.max").write_text(f"{quota_us} {period_us}")
-        else:
-            return None
+        made = group
     except OSError:
-        return None
-    return group
+        made = None
+    try:
+        yield made
+    finally:
+        for _ in range(50):  # the probe's processes may take a moment to leave it
+            try:
+                if group is not None and group.exists():
+                    group.rmdir()
+                break
+            except OSError:
+                time.sleep(0.1)
+        if enabled:
+            with contextlib.suppress(OSError):
+                (v2 / "cgroup.subtree_control").write_text("-cpu")
 
 
 def test_local_spark_takes_the_cpus_its_process_may_use():
     """A process limited to one CPU by its cgroup's quota (a container's `--cpus 1`) or by its
-    CPU affinity gets one Spark task slot, not the machine's two; where the JVM reports its
-    container's CPU count (`-XshowSettings:system`), it counts the same."""
-
-    def assert_cores(run: subprocess.CompletedProcess, expected: int) -> None:
-        master, jvm = run.stdout.split()
-        assert master == f"local[{expected}]"
-        assert jvm in (str(expected), "None")
+    CPU affinity gets one Spark task slot, not the machine's two; the JVM, which reads the
+    same cgroup, counts one CPU too."""
+    from fruits_assets.resources.cores import available_cores, cgroup_cpu_limit
 
     if (os.cpu_count() or 1) < 2:
         pytest.skip("needs a machine with at least 2 CPUs")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    probe = [sys.executable, "-c", _CORES_PROBE]
-    everything = subprocess.run(probe, env=env, capture_output=True, text=True, check=True)
-    cores = len(os.sched_getaffinity(0))
-    assert_cores(everything, cores)
 
-    pinned = subprocess.run(
-        probe, env=env, capture_output=True, text=True, check=True,
-        preexec_fn=lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}),
-    )  # fmt: skip
-    assert_cores(pinned, 1)
+    def probe(*args: str) -> list[str]:
+        command = [sys.executable, "-c", _CORES_PROBE, *args]
+        return subprocess.run(
+            command, env=env, capture_output=True, text=True, check=True
+        ).stdout.split()
 
-    group = _cpu_cgroup(quota_us=80_000)  # 0.8 of a CPU: rounded up to one
-    if group is None:
-        pytest.skip("cannot create a cgroup with a CPU quota here (needs root and cgroupfs)")
-    try:
-        limited = subprocess.run(
-            probe, env=env, capture_output=True, text=True, check=True,
-            preexec_fn=lambda: (group / "cgroup.procs").write_text(str(os.getpid())),
-        )  # fmt: skip
-    finally:
-        group.rmdir()
-    assert_cores(limited, 1)
-    assert limited.stdout.split()[1] == "1"  # the JVM reads the same cgroup
+    master, jvm = probe()
+    assert master == f"local[{available_cores()}]"
+    if cgroup_cpu_limit() is None:  # no quota here: the JVM counts the affinity, if anything
+        assert jvm in (master[6:-1], "None")
+    master, jvm = probe("pin")
+    assert master == "local[1]" and jvm in ("1", "None")
+
+    with _cpu_cgroup(quota_us=80_000) as group:  # 0.8 of a CPU: rounded up to one
+        if group is None:
+            pytest.skip("cannot create a cgroup with a CPU quota here (needs root and cgroupfs)")
+        assert probe(str(group / "cgroup.procs")) == ["local[1]", "1"]
+
+
+def _fake_proc(tmp_path, cgroup: str, *mounts: tuple[str, str, str, str]):
+    """A /proc/self with `cgroup` as its cgroup file and `mounts` (root, mount point, type,
+    super options) in its mountinfo, for `cgroup_cpu_limit(proc)`."""
+    proc = tmp_path / "proc"
+    (proc / "self").mkdir(parents=True)
+    lines = ["24 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw"]
+    for number, (root, point, kind, options) in enumerate(mounts, 30):
+        point = str(point).replace(" ", chr(92) + "040")
+        lines.append(
+            f"{number} 24 0:{number} {root} {point} rw,nosuid shared:9 - {kind} cg {options}"
+        )
+    (proc / "self" / "mountinfo").write_text("\n".join(lines) + "\n")
+    (proc / "self" / "cgroup").write_text(cgroup)
+    return str(proc)
 
 
 def test_a_containers_cpu_limit_is_read_from_its_cgroup_and_the_parents(tmp_path):
-    """cgroup v2 as a container or a Kubernetes pod sees it: the smallest quota along the
+    """cgroup v2 as a Kubernetes pod's container sees it: the smallest quota along the
     process's cgroup and its parents counts; "max" is no limit."""
     from fruits_assets.resources.cores import available_cores, cgroup_cpu_limit
 
-    proc, mount = tmp_path / "proc", tmp_path / "sys fs cgroup"
-    (proc / "self").mkdir(parents=True)
-    (proc / "self" / "mountinfo").write_text(
-        "24 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw\n"
-        f"35 24 0:30 /kubepods {str(mount).replace(' ', chr(92) + '040')} rw,nosuid - "
-        "cgroup2 cgroup2 rw,nsdelegate\n"
-    )
-    (proc / "self" / "cgroup").write_text("0::/kubepods/pod1/app\n")
+    mount = tmp_path / "sys fs cgroup"
+    proc = _fake_proc(tmp_path, "0::/kubepods/pod1/app\n", ("/kubepods", mount, "cgroup2", "rw"))
     (mount / "pod1" / "app").mkdir(parents=True)
     (mount / "cpu.max").write_text("max 100000\n")
     (mount / "pod1" / "app" / "cpu.max").write_text("max 100000\n")
-    assert cgroup_cpu_limit(str(proc)) is None
+    assert cgroup_cpu_limit(proc) is None
     (mount / "pod1" / "cpu.max").write_text("150000 100000\n")
-    assert cgroup_cpu_limit(str(proc)) == 1.5
-    assert available_cores(str(proc)) == min(2, len(os.sched_getaffinity(0)))
+    assert cgroup_cpu_limit(proc) == 1.5
+    assert available_cores(proc) == min(2, len(os.sched_getaffinity(0)))
     (mount / "pod1" / "app" / "cpu.max").write_text("50000 100000\n")
-    assert cgroup_cpu_limit(str(proc)) == 0.5
-    assert available_cores(str(proc)) == 1
+    assert cgroup_cpu_limit(proc) == 0.5
+    assert available_cores(proc) == 1
+
+
+def test_a_cpu_limit_is_read_from_cgroup_v1_and_from_a_hybrid_hierarchy(tmp_path):
+    """cgroup v1 as Docker shows it (the container's cgroup as the mount's root, cpu and
+    cpuacct mounted together), beside a v2 hierarchy without a quota; a mount of another part
+    of the tree (a sibling's cgroup) does not count."""
+    from fruits_assets.resources.cores import cgroup_cpu_limit
+
+    cpu, unified, sibling = tmp_path / "cpu,cpuacct", tmp_path / "unified", tmp_path / "sibling"
+    for folder in (cpu, unified, sibling):
+        folder.mkdir()
+    (cpu / "cpu.cfs_quota_us").write_text("250000\n")
+    (cpu / "cpu.cfs_period_us").write_text("100000\n")
+    (unified / "cpu.max").write_text("max 100000\n")
+    (sibling / "cpu.cfs_quota_us").write_text("10000\n")
+    (sibling / "cpu.cfs_period_us").write_text("100000\n")
+    proc = _fake_proc(
+        tmp_path,
+        "4:cpu,cpuacct:/docker/abc\n3:memory:/docker/abc\n0::/docker/abc\n",
+        ("/docker/abc", cpu, "cgroup", "rw,cpu,cpuacct"),
+        ("/docker/abc", unified, "cgroup2", "rw"),
+        ("/docker/other", sibling, "cgroup", "rw,cpuacct,cpu"),
+    )
+    assert cgroup_cpu_limit(proc) == 2.5
+    (cpu / "cpu.cfs_quota_us").write_text("-1\n")
+    assert cgroup_cpu_limit(proc) is None

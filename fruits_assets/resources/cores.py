@@ -3,13 +3,15 @@
 `os.cpu_count()` counts the machine's CPUs, not what a container or a CPU-pinned process is
 allowed: on a 64-core host, a container limited to 2 CPUs (`docker --cpus 2`, a Kubernetes CPU
 limit) would start 64 Spark task slots, 64 Python workers and 64 interpreters that take turns on
-2 CPUs' worth of time. The JVM counts CPUs the same way as here.
+2 CPUs' worth of time. Counted like the JVM's container support (quota / period rounded up, the
+affinity mask), the quotas of the cgroup's parents included, as newer JDKs do.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -20,7 +22,10 @@ def available_cores(proc: str = "/proc") -> int:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # no affinity on this platform
         cores = os.cpu_count() or 1
-    limit = cgroup_cpu_limit(proc)
+    try:
+        limit = cgroup_cpu_limit(proc)
+    except Exception:  # an unforeseen /proc or cgroupfs: the affinity alone, never a failed run
+        limit = None
     if limit is not None:
         cores = min(cores, math.ceil(limit))
     return max(1, cores)
@@ -31,8 +36,9 @@ def cgroup_cpu_limit(proc: str = "/proc") -> float | None:
     the smallest along its cgroup and their parents, cgroup v2 (`cpu.max`) or v1
     (`cpu.cfs_quota_us`); None where none sets a quota or none can be read."""
     try:
-        memberships = Path(proc, "self", "cgroup").read_text().splitlines()
-        mounts = Path(proc, "self", "mountinfo").read_text().splitlines()
+        # Mount points are bytes: a path that is not UTF-8 must not stop the count.
+        memberships = _text(Path(proc, "self", "cgroup")).splitlines()
+        mounts = _text(Path(proc, "self", "mountinfo")).splitlines()
     except OSError:
         return None
     paths: dict[str, str] = {}  # controller ("" for cgroup v2) -> this process's cgroup
@@ -49,13 +55,18 @@ def cgroup_cpu_limit(proc: str = "/proc") -> float | None:
             continue
         kind, root, point = options[0], _unescaped(described[3]), _unescaped(described[4])
         if kind == "cgroup2" and "" in paths:
-            found = _quotas(point, _below(paths[""], root), _v2_limit)
+            relative, read = _below(paths[""], root), _v2_limit
         elif kind == "cgroup" and "cpu" in options[2].split(",") and "cpu" in paths:
-            found = _quotas(point, _below(paths["cpu"], root), _v1_limit)
+            relative, read = _below(paths["cpu"], root), _v1_limit
         else:
             continue
-        limits.extend(found)
+        if relative is not None:
+            limits.extend(_quotas(point, relative, read))
     return min(limits) if limits else None
+
+
+def _text(path: Path) -> str:
+    return path.read_bytes().decode("utf-8", "surrogateescape")
 
 
 def _unescaped(field: str) -> str:
@@ -65,14 +76,20 @@ def _unescaped(field: str) -> str:
     return field
 
 
-def _below(cgroup: str, root: str) -> str:
-    """`cgroup` relative to the mount's root (a container sees its own cgroup as the root)."""
-    if root != "/" and (cgroup == root or cgroup.startswith(root + "/")):
-        cgroup = cgroup[len(root) :]
-    return cgroup.strip("/")
+def _below(cgroup: str, root: str) -> str | None:
+    """`cgroup` relative to the mount's root (a container's cgroupfs shows its own cgroup as the
+    root); None where the mount shows another part of the tree (a sibling's cgroup mounted in,
+    a process outside its cgroup namespace: "/.."), whose quotas are not this process's."""
+    if cgroup.startswith("/.."):
+        return None
+    if root == "/":
+        return cgroup.strip("/")
+    if cgroup == root or cgroup.startswith(root.rstrip("/") + "/"):
+        return cgroup[len(root) :].strip("/")
+    return None
 
 
-def _quotas(point: str, relative: str, read) -> list[float]:
+def _quotas(point: str, relative: str, read: Callable[[Path], float | None]) -> list[float]:
     """The quotas `read` finds in the cgroup `relative` under the mount `point` and each of its
     parents up to the mount."""
     found = []
