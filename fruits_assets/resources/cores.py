@@ -92,15 +92,9 @@ def _below(cgroup: str, root: str) -> str | None:
 def _quotas(point: str, relative: str, read: Callable[[Path], float | None]) -> list[float]:
     """The quotas `read` finds in the cgroup `relative` under the mount `point` and each of its
     parents up to the mount."""
-    found = []
-    directory = Path(point, relative) if relative else Path(point)
-    while True:
-        limit = read(directory)
-        if limit is not None:
-            found.append(limit)
-        if directory == Path(point) or Path(point) not in directory.parents:
-            return found
-        directory = directory.parent
+    directory = Path(point, relative)
+    chain = [directory, *directory.parents[: len(Path(relative).parts)]]
+    return [limit for folder in chain if (limit := read(folder)) is not None]
 
 
 def _v2_limit(directory: Path) -> float | None:
