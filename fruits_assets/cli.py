@@ -250,16 +250,25 @@ def _print_summary(outcome, output: str) -> None:  # a runner.RunOutcome
             f"PCA k:              {pca.get('k')} (explained variance "
             f"{pca.get('explained_variance', 0):.4f}, target {pca.get('target_variance')})"
         )
-    print("outputs:")
-    for name in (
-        layout.PCA_FEATURES_PARQUET,
-        layout.PCA_MODEL,
-        layout.LABELED_IMAGES,
-        layout.FRUIT_CLASSIFIER,
-    ):
-        print(f"  {name + ':':22}{layout.asset_dir(output, name)}")
-    print(f"  {'features_csv:':22}{layout.csv_path(output)}")
-    print(f"  {'rejected images:':22}{layout.rejected_images_dir(output)}")
+    # Only what this run wrote: an output it did not materialize (`--no-classifier`, a failed
+    # step) is either absent or older than the run's features.
+    outputs = [
+        (name + ":", layout.asset_dir(output, name))
+        for name in (
+            layout.PCA_FEATURES_PARQUET,
+            layout.PCA_MODEL,
+            layout.LABELED_IMAGES,
+            layout.FRUIT_CLASSIFIER,
+        )
+        if name in meta
+    ]
+    if layout.FEATURES_CSV in meta:
+        outputs.append(("features_csv:", layout.csv_path(output)))
+    if layout.LABELED_IMAGES in meta:
+        outputs.append(("rejected images:", layout.rejected_images_dir(output)))
+    print("outputs:" if outputs else "outputs:            none written by this run")
+    for label, path in outputs:
+        print(f"  {label:22}{path}")
     classifier = meta.get(layout.FRUIT_CLASSIFIER, {})
     if classifier:
         print(

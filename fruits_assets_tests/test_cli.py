@@ -48,6 +48,12 @@ def test_no_classifier_runs_the_seed_pipeline_only(tmp_path, fruits360, shared_w
     instance = dg.DagsterInstance.from_config(str(home))
     materialized = {key.to_user_string() for key in instance.get_asset_keys()}
     assert "features_csv" in materialized and "fruit_classifier" not in materialized
+    # The summary names what the run wrote, and no classifier; Spark says nothing of the
+    # session `fruits run` started ahead of the run (its settings are the run's).
+    outputs = done.stdout.split("\noutputs:\n", 1)[1].split("\ndagster instance:", 1)[0]
+    assert f"  features_csv:         {output / 'features_csv' / 'features.csv'}" in outputs
+    assert "pca_model:" in outputs and "fruit_classifier" not in outputs, outputs
+    assert "Using an existing Spark session" not in done.stderr, done.stderr[-3000:]
 
 
 @pytest.mark.slow
@@ -75,6 +81,8 @@ def test_classes_run_on_a_new_output_says_the_other_classes_need_features(
     assert len(failures) == 1, failures  # the check's own line would only repeat it
     assert set(read_dataset(output / "mobilenet_features").label) == {"Kiwi 1"}
     assert not (output / "features_csv").exists()
+    outputs = done.stdout.split("\noutputs:\n", 1)[1].split("\ndagster instance:", 1)[0]
+    assert "labeled_images:" in outputs and "features_csv" not in outputs, outputs
     done = fruits(*args, home=home)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert len(pd.read_csv(output / "features_csv" / "features.csv")) == 45

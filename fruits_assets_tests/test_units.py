@@ -301,6 +301,36 @@ def test_a_recorded_class_archive_serves_the_next_local_spark_jvm(tmp_path, monk
         class_archive.record({}, settings.cache_dir)
 
 
+def test_pruning_keeps_the_class_archives_in_use(tmp_path):
+    """An archive a run maps is marked as used: recording the archives of three other
+    environments (other checkouts' setups) prunes the least recently used, not it."""
+    from fruits_assets.resources import class_archive
+    from fruits_assets.resources.spark import local_spark_config
+    from fruits_assets.settings import FruitsSettings
+
+    settings = FruitsSettings.from_env(cache_dir=str(tmp_path / "cache"))
+    config = local_spark_config(settings, spark_ml=False)
+    ours = class_archive.archive_path(config, settings.cache_dir)
+    if ours is None:
+        pytest.skip(f"no class archive can serve local Spark here: {class_archive.obstacle()}")
+    ours.parent.mkdir(parents=True)
+    ours.write_bytes(b"archive")
+    others = [ours.with_name(f"spark-classes-other{i}.jsa") for i in range(4)]
+    for age, path in enumerate([ours, *others[:2]]):
+        path.write_bytes(b"archive")
+        os.utime(path, (1_000_000 + age, 1_000_000 + age))  # recorded long ago, ours first
+    # A run maps ours (the options of the run's JVM): it is the most recently used now.
+    assert (
+        f"-XX:SharedArchiveFile={ours}"
+        in local_spark_config(settings)["spark.driver.extraJavaOptions"]
+    )
+    for path in others[2:]:  # two more environments record theirs
+        path.write_bytes(b"archive")
+    class_archive._prune(ours.parent, keep=class_archive.KEPT)
+    kept = sorted(p.name for p in ours.parent.glob("spark-classes-*.jsa"))
+    assert kept == sorted([ours.name, others[2].name, others[3].name])
+
+
 def _predictor(rng, pc, n_classes=4, hist_dims=6, reg_param=1e-3):
     from fruits_assets.ml.serving import Predictor
 

@@ -15,6 +15,7 @@ must never map a partly written archive.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -97,6 +98,10 @@ def java_options(config: dict[str, Any], cache_dir: str | Path) -> list[str]:
     path = archive_path(config, cache_dir)
     if path is None or not path.is_file():
         return []
+    # Marked as used (its time), so that pruning keeps the archives still in use: one other
+    # environment's recording (another checkout's setup) must not drop this one's.
+    with contextlib.suppress(OSError):
+        os.utime(path)
     return [f"-XX:SharedArchiveFile={path}", *QUIET]
 
 
@@ -138,8 +143,9 @@ def record(config: dict[str, Any], cache_dir: str | Path, timeout: float = 900) 
 
 
 def _prune(folder: Path, keep: int) -> None:
-    """Delete all but the `keep` most recently recorded archives (one per Java, jars and heap:
-    older ones serve environments since replaced). A JVM that maps one keeps its mapping."""
+    """Delete all but the `keep` most recently recorded or used archives (one per Java, jars
+    and heap: the others serve environments since replaced or left). A JVM that maps one keeps
+    its mapping."""
     archives = sorted(folder.glob("spark-classes-*.jsa"), key=lambda p: p.stat().st_mtime)
     for old in archives[:-keep]:
         old.unlink(missing_ok=True)

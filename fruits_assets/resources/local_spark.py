@@ -20,6 +20,7 @@ class LocalSpark(LazyPySparkResource):
             import dagster as dg
 
             from fruits_assets.resources import spark_host
+            from fruits_assets.resources.spark import started_session
 
             self._spark_session = spark_host.attach(self.spark_config)
             attached = self._spark_session is not None
@@ -31,7 +32,10 @@ class LocalSpark(LazyPySparkResource):
             elif attached:
                 dg.get_dagster_logger().info("Spark: a context in the UI's warm JVM")
             else:
-                super()._init_session()
+                # The session `fruits run` started while it set the run up, else a new one.
+                self._spark_session = started_session(self.spark_config)
+                if self._spark_session is None:
+                    super()._init_session()
             # A context the UI's JVM prepared has its Python workers running already.
             threading.Thread(
                 target=warm_up,

@@ -144,6 +144,7 @@ INTERPRETED_SQL_CONFIG = {
 # adds to code meant for C2 and each hot method's second compilation once C2 declines it. The
 # UI's long-lived JVM compiles everything: it pays C2's cost once, not per run.
 COMPILER_DIRECTIVES = Path(__file__).with_name("jvm_compiler_directives.json")
+LOG_CONFIG = Path(__file__).with_name("log4j2.properties")
 
 
 def driver_java_options(
@@ -155,6 +156,7 @@ def driver_java_options(
         "-Dderby.system.home=/tmp/derby",
         # The incubator Vector API lets Spark ML's BLAS use SIMD instead of plain Java loops.
         "--add-modules=jdk.incubator.vector",
+        "-Dlog4j2.configurationFile=" + shlex.quote(str(LOG_CONFIG)),
     ]
     if settings.spark_jit == "ml" and not long_lived:
         if spark_ml:
@@ -231,12 +233,35 @@ def start_in_background(config: dict[str, Any]) -> threading.Event:
             spark = SparkSession.builder.config(
                 map={k: str(v) for k, v in config.items()}
             ).getOrCreate()
+            _STARTED[:] = [(spark, dict(config))]
         finally:
             ready.set()
         warm_up(spark)
 
     threading.Thread(target=start, name="spark-start", daemon=True).start()
     return ready
+
+
+# The session `start_in_background` started in this process, with its configuration.
+_STARTED: list[tuple[Any, dict[str, Any]]] = []
+# Options of the JVM itself, which a run sets by what it will do (`driver_java_options`).
+_JVM_OPTIONS = "spark.driver.extraJavaOptions"
+
+
+def started_session(config: dict[str, Any]) -> Any | None:
+    """The session `start_in_background` started in this process, if it still runs and was
+    started with `config` (the JVM's options aside): it is what `getOrCreate` would return,
+    with nothing left to set, so the caller skips `getOrCreate`'s warning that an existing
+    session keeps its static configuration."""
+    if not _STARTED:
+        return None
+    session, started = _STARTED[0]
+    if session.sparkContext._jsc is None:  # stopped (PySpark's own test in `getOrCreate`)
+        return None
+    same = {k: str(v) for k, v in started.items() if k != _JVM_OPTIONS} == {
+        k: str(v) for k, v in config.items() if k != _JVM_OPTIONS
+    }
+    return session if same else None
 
 
 WARM_UP_THREAD = "spark-warm-up"  # the background warm-up of a run's Spark (`warm_up`)
