@@ -301,6 +301,22 @@ def test_a_recorded_class_archive_serves_the_next_local_spark_jvm(tmp_path, monk
         class_archive.record({}, settings.cache_dir)
 
 
+def test_a_log4j2_configuration_in_sparks_folder_applies_instead_of_the_projects(
+    tmp_path, monkeypatch
+):
+    """Local Spark logs with the project's configuration (warnings and errors), unless
+    Spark's configuration folder holds the user's own."""
+    from fruits_assets.resources.spark import LOG_CONFIG, driver_java_options
+    from fruits_assets.settings import FruitsSettings
+
+    settings = FruitsSettings.from_env()
+    monkeypatch.setenv("SPARK_CONF_DIR", str(tmp_path))
+    ours = f"-Dlog4j2.configurationFile={LOG_CONFIG}"
+    assert ours in driver_java_options(settings) and LOG_CONFIG.is_file()
+    (tmp_path / "log4j2.properties").write_text("rootLogger.level = info\n")
+    assert "log4j2.configurationFile" not in driver_java_options(settings)
+
+
 def test_pruning_keeps_the_class_archives_in_use(tmp_path):
     """An archive a run maps is marked as used: recording the archives of three other
     environments (other checkouts' setups) prunes the least recently used, not it."""
@@ -314,7 +330,6 @@ def test_pruning_keeps_the_class_archives_in_use(tmp_path):
     if ours is None:
         pytest.skip(f"no class archive can serve local Spark here: {class_archive.obstacle()}")
     ours.parent.mkdir(parents=True)
-    ours.write_bytes(b"archive")
     others = [ours.with_name(f"spark-classes-other{i}.jsa") for i in range(4)]
     for age, path in enumerate([ours, *others[:2]]):
         path.write_bytes(b"archive")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -102,7 +103,7 @@ def java_options(config: dict[str, Any], cache_dir: str | Path) -> list[str]:
     # environment's recording (another checkout's setup) must not drop this one's.
     with contextlib.suppress(OSError):
         os.utime(path)
-    return [f"-XX:SharedArchiveFile={path}", *QUIET]
+    return [f"-XX:SharedArchiveFile={shlex.quote(str(path))}", *QUIET]
 
 
 def record(config: dict[str, Any], cache_dir: str | Path, timeout: float = 900) -> Path:

@@ -147,6 +147,16 @@ COMPILER_DIRECTIVES = Path(__file__).with_name("jvm_compiler_directives.json")
 LOG_CONFIG = Path(__file__).with_name("log4j2.properties")
 
 
+def _own_log_config() -> bool:
+    """Whether Spark's configuration folder has a log4j2 configuration of its own (the user's,
+    which Spark finds on its class path): it then applies instead of `LOG_CONFIG`."""
+    import pyspark
+
+    home = os.environ.get("SPARK_HOME") or os.path.dirname(pyspark.__file__)
+    folder = Path(os.environ.get("SPARK_CONF_DIR") or os.path.join(home, "conf"))
+    return folder.is_dir() and any(folder.glob("log4j2*.*"))
+
+
 def driver_java_options(
     settings: FruitsSettings, long_lived: bool = False, spark_ml: bool = True
 ) -> str:
@@ -156,8 +166,9 @@ def driver_java_options(
         "-Dderby.system.home=/tmp/derby",
         # The incubator Vector API lets Spark ML's BLAS use SIMD instead of plain Java loops.
         "--add-modules=jdk.incubator.vector",
-        "-Dlog4j2.configurationFile=" + shlex.quote(str(LOG_CONFIG)),
     ]
+    if not _own_log_config():
+        options.append("-Dlog4j2.configurationFile=" + shlex.quote(str(LOG_CONFIG)))
     if settings.spark_jit == "ml" and not long_lived:
         if spark_ml:
             options += [
@@ -219,8 +230,7 @@ def local_spark_config(
 
 def start_in_background(config: dict[str, Any]) -> threading.Event:
     """Start the Spark session of `config` in a thread, so that the JVM boots while the caller
-    does other work (imports, listing, checks); the resource's own getOrCreate then finds it
-    running.
+    does other work (imports, listing, checks); the resource then takes it (`started_session`).
 
     The returned event is set once the session is up (or failed to start: the resource then
     reports why). The thread then warms the session up (`warm_up`) while the run begins."""
@@ -250,18 +260,23 @@ _JVM_OPTIONS = "spark.driver.extraJavaOptions"
 
 def started_session(config: dict[str, Any]) -> Any | None:
     """The session `start_in_background` started in this process, if it still runs and was
-    started with `config` (the JVM's options aside): it is what `getOrCreate` would return,
-    with nothing left to set, so the caller skips `getOrCreate`'s warning that an existing
-    session keeps its static configuration."""
+    asked for with `config` (the JVM's options aside), with `config`'s runtime SQL settings
+    set again where they differ: what `getOrCreate` would return, less its warning that an
+    existing session keeps its static settings (they are the ones asked for)."""
     if not _STARTED:
         return None
     session, started = _STARTED[0]
     if session.sparkContext._jsc is None:  # stopped (PySpark's own test in `getOrCreate`)
         return None
-    same = {k: str(v) for k, v in started.items() if k != _JVM_OPTIONS} == {
+    if {k: str(v) for k, v in started.items() if k != _JVM_OPTIONS} != {
         k: str(v) for k, v in config.items() if k != _JVM_OPTIONS
-    }
-    return session if same else None
+    }:
+        return None
+    conf = session.conf
+    for key, value in config.items():  # as `getOrCreate` does: a run may have changed some
+        if conf.isModifiable(key) and conf.get(key, None) != str(value):
+            conf.set(key, str(value))
+    return session
 
 
 WARM_UP_THREAD = "spark-warm-up"  # the background warm-up of a run's Spark (`warm_up`)
