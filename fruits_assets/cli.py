@@ -252,23 +252,21 @@ def _print_summary(outcome, output: str) -> None:  # a runner.RunOutcome
         )
     # Only what this run wrote: an output it did not materialize (`--no-classifier`, a failed
     # step) is either absent or older than the run's features.
+    folders = (
+        layout.PCA_FEATURES_PARQUET,
+        layout.PCA_MODEL,
+        layout.LABELED_IMAGES,
+        layout.FRUIT_CLASSIFIER,
+    )
     outputs = [
-        (name + ":", layout.asset_dir(output, name))
-        for name in (
-            layout.PCA_FEATURES_PARQUET,
-            layout.PCA_MODEL,
-            layout.LABELED_IMAGES,
-            layout.FRUIT_CLASSIFIER,
-        )
-        if name in meta
+        *((name, name, layout.asset_dir(output, name)) for name in folders),
+        (layout.FEATURES_CSV, layout.FEATURES_CSV, layout.csv_path(output)),
+        (layout.LABELED_IMAGES, "rejected images", layout.rejected_images_dir(output)),
     ]
-    if layout.FEATURES_CSV in meta:
-        outputs.append(("features_csv:", layout.csv_path(output)))
-    if layout.LABELED_IMAGES in meta:
-        outputs.append(("rejected images:", layout.rejected_images_dir(output)))
-    print("outputs:" if outputs else "outputs:            none written by this run")
-    for label, path in outputs:
-        print(f"  {label:22}{path}")
+    written = [(label, path) for asset, label, path in outputs if asset in meta]
+    print("outputs:" if written else "outputs:            none written by this run")
+    for label, path in written:
+        print(f"  {label + ':':22}{path}")
     classifier = meta.get(layout.FRUIT_CLASSIFIER, {})
     if classifier:
         print(

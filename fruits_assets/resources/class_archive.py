@@ -49,6 +49,11 @@ def _java() -> Path | None:
     return Path(os.path.realpath(found)) if found and os.path.exists(found) else None
 
 
+def spark_conf_dir() -> Path:
+    """Spark's configuration folder, which its launcher puts on the JVM's class path."""
+    return Path(os.environ.get("SPARK_CONF_DIR") or _spark_home() / "conf")
+
+
 def obstacle() -> str | None:
     """Why no archive can serve this environment's local Spark JVM, or None. The JDK archives
     classes from jars only: a folder with files on the class path (a Spark or Hadoop
@@ -57,8 +62,7 @@ def obstacle() -> str | None:
         return "no java found (JAVA_HOME or PATH)"
     if os.environ.get("SPARK_DIST_CLASSPATH"):
         return "SPARK_DIST_CLASSPATH adds to Spark's class path"
-    conf = os.environ.get("SPARK_CONF_DIR") or str(_spark_home() / "conf")
-    folders = [("SPARK_CONF_DIR", conf)] + [
+    folders = [("SPARK_CONF_DIR", str(spark_conf_dir()))] + [
         (name, os.environ[name]) for name in ("HADOOP_CONF_DIR", "YARN_CONF_DIR")
         if os.environ.get(name)
     ]  # fmt: skip

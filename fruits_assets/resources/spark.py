@@ -150,11 +150,9 @@ LOG_CONFIG = Path(__file__).with_name("log4j2.properties")
 def _own_log_config() -> bool:
     """Whether Spark's configuration folder has a log4j2 configuration of its own (the user's,
     which Spark finds on its class path): it then applies instead of `LOG_CONFIG`."""
-    import pyspark
+    from fruits_assets.resources.class_archive import spark_conf_dir
 
-    home = os.environ.get("SPARK_HOME") or os.path.dirname(pyspark.__file__)
-    folder = Path(os.environ.get("SPARK_CONF_DIR") or os.path.join(home, "conf"))
-    return folder.is_dir() and any(folder.glob("log4j2*.*"))
+    return any(spark_conf_dir().glob("log4j2*.*"))
 
 
 def driver_java_options(
