@@ -700,6 +700,65 @@ def test_csv_lines_quote_what_needs_it_and_keep_every_float32():
             next(format_lines(iter([bad])))
 
 
+def test_csv_pieces_put_together_in_label_and_path_order(tmp_path, monkeypatch):
+    """Tasks write their lines as they come; the file holds the header, then every line once,
+    sorted by label then path (as bytes), whatever the tasks and batches that held them; a task
+    that fails leaves no file; no rows: the header alone."""
+    import csv as csv_module
+
+    import pyarrow as pa
+
+    from fruits_assets.storage import csv_text
+
+    rng = np.random.default_rng(11)
+    labels = ["Kiwi", "Apple 10", "apple", "Äpfel", "Kiwi", "Apple 10", "Kiwi", "Z,comma"]
+    paths = [f"/in/{label}/{name}.jpg" for label, name in zip(labels, "hgfedcba", strict=True)]
+    vectors = rng.normal(size=(len(paths), 2)).astype(np.float32)
+
+    def batch(rows: list[int]) -> pa.RecordBatch:
+        return pa.RecordBatch.from_pydict(
+            {
+                "path": [paths[i] for i in rows],
+                "label": [labels[i] for i in rows],
+                "pca_features": pa.array(vectors[rows].tolist(), pa.list_(pa.float32())),
+            }
+        )
+
+    folder = str(tmp_path / "lines")
+    write = csv_text.written("pca_features", 2, folder)
+    # Three tasks: two with rows in two batches each (one batch a slice), one with none.
+    tasks = [[batch([0, 1, 2]), batch([0, 3, 4]).slice(1)], [batch([5, 6]), batch([7])], []]
+    manifest = [row for task in tasks for out in write(iter(task)) for row in out.to_pylist()]
+    assert [row[csv_text.ROWS] for row in manifest] == [5, 3]
+    monkeypatch.setattr(csv_text, "COPY_BYTES", 7)  # runs of lines copied in small pieces too
+    target = str(tmp_path / "out" / "features.csv")
+    pieces = [(row[csv_text.TEXT], row[csv_text.KEYS]) for row in reversed(manifest)]
+    assert csv_text.merged(pieces, "path,label,pca_feature_1,pca_feature_2", target) == 8
+    with open(target, newline="", encoding="utf-8") as handle:
+        rows = list(csv_module.reader(handle))
+    assert rows[0] == ["path", "label", "pca_feature_1", "pca_feature_2"]
+    order = sorted(range(len(paths)), key=lambda i: (labels[i].encode(), paths[i].encode()))
+    assert [(r[1], r[0]) for r in rows[1:]] == [(labels[i], paths[i]) for i in order]
+    np.testing.assert_array_equal(np.array([r[2:] for r in rows[1:]], np.float32), vectors[order])
+    # The same lines as each row's own line (`lines`), each ending with one line break.
+    own = pa.Table.from_batches(list(csv_text.lines("pca_features", 2)(iter([batch(order)]))))
+    expected = "".join(f"{line}\n" for line in own.column("line").to_pylist())
+    assert open(target, encoding="utf-8").read() == "path,label,pca_feature_1,pca_feature_2\n" + (
+        expected
+    )
+
+    failing = str(tmp_path / "failing")
+    bad = pa.RecordBatch.from_pydict(
+        {"path": ["p"], "label": ["l"], "pca_features": pa.array([[1.0]], pa.list_(pa.float32()))}
+    )
+    with pytest.raises(ValueError, match="of 1 values where 2 are expected"):
+        list(csv_text.written("pca_features", 2, failing)(iter([batch([0]), bad])))
+    assert not os.listdir(failing)
+    empty = str(tmp_path / "empty.csv")
+    assert csv_text.merged([], "path,label", empty) == 0
+    assert open(empty).read() == "path,label\n"
+
+
 def test_scree_plot_is_a_png():
     assert plots.scree_png([0.6, 0.3, 0.1], 0.99, 3).startswith(b"\x89PNG")
 

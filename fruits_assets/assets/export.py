@@ -16,8 +16,8 @@ from fruits_assets.assets.pca import SIZE_FACT, pca_features_parquet
 from fruits_assets.assets.publishing import FilePublication, publish_or_fail
 from fruits_assets.partitions import registered_classes
 from fruits_assets.resources.storage import FruitsStorage
-from fruits_assets.storage import csv_text, filesystem, layout, table_files
-from fruits_assets.storage.datasets import Datasets, Staged
+from fruits_assets.storage import csv_text, errors, filesystem, layout, table_files
+from fruits_assets.storage.datasets import Datasets
 
 TEXT = pa.string()  # a label such as "2024" stays text
 
@@ -49,16 +49,17 @@ def read_csv_facts(uri: str) -> tuple[list[str], int, set[str]]:
     return header, rows, labels
 
 
-def _lines(datasets: Datasets, k: int) -> DataFrame:
-    """Each feature row's CSV line (`csv_text.LINE_SCHEMA`), formatted on every core: the
-    Python workers read the table's files themselves where they hold exactly its rows."""
+def _pieces(datasets: Datasets, k: int, folder: str) -> DataFrame:
+    """The Spark job that writes the feature rows' CSV lines under `folder`, on every core
+    (`csv_text.written`): the Python workers read the table's files themselves where they hold
+    exactly its rows."""
     files = datasets.data_files(layout.PCA_FEATURES_PARQUET)
     if files is None:
         features = datasets.read(layout.PCA_FEATURES_PARQUET)
         rows = features.select("path", "label", "pca_features")
-        return rows.mapInArrow(csv_text.lines("pca_features", k), csv_text.LINE_SCHEMA)
+        return rows.mapInArrow(csv_text.written("pca_features", k, folder), csv_text.PIECES_SCHEMA)
     return table_files.file_rows(datasets.spark, files).mapInArrow(
-        csv_text.lines_of_files("pca_features", k), csv_text.LINE_SCHEMA
+        csv_text.written("pca_features", k, folder, from_files=True), csv_text.PIECES_SCHEMA
     )
 
 
@@ -97,36 +98,27 @@ def features_csv(
         row = facts.first()
         size = (row["k"] or 0, row["n"])
     k, expected_rows = size
-    # Each row's line is formatted on every core; one task sorts them and writes the one file.
-    # The header sorts first: its `order` is 0, the rows' 1.
+    # Each row's line is formatted and written aside on every core; the driver sorts their
+    # keys and puts the lines together after the header, in one file.
     expected_header = ["path", "label", *(f"pca_feature_{i + 1}" for i in range(k))]
-    header_line = ",".join(expected_header)
-    header_row = spark.range(1).select(
-        F.lit(0).alias("order"),
-        F.lit("").alias("label"),
-        F.lit("").alias("path"),
-        F.lit(header_line).alias("line"),
+    staged = datasets.stage_files(
+        lambda folder: _pieces(datasets, k, filesystem.join(folder, "lines")),
+        layout.FEATURES_CSV,
     )
-    table = (
-        header_row.unionByName(_lines(datasets, k).withColumn("order", F.lit(1)))
-        .repartition(1, "order")
-        .sortWithinPartitions("order", "label", "path")
-        .select("line")
-    )
-
-    staging = datasets.staging(layout.FEATURES_CSV)
-    table.write.text(storage.spark_path(staging))
-    part = next(
-        filesystem.to_uri(staging, info.path)
-        for info in filesystem.list_files(staging)
-        if info.base_name.startswith("part-")
-    )
+    part = filesystem.join(staged.location, layout.CSV_FILE_NAME)
+    with errors.explained(part):
+        csv_text.merged(
+            [(row[csv_text.TEXT], row[csv_text.KEYS]) for row in staged.files],
+            ",".join(expected_header),
+            part,
+        )
+    filesystem.delete_dir(filesystem.join(staged.location, "lines"))
     header, rows, labels = read_csv_facts(part)
     target = layout.csv_path(storage.output)
     yield from publish_or_fail(
         context,
         datasets,
-        staged=[Staged(layout.FEATURES_CSV, staging)],
+        staged=[staged],
         publications=[FilePublication(part, target)],
         checks=[
             checks.result(
