@@ -732,7 +732,10 @@ def test_csv_pieces_put_together_in_label_and_path_order(tmp_path, monkeypatch):
     assert [row[csv_text.ROWS] for row in manifest] == [5, 3]
     monkeypatch.setattr(csv_text, "COPY_BYTES", 7)  # runs of lines copied in small pieces too
     target = str(tmp_path / "out" / "features.csv")
-    pieces = [(row[csv_text.TEXT], row[csv_text.KEYS]) for row in reversed(manifest)]
+    pieces = [
+        csv_text.Piece(row[csv_text.TEXT], row[csv_text.KEYS], row[csv_text.ROWS])
+        for row in reversed(manifest)
+    ]
     assert csv_text.merged(pieces, "path,label,pca_feature_1,pca_feature_2", target) == 8
     with open(target, newline="", encoding="utf-8") as handle:
         rows = list(csv_module.reader(handle))
@@ -746,6 +749,24 @@ def test_csv_pieces_put_together_in_label_and_path_order(tmp_path, monkeypatch):
     assert open(target, encoding="utf-8").read() == "path,label,pca_feature_1,pca_feature_2\n" + (
         expected
     )
+
+    # Lines visited out of their files' order, with gaps: the same file again.
+    shuffled = str(tmp_path / "shuffled")
+    write = csv_text.written("pca_features", 2, shuffled)
+    again = [row for out in write(iter([batch([7, 0, 3, 1]), batch([5, 2, 6, 4])]))
+             for row in out.to_pylist()]  # fmt: skip
+    assert len(again) == 1
+    again_target = str(tmp_path / "again.csv")
+    piece = csv_text.Piece(again[0][csv_text.TEXT], again[0][csv_text.KEYS], 8)
+    assert csv_text.merged([piece], "path,label,pca_feature_1,pca_feature_2", again_target) == 8
+    assert open(again_target, "rb").read() == open(target, "rb").read()
+    # A piece whose files hold other than what its task reported fails the merge.
+    with open(piece.text, "ab") as cut:
+        cut.write(b"stale")
+    with pytest.raises(ValueError, match="where its task wrote 8 lines"):
+        csv_text.merged([piece], "path,label", str(tmp_path / "stale.csv"))
+    with pytest.raises(ValueError, match="where its task wrote 9 lines"):
+        csv_text.merged([csv_text.Piece(piece.text, piece.keys, 9)], "h", str(tmp_path / "x.csv"))
 
     failing = str(tmp_path / "failing")
     bad = pa.RecordBatch.from_pydict(

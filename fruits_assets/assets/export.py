@@ -106,12 +106,12 @@ def features_csv(
         layout.FEATURES_CSV,
     )
     part = filesystem.join(staged.location, layout.CSV_FILE_NAME)
-    with errors.explained(part):
-        csv_text.merged(
-            [(row[csv_text.TEXT], row[csv_text.KEYS]) for row in staged.files],
-            ",".join(expected_header),
-            part,
-        )
+    pieces = [
+        csv_text.Piece(row[csv_text.TEXT], row[csv_text.KEYS], row[csv_text.ROWS])
+        for row in staged.files
+    ]
+    with errors.explained(staged.location):
+        csv_text.merged(pieces, ",".join(expected_header), part)
     filesystem.delete_dir(filesystem.join(staged.location, "lines"))
     header, rows, labels = read_csv_facts(part)
     target = layout.csv_path(storage.output)

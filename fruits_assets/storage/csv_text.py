@@ -5,20 +5,25 @@ Arrow formats float32 values as the shortest text that reads back as the same fl
 times faster than Spark's CSV writer (Java's `Float.toString`), and on every core. Each task
 writes its lines as they come, as text, beside their sort keys and places (`written`); the
 driver sorts the keys alone and copies the lines into the file in that order, a run of
-consecutive lines at a time (`merged`). The lines never go through the JVM: no shuffle of the
-file's text to one task, no sort of it there, no second write.
+consecutive lines at a time (`merged`). The lines' text never passes through the JVM.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 
 from fruits_assets.ml import pca
 from fruits_assets.storage import filesystem, table_files
@@ -29,6 +34,7 @@ LINE_SCHEMA = "label string, path string, line string"
 # What a task of `written` reports: its text file, its keys file and how many lines it wrote.
 TEXT, KEYS, ROWS = "text", "keys", "rows"
 PIECES_SCHEMA = f"{TEXT} string, {KEYS} string, {ROWS} long"
+PIECES = pa.schema([(TEXT, pa.string()), (KEYS, pa.string()), (ROWS, pa.int64())])
 # The sort keys of the file's lines (label, then path, as Spark sorts text: by UTF-8 bytes) and
 # where each line lies in its text file.
 ORDER = [("label", "ascending"), ("path", "ascending")]
@@ -38,6 +44,15 @@ PLACES = pa.schema(
 )
 # The most bytes of lines the driver holds at once while it copies them.
 COPY_BYTES = 16 << 20
+
+
+@dataclass(frozen=True)
+class Piece:
+    """What one task of `written` wrote: its text file, its keys file, its number of lines."""
+
+    text: str
+    keys: str
+    rows: int
 
 
 def field(values: pa.Array) -> pa.Array:
@@ -84,25 +99,25 @@ def _written(
             if not batch.num_rows:
                 continue
             if batch.column("line").null_count:
-                raise ValueError("feature rows without a path or a label: no CSV line")
+                raise ValueError("feature rows without a path or a label: they have no CSV line")
+            # `_lines` joins text columns: a string array, whose offsets are 32-bit.
             line = pc.binary_join_element_wise(batch.column("line"), "\n", "")
             ends = np.frombuffer(line.buffers()[1], np.int32, len(line) + 1, line.offset * 4)
+            first, last = int(ends[0]), int(ends[-1])
             if text is None:
                 where.fs.create_dir(where.path, recursive=True)
                 text = where.fs.open_output_stream(text_path)
                 keys = where.fs.open_output_stream(keys_path)
                 writer = pa.ipc.new_file(keys, PLACES)
-            text.write(line.buffers()[2].slice(int(ends[0]), int(ends[-1] - ends[0])))
-            starts = ends[:-1].astype(np.int64) - ends[0] + written
+            text.write(line.buffers()[2].slice(first, last - first))
+            labels = batch.column("label").cast(pa.string())
+            paths = batch.column("path").cast(pa.string())
+            starts = pa.array(ends[:-1].astype(np.int64) - first + written)
+            lengths = pa.array(np.diff(ends).astype(np.int64))
             writer.write_batch(
-                pa.RecordBatch.from_arrays(
-                    [batch.column("label").cast(pa.string()),
-                     batch.column("path").cast(pa.string()), pa.array(starts),
-                     pa.array(np.diff(ends).astype(np.int64))],
-                    schema=PLACES,
-                )
-            )  # fmt: skip
-            written += int(ends[-1] - ends[0])
+                pa.RecordBatch.from_arrays([labels, paths, starts, lengths], schema=PLACES)
+            )
+            written += last - first
             rows += batch.num_rows
         if text is None:
             return
@@ -111,19 +126,16 @@ def _written(
         text.close()
     except BaseException:
         for stream in (text, keys):  # no half-written file left for a retry to meet
-            with contextlib.suppress(Exception):
-                stream.close()
+            if stream is not None:
+                with contextlib.suppress(Exception):
+                    stream.close()
         for path in (text_path, keys_path):
             with contextlib.suppress(Exception):
                 where.fs.delete_file(path)
         raise
+    text_uri, keys_uri = filesystem.to_uri(folder, text_path), filesystem.to_uri(folder, keys_path)
     yield pa.RecordBatch.from_pydict(
-        {
-            TEXT: [filesystem.to_uri(folder, text_path)],
-            KEYS: [filesystem.to_uri(folder, keys_path)],
-            ROWS: [rows],
-        },
-        schema=pa.schema([(TEXT, pa.string()), (KEYS, pa.string()), (ROWS, pa.int64())]),
+        {TEXT: [text_uri], KEYS: [keys_uri], ROWS: [rows]}, schema=PIECES
     )
 
 
@@ -134,45 +146,81 @@ def written(
     `from_files`, over a table's data files, `table_files.file_rows`, which the workers read
     themselves): each task writes its rows' CSV lines (`lines`), each with its line break, as
     they come, into a text file under `folder`, and each line's label, path and place into an
-    Arrow file beside it; one row per task that had rows: the two files and its row count."""
+    Arrow file beside it; one row per task that had rows: the two files and its row count. A
+    row without a path or a label has no line: the task fails with that cause."""
     return partial(_written, vector=vector, k=k, folder=folder, from_files=from_files)
 
 
-def merged(pieces: Sequence[tuple[str, str]], header: str, target: str) -> int:
-    """Write `target`: the `header` line, then the lines of the `pieces` (`written`'s text and
-    keys files) sorted by label and path. Only the keys are sorted; the lines are copied as
-    bytes, a run of lines that lie one after the other in a text file at a time. Returns the
-    number of lines after the header."""
-    keys = []
-    for number, (_, keys_uri) in enumerate(pieces):
-        where = filesystem.Location.of(keys_uri)
-        with where.fs.open_input_file(where.path) as handle:
+def _local(pieces: Sequence[Piece], into: str) -> list[Piece]:
+    """The pieces' files on this machine's disk: copied there, each whole, from S3, where each
+    read at a place of its own would be a request of its own."""
+    if not pieces or not filesystem.is_s3(pieces[0].text):
+        return list(pieces)
+    source, local = filesystem.Location.of(pieces[0].text).fs, pafs.LocalFileSystem()
+
+    def fetch(numbered: tuple[int, Piece]) -> Piece:
+        number, piece = numbered
+        copies = []
+        for uri, suffix in ((piece.text, ".csv"), (piece.keys, ".keys.arrow")):
+            copy = os.path.join(into, f"{number}{suffix}")
+            pafs.copy_files(filesystem.path_of(uri), copy, source, local)
+            copies.append(copy)
+        return Piece(copies[0], copies[1], piece.rows)
+
+    with ThreadPoolExecutor(max_workers=min(16, len(pieces))) as pool:
+        return list(pool.map(fetch, enumerate(pieces)))
+
+
+def _places(pieces: Sequence[Piece]) -> pa.Table:
+    """Every line's label, path and place, with the number of its piece; a piece whose files
+    hold other than the lines its task reported fails the merge (a stale or cut file)."""
+    tables = []
+    for number, piece in enumerate(pieces):
+        with pa.memory_map(piece.keys) as handle:
             found = pa.ipc.open_file(handle).read_all()
-        keys.append(found.append_column("piece", pa.array(np.full(len(found), number, np.int32))))
-    out = filesystem.Location.of(target)
-    out.fs.create_dir(out.path.rsplit("/", 1)[0], recursive=True)
-    with out.fs.open_output_stream(out.path) as stream:
-        stream.write(f"{header}\n".encode())
-        if not keys:
-            return 0
-        table = pa.concat_tables(keys)
+        size = os.path.getsize(piece.text)
+        held = pc.sum(found.column(LENGTH)).as_py() or 0
+        if found.num_rows != piece.rows or held != size:
+            raise ValueError(
+                f"{piece.text}: {found.num_rows} lines of {held} bytes where its task wrote "
+                f"{piece.rows} lines, and the file holds {size} bytes"
+            )
+        number_column = pa.array(np.full(found.num_rows, number, np.int32))
+        tables.append(found.combine_chunks().append_column("piece", number_column))
+    return (
+        pa.concat_tables(tables)
+        if tables
+        else PLACES.append(pa.field("piece", pa.int32())).empty_table()
+    )
+
+
+def merged(pieces: Sequence[Piece], header: str, target: str) -> int:
+    """Write `target`: the `header` line, then the lines of the `pieces` (`written`'s files)
+    sorted by label and path. Only the keys are sorted, in memory; the lines are copied as
+    bytes, a run of lines that lie one after the other in a text file at a time, at most
+    `COPY_BYTES` held at once. Returns the number of lines after the header."""
+    with tempfile.TemporaryDirectory(prefix="fruits-csv-") as scratch, ExitStack() as stack:
+        pieces = _local(pieces, scratch)
+        table = _places(pieces)
         order = pc.sort_indices(table, sort_keys=ORDER, null_placement="at_start")
         piece, offset, length = (
             table.column(name).take(order).to_numpy() for name in ("piece", OFFSET, LENGTH)
         )
+        texts = [stack.enter_context(pa.memory_map(p.text)) for p in pieces]
+        out = filesystem.Location.of(target)
+        out.fs.create_dir(out.path.rsplit("/", 1)[0], recursive=True)
+        # A failure leaves a partial file in the run's staging folder: never published.
+        stream = stack.enter_context(out.fs.open_output_stream(out.path, buffer_size=1 << 20))
+        stream.write(f"{header}\n".encode())
+        if not len(piece):
+            return 0
         # A run ends where the next line is in another file or not right after it.
         cut = (piece[1:] != piece[:-1]) | (offset[1:] != offset[:-1] + length[:-1])
         firsts = np.concatenate([[0], np.flatnonzero(cut) + 1])
         lasts = np.concatenate([firsts[1:] - 1, [len(piece) - 1]])
-        texts = [filesystem.Location.of(text_uri) for text_uri, _ in pieces]
-        handles = [where.fs.open_input_file(where.path) for where in texts]
-        try:
-            for first, last in zip(firsts.tolist(), lasts.tolist(), strict=True):
-                source = handles[piece[first]]
-                start, end = int(offset[first]), int(offset[last] + length[last])
-                for at in range(start, end, COPY_BYTES):
-                    stream.write(source.read_at(min(COPY_BYTES, end - at), at))
-        finally:
-            for handle in handles:
-                handle.close()
+        for first, last in zip(firsts.tolist(), lasts.tolist(), strict=True):
+            source = texts[piece[first]]
+            start, end = int(offset[first]), int(offset[last] + length[last])
+            for at in range(start, end, COPY_BYTES):
+                stream.write(source.read_at(min(COPY_BYTES, end - at), at))
         return len(piece)

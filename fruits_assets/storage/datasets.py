@@ -73,7 +73,8 @@ class Staged:
 
     name: str
     location: str
-    files: list[Any] = field(default_factory=list)  # `class_files` manifest rows (Rows, dicts)
+    # The rows of the job that wrote them (Rows, dicts): a manifest of what each task wrote.
+    files: list[Any] = field(default_factory=list)
 
 
 def sql_string(value: str) -> str:
@@ -394,11 +395,11 @@ class Datasets:
         return layout.staging_dir(self.output, self.run_id, name)
 
     def stage_files(self, write: Callable[[str], DataFrame], name: str) -> Staged:
-        """Rows that Spark's Python workers write as data files themselves (`class_files`),
-        into this run's staging folder: `write(folder)` is the Spark job, a DataFrame of one
-        manifest row per file and class written. A killed run's files stay in the staging
-        folder, which the next run sweeps; `publish_files` moves them into the table and
-        commits them."""
+        """Rows that Spark's Python workers write as files themselves (`class_files`'s data
+        files, `csv_text`'s lines), into this run's staging folder: `write(folder)` is the Spark
+        job, a DataFrame of one manifest row per file (and class) written. A killed run's files
+        stay in the staging folder, which the next run sweeps; `publish_files` moves data files
+        into the table and commits them."""
         location = self.staging(name)
         with errors.explained(location):
             files = write(location).collect()

@@ -79,11 +79,17 @@ class Location:
 
     @classmethod
     def of(cls, uri: str) -> Location:
-        uri = normalize_uri(uri)
-        if is_s3(uri):
-            parsed = urlparse(uri)
-            return cls(_s3_filesystem(), f"{parsed.netloc}{parsed.path}")
-        return cls(pafs.LocalFileSystem(), uri)
+        return cls(_s3_filesystem() if is_s3(uri) else pafs.LocalFileSystem(), path_of(uri))
+
+
+def path_of(uri: str) -> str:
+    """The path inside its filesystem that a URI names (`Location.of`), without building the
+    filesystem: many files of one place need one filesystem, not one each."""
+    uri = normalize_uri(uri)
+    if is_s3(uri):
+        parsed = urlparse(uri)
+        return f"{parsed.netloc}{parsed.path}"
+    return uri
 
 
 def to_uri(template: str, path: str) -> str:
