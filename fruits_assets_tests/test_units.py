@@ -12,6 +12,7 @@ import subprocess
 import sys
 import zipfile
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -746,20 +747,22 @@ def test_csv_pieces_put_together_in_label_and_path_order(tmp_path, monkeypatch):
     # The same lines as each row's own line (`lines`), each ending with one line break.
     own = pa.Table.from_batches(list(csv_text.lines("pca_features", 2)(iter([batch(order)]))))
     expected = "".join(f"{line}\n" for line in own.column("line").to_pylist())
-    assert open(target, encoding="utf-8").read() == "path,label,pca_feature_1,pca_feature_2\n" + (
-        expected
-    )
+    header = "path,label,pca_feature_1,pca_feature_2\n"
+    assert Path(target).read_text(encoding="utf-8") == header + expected
 
     # Lines visited out of their files' order, with gaps: the same file again.
     shuffled = str(tmp_path / "shuffled")
     write = csv_text.written("pca_features", 2, shuffled)
-    again = [row for out in write(iter([batch([7, 0, 3, 1]), batch([5, 2, 6, 4])]))
-             for row in out.to_pylist()]  # fmt: skip
+    again = [
+        row
+        for out in write(iter([batch([7, 0, 3, 1]), batch([5, 2, 6, 4])]))
+        for row in out.to_pylist()
+    ]
     assert len(again) == 1
     again_target = str(tmp_path / "again.csv")
     piece = csv_text.Piece(again[0][csv_text.TEXT], again[0][csv_text.KEYS], 8)
     assert csv_text.merged([piece], "path,label,pca_feature_1,pca_feature_2", again_target) == 8
-    assert open(again_target, "rb").read() == open(target, "rb").read()
+    assert Path(again_target).read_bytes() == Path(target).read_bytes()
     # A piece whose files hold other than what its task reported fails the merge.
     with open(piece.text, "ab") as cut:
         cut.write(b"stale")
@@ -777,7 +780,57 @@ def test_csv_pieces_put_together_in_label_and_path_order(tmp_path, monkeypatch):
     assert not os.listdir(failing)
     empty = str(tmp_path / "empty.csv")
     assert csv_text.merged([], "path,label", empty) == 0
-    assert open(empty).read() == "path,label\n"
+    assert Path(empty).read_text() == "path,label\n"
+
+
+def test_csv_pieces_on_s3_are_put_together_as_on_disk(tmp_path, monkeypatch):
+    """Pieces written to S3 (moto's server) make the same file there as on local disk; a bad
+    piece is named by its S3 address."""
+    import boto3
+    import pyarrow as pa
+
+    from fruits_assets.storage import csv_text, filesystem
+    from fruits_assets_tests.emr_emulator import start_moto
+
+    server, endpoint = start_moto()
+    try:
+        for key, value in {
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_REGION": "us-east-1",
+        }.items():
+            monkeypatch.setenv(key, value)
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="fruits")
+        rows = {
+            "path": [f"/in/{i % 3}/{i}.jpg" for i in range(10)],
+            "label": [f"class {i % 3}" for i in range(10)],
+            "pca_features": pa.array(
+                [[float(i), -i / 3] for i in range(10)], pa.list_(pa.float32())
+            ),
+        }
+        batches = [pa.RecordBatch.from_pydict(rows).slice(start, 5) for start in (0, 5)]
+        made, written = {}, {}
+        for place in ("s3://fruits/stage", str(tmp_path / "stage")):
+            write = csv_text.written("pca_features", 2, filesystem.join(place, "lines"))
+            written[place] = [
+                csv_text.Piece(row[csv_text.TEXT], row[csv_text.KEYS], row[csv_text.ROWS])
+                for part in batches
+                for out in write(iter([part]))
+                for row in out.to_pylist()
+            ]
+            target = filesystem.join(place, "features.csv")
+            assert csv_text.merged(written[place], "path,label,a,b", target) == 10
+            made[place] = filesystem.read_bytes(target)
+        on_s3 = written["s3://fruits/stage"]
+        assert [p.text[:24] for p in on_s3] == ["s3://fruits/stage/lines/"] * 2
+        assert made["s3://fruits/stage"] == made[str(tmp_path / "stage")]
+        assert made["s3://fruits/stage"].decode().splitlines()[1].startswith("/in/0/0.jpg,class 0,")
+        wrong = csv_text.Piece(on_s3[0].text, on_s3[0].keys, 6)
+        with pytest.raises(ValueError, match=r"^s3://fruits/stage/lines/.*where its task wrote 6"):
+            csv_text.merged([wrong], "h", "s3://fruits/stage/bad.csv")
+    finally:
+        server.stop()
 
 
 def test_scree_plot_is_a_png():

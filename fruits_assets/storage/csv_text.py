@@ -152,10 +152,12 @@ def written(
 
 
 def _local(pieces: Sequence[Piece], into: str) -> list[Piece]:
-    """The pieces' files on this machine's disk: copied there, each whole, from S3, where each
-    read at a place of its own would be a request of its own."""
+    """The pieces' files on this machine's disk: local ones where they are; from S3, each copied
+    whole into `into`, where a read at a place of its own would be a request of its own."""
     if not pieces or not filesystem.is_s3(pieces[0].text):
-        return list(pieces)
+        return [
+            Piece(filesystem.path_of(p.text), filesystem.path_of(p.keys), p.rows) for p in pieces
+        ]
     source, local = filesystem.Location.of(pieces[0].text).fs, pafs.LocalFileSystem()
 
     def fetch(numbered: tuple[int, Piece]) -> Piece:
@@ -163,7 +165,9 @@ def _local(pieces: Sequence[Piece], into: str) -> list[Piece]:
         copies = []
         for uri, suffix in ((piece.text, ".csv"), (piece.keys, ".keys.arrow")):
             copy = os.path.join(into, f"{number}{suffix}")
-            pafs.copy_files(filesystem.path_of(uri), copy, source, local)
+            # One file per call, the calls side by side; large reads: a request per 16 MB.
+            path = filesystem.path_of(uri)
+            pafs.copy_files(path, copy, source, local, chunk_size=COPY_BYTES, use_threads=False)
             copies.append(copy)
         return Piece(copies[0], copies[1], piece.rows)
 
@@ -171,37 +175,38 @@ def _local(pieces: Sequence[Piece], into: str) -> list[Piece]:
         return list(pool.map(fetch, enumerate(pieces)))
 
 
-def _places(pieces: Sequence[Piece]) -> pa.Table:
+def _places(pieces: Sequence[Piece], names: Sequence[str]) -> pa.Table:
     """Every line's label, path and place, with the number of its piece; a piece whose files
-    hold other than the lines its task reported fails the merge (a stale or cut file)."""
+    hold other than the lines its task reported fails the merge (a stale or cut file), named
+    as the task wrote it (`names`)."""
     tables = []
-    for number, piece in enumerate(pieces):
+    for number, (piece, name) in enumerate(zip(pieces, names, strict=True)):
         with pa.memory_map(piece.keys) as handle:
             found = pa.ipc.open_file(handle).read_all()
         size = os.path.getsize(piece.text)
         held = pc.sum(found.column(LENGTH)).as_py() or 0
         if found.num_rows != piece.rows or held != size:
             raise ValueError(
-                f"{piece.text}: {found.num_rows} lines of {held} bytes where its task wrote "
+                f"{name}: {found.num_rows} lines of {held} bytes where its task wrote "
                 f"{piece.rows} lines, and the file holds {size} bytes"
             )
         number_column = pa.array(np.full(found.num_rows, number, np.int32))
         tables.append(found.combine_chunks().append_column("piece", number_column))
-    return (
-        pa.concat_tables(tables)
-        if tables
-        else PLACES.append(pa.field("piece", pa.int32())).empty_table()
-    )
+    if not tables:
+        return PLACES.append(pa.field("piece", pa.int32())).empty_table()
+    return pa.concat_tables(tables)
 
 
 def merged(pieces: Sequence[Piece], header: str, target: str) -> int:
     """Write `target`: the `header` line, then the lines of the `pieces` (`written`'s files)
     sorted by label and path. Only the keys are sorted, in memory; the lines are copied as
     bytes, a run of lines that lie one after the other in a text file at a time, at most
-    `COPY_BYTES` held at once. Returns the number of lines after the header."""
+    `COPY_BYTES` held at once. Pieces on S3 are first copied to the temporary folder (`TMPDIR`),
+    which then needs room for the whole file. Returns the number of lines after the header."""
     with tempfile.TemporaryDirectory(prefix="fruits-csv-") as scratch, ExitStack() as stack:
+        names = [piece.text for piece in pieces]
         pieces = _local(pieces, scratch)
-        table = _places(pieces)
+        table = _places(pieces, names)
         order = pc.sort_indices(table, sort_keys=ORDER, null_placement="at_start")
         piece, offset, length = (
             table.column(name).take(order).to_numpy() for name in ("piece", OFFSET, LENGTH)
