@@ -181,7 +181,7 @@ def _places(pieces: Sequence[Piece], names: Sequence[str]) -> pa.Table:
     as the task wrote it (`names`)."""
     tables = []
     for number, (piece, name) in enumerate(zip(pieces, names, strict=True)):
-        with pa.memory_map(piece.keys) as handle:
+        with pa.OSFile(piece.keys) as handle:
             found = pa.ipc.open_file(handle).read_all()
         size = os.path.getsize(piece.text)
         held = pc.sum(found.column(LENGTH)).as_py() or 0
@@ -211,7 +211,8 @@ def merged(pieces: Sequence[Piece], header: str, target: str) -> int:
         piece, offset, length = (
             table.column(name).take(order).to_numpy() for name in ("piece", OFFSET, LENGTH)
         )
-        texts = [stack.enter_context(pa.memory_map(p.text)) for p in pieces]
+        # Read, not mapped: mapped pages would count in the process's memory, the whole file's.
+        texts = [stack.enter_context(pa.OSFile(p.text)) for p in pieces]
         out = filesystem.Location.of(target)
         out.fs.create_dir(out.path.rsplit("/", 1)[0], recursive=True)
         # A failure leaves a partial file in the run's staging folder: never published.
