@@ -20,6 +20,7 @@ from fruits_assets.storage import csv_text, errors, filesystem, layout, table_fi
 from fruits_assets.storage.datasets import Datasets
 
 TEXT = pa.string()  # a label such as "2024" stays text
+LINES = "lines"  # the staging subfolder of the tasks' pieces, gone once the file is made
 
 
 def read_csv_facts(uri: str) -> tuple[list[str], int, set[str]]:
@@ -102,7 +103,7 @@ def features_csv(
     # keys and puts the lines together after the header, in one file.
     expected_header = ["path", "label", *(f"pca_feature_{i + 1}" for i in range(k))]
     staged = datasets.stage_files(
-        lambda folder: _pieces(datasets, k, filesystem.join(folder, "lines")),
+        lambda folder: _pieces(datasets, k, filesystem.join(folder, LINES)),
         layout.FEATURES_CSV,
     )
     part = filesystem.join(staged.location, layout.CSV_FILE_NAME)
@@ -112,7 +113,7 @@ def features_csv(
     ]
     with errors.explained(staged.location):
         csv_text.merged(pieces, ",".join(expected_header), part)
-    filesystem.delete_dir(filesystem.join(staged.location, "lines"))
+    filesystem.delete_dir(filesystem.join(staged.location, LINES))
     header, rows, labels = read_csv_facts(part)
     target = layout.csv_path(storage.output)
     yield from publish_or_fail(

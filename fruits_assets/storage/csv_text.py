@@ -30,11 +30,9 @@ from fruits_assets.storage import filesystem, table_files
 
 # RFC 4180: a field with a comma, a quote or a line break is quoted, its quotes doubled.
 NEEDS_QUOTES = '[",\r\n]'
-LINE_SCHEMA = "label string, path string, line string"
 # What a task of `written` reports: its text file, its keys file and how many lines it wrote.
 TEXT, KEYS, ROWS = "text", "keys", "rows"
 PIECES_SCHEMA = f"{TEXT} string, {KEYS} string, {ROWS} long"
-PIECES = pa.schema([(TEXT, pa.string()), (KEYS, pa.string()), (ROWS, pa.int64())])
 # The sort keys of the file's lines (label, then path, as Spark sorts text: by UTF-8 bytes) and
 # where each line lies in its text file.
 ORDER = [("label", "ascending"), ("path", "ascending")]
@@ -78,9 +76,9 @@ def _lines(batches: Iterator[pa.RecordBatch], vector: str, k: int) -> Iterator[p
 
 
 def lines(vector: str, k: int) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
-    """For `DataFrame.mapInArrow(…, LINE_SCHEMA)` over path, label and `vector`: each row's CSV
-    line (path, label, then the k values of `vector`), with its label and path to sort by. A
-    null vector, a missing value or a vector of another length than k fails with that cause."""
+    """For batches of path, label and `vector`: each row's CSV line (path, label, then the k
+    values of `vector`), with its label and path to sort by (columns label, path, line). A null
+    vector, a missing value or a vector of another length than k fails with that cause."""
     return partial(_lines, vector=vector, k=k)
 
 
@@ -134,9 +132,7 @@ def _written(
                 where.fs.delete_file(path)
         raise
     text_uri, keys_uri = filesystem.to_uri(folder, text_path), filesystem.to_uri(folder, keys_path)
-    yield pa.RecordBatch.from_pydict(
-        {TEXT: [text_uri], KEYS: [keys_uri], ROWS: [rows]}, schema=PIECES
-    )
+    yield pa.RecordBatch.from_pydict({TEXT: [text_uri], KEYS: [keys_uri], ROWS: [rows]})
 
 
 def written(
