@@ -833,6 +833,56 @@ def test_csv_pieces_on_s3_are_put_together_as_on_disk(tmp_path, monkeypatch):
         server.stop()
 
 
+def test_s3_files_go_through_one_client_and_a_small_file_is_one_put(monkeypatch):
+    """On moto's server: every file of one AWS environment shares one S3 client (its
+    connections), a changed environment gets its own, and a small file is written with one PUT
+    (no multipart upload, no folder marker objects), then read back whole."""
+    import logging
+
+    import boto3
+
+    from fruits_assets.storage import filesystem
+    from fruits_assets_tests.emr_emulator import start_moto
+
+    class Requests(logging.Handler):
+        lines: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.lines.append(record.getMessage())
+
+    server, endpoint = start_moto()
+    werkzeug, requests = logging.getLogger("werkzeug"), Requests()
+    try:
+        for key, value in {
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_REGION": "us-east-1",
+        }.items():
+            monkeypatch.setenv(key, value)
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="fruits")
+        client = filesystem.Location.of("s3://fruits/a/1.bin").fs
+        assert filesystem.Location.of("s3://fruits/b/2.bin").fs is client
+        werkzeug.addHandler(requests)
+        werkzeug.setLevel(logging.INFO)  # one line per request
+        filesystem.write_bytes("s3://fruits/a/1.bin", b"x" * 1000)
+        assert filesystem.read_bytes("s3://fruits/a/1.bin") == b"x" * 1000
+        calls = [
+            next(f"{method} {path}" for method in ("GET", "HEAD", "POST", "PUT") if method in line)
+            for line in requests.lines
+            for path in [line.split(" /", 1)[1].split(" ")[0]]
+        ]
+        # No folder markers, no multipart upload: one PUT, then the read (HEAD, ranged GETs).
+        assert calls[:2] == ["PUT fruits/a/1.bin", "HEAD fruits/a/1.bin"], calls
+        assert set(calls[2:]) == {"GET fruits/a/1.bin"}, calls
+        monkeypatch.setenv("AWS_REGION", "eu-west-1")
+        assert filesystem.Location.of("s3://fruits/a/1.bin").fs is not client
+    finally:
+        werkzeug.removeHandler(requests)
+        werkzeug.setLevel(logging.WARNING)  # as `start_moto` sets it
+        server.stop()
+
+
 def test_scree_plot_is_a_png():
     assert plots.scree_png([0.6, 0.3, 0.1], 0.99, 3).startswith(b"\x89PNG")
 

@@ -204,7 +204,7 @@ def written_by_driver(
 
 def _open(where: filesystem.Location, relative: str, schema: pa.Schema) -> _OpenFile:
     path = f"{where.path.rstrip('/')}/{relative}"
-    where.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    filesystem.make_dirs(where.fs, path.rsplit("/", 1)[0])
     stream = where.fs.open_output_stream(path)
     # As Spark writes the tables' files: snappy, no dictionary (nearly every value is unique).
     writer = pq.ParquetWriter(stream, schema, compression="snappy", use_dictionary=False)

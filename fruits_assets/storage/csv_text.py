@@ -103,7 +103,7 @@ def _written(
             ends = np.frombuffer(line.buffers()[1], np.int32, len(line) + 1, line.offset * 4)
             first, last = int(ends[0]), int(ends[-1])
             if text is None:
-                where.fs.create_dir(where.path, recursive=True)
+                filesystem.make_dirs(where.fs, where.path)
                 text = where.fs.open_output_stream(text_path)
                 keys = where.fs.open_output_stream(keys_path)
                 writer = pa.ipc.new_file(keys, PLACES)
@@ -210,7 +210,7 @@ def merged(pieces: Sequence[Piece], header: str, target: str) -> int:
         # Read, not mapped: mapped pages would count in the process's memory, the whole file's.
         texts = [stack.enter_context(pa.OSFile(p.text)) for p in pieces]
         out = filesystem.Location.of(target)
-        out.fs.create_dir(out.path.rsplit("/", 1)[0], recursive=True)
+        filesystem.make_dirs(out.fs, out.path.rsplit("/", 1)[0])
         # A failure leaves a partial file in the run's staging folder: never published.
         stream = stack.enter_context(out.fs.open_output_stream(out.path, buffer_size=1 << 20))
         stream.write(f"{header}\n".encode())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from urllib.parse import urlparse
@@ -43,13 +44,27 @@ def _s3_region() -> str | None:
 
 
 def _s3_filesystem() -> pafs.S3FileSystem:
+    """This process's S3 client for the current AWS environment: one per process and
+    environment, not one per file. Each new client opens its own connections (a TLS handshake
+    each) and, on EC2, asks the instance metadata service for its region and credentials again;
+    a step that reads every photo would pay that per photo."""
+    aws = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_")))
+    # The process id: a forked child builds its own client rather than share its parent's.
+    return _s3_filesystem_for(os.getpid(), aws)
+
+
+@functools.lru_cache(maxsize=4)
+def _s3_filesystem_for(pid: int, aws: tuple[tuple[str, str], ...]) -> pafs.S3FileSystem:
     # pyarrow does not read AWS_ENDPOINT_URL itself; honour it so MinIO and moto work too.
     endpoint = s3_endpoint()
     kwargs: dict = {"region": _s3_region()}
     if endpoint:
         parsed = urlparse(endpoint)
         kwargs.update(endpoint_override=parsed.netloc or endpoint, scheme=parsed.scheme or "https")
-    return pafs.S3FileSystem(**{k: v for k, v in kwargs.items() if v})
+    # Delayed open: a file smaller than one upload part is one PUT when it is closed, instead of
+    # a multipart upload started at open (three requests). Most files the steps write are small
+    # (one per class); errors then surface at close, which every writer here waits for.
+    return pafs.S3FileSystem(allow_delayed_open=True, **{k: v for k, v in kwargs.items() if v})
 
 
 def delta_storage_options(uri: str) -> dict[str, str]:
@@ -147,6 +162,14 @@ def delete_dir(uri: str) -> None:
         loc.fs.delete_dir(loc.path)
 
 
+def make_dirs(fs: pafs.FileSystem, folder: str) -> None:
+    """`folder` and its parents, where the filesystem has folders. S3 has none: pyarrow would
+    check the bucket and write an empty marker object for every level of the path, every time,
+    before each file."""
+    if not isinstance(fs, pafs.S3FileSystem):
+        fs.create_dir(folder, recursive=True)
+
+
 def read_bytes(uri: str) -> bytes:
     loc = Location.of(uri)
     with loc.fs.open_input_stream(loc.path) as stream:
@@ -155,7 +178,7 @@ def read_bytes(uri: str) -> bytes:
 
 def write_bytes(uri: str, data: bytes) -> None:
     loc = Location.of(uri)
-    loc.fs.create_dir(loc.path.rsplit("/", 1)[0], recursive=True)
+    make_dirs(loc.fs, loc.path.rsplit("/", 1)[0])
     with loc.fs.open_output_stream(loc.path) as stream:
         stream.write(data)
 
@@ -168,7 +191,7 @@ def size(uri: str) -> int:
 def copy(src: str, dst: str) -> None:
     """Copy a file (server-side within S3)."""
     source, target = Location.of(src), Location.of(dst)
-    target.fs.create_dir(target.path.rsplit("/", 1)[0], recursive=True)
+    make_dirs(target.fs, target.path.rsplit("/", 1)[0])
     if type(source.fs) is type(target.fs):
         source.fs.copy_file(source.path, target.path)
     else:
@@ -177,7 +200,7 @@ def copy(src: str, dst: str) -> None:
 
 def move(src: str, dst: str) -> None:
     loc, target = Location.of(src), Location.of(dst)
-    target.fs.create_dir(target.path.rsplit("/", 1)[0], recursive=True)
+    make_dirs(target.fs, target.path.rsplit("/", 1)[0])
     loc.fs.move(loc.path, target.path)
 
 
