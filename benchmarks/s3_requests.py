@@ -126,6 +126,7 @@ def main() -> None:
                     [sys.executable, "-c", CHILD],
                     input=json.dumps([scenario, payload]),
                     env={**env, "PYTHONPATH": str(checkout)},
+                    cwd=checkout,  # `python -c` puts its folder first on the path
                     capture_output=True, text=True, check=True,
                 )  # fmt: skip
                 time.sleep(0.5)  # moto logs a request once it has answered it

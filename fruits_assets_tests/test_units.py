@@ -868,13 +868,17 @@ def test_s3_files_go_through_one_client_and_a_small_file_is_one_put(monkeypatch)
         filesystem.write_bytes("s3://fruits/a/1.bin", b"x" * 1000)
         assert filesystem.read_bytes("s3://fruits/a/1.bin") == b"x" * 1000
         calls = [
-            next(f"{method} {path}" for method in ("GET", "HEAD", "POST", "PUT") if method in line)
+            f"{method} {path}"
             for line in requests.lines
+            for method in ["".join(c for c in line.split('"')[1].split()[0] if c.isupper())]
             for path in [line.split(" /", 1)[1].split(" ")[0]]
         ]
         # No folder markers, no multipart upload: one PUT, then the read (HEAD, ranged GETs).
         assert calls[:2] == ["PUT fruits/a/1.bin", "HEAD fruits/a/1.bin"], calls
         assert set(calls[2:]) == {"GET fruits/a/1.bin"}, calls
+        # Opened at its first write, a file still fails where it cannot be written: at close.
+        with pytest.raises(OSError, match="NoSuchBucket|NO_SUCH_BUCKET|does not exist"):
+            filesystem.write_bytes("s3://no-such-bucket/a/1.bin", b"x")
         monkeypatch.setenv("AWS_REGION", "eu-west-1")
         assert filesystem.Location.of("s3://fruits/a/1.bin").fs is not client
     finally:
