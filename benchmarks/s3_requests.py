@@ -8,8 +8,9 @@ photos (2,115 in 141 classes) are put in a bucket once, `<root>/<class>/<file>.j
 each in a fresh process with this checkout's code (and `--against CHECKOUT`'s, through
 `PYTHONPATH`), in alternating order:
 
-- `photos`: every photo read and validated as `labeled_images`' Spark workers do on EMR
-  (`decoding.decode_file` on its `s3://` URI);
+- `photos`: one task of `labeled_images` on EMR, as Spark's Python worker runs it
+  (`decoding.decoded_files`), over every photo: each read from its `s3://` URI, validated, and
+  the accepted ones written back, a Parquet file per class;
 - `listing`: `raw_images`' driver work on EMR, Dagster aside: the photos listed, the listing
   written as one Parquet file per class into the run's staging folder, the files moved into the
   table and committed (`Datasets.stage_rows`, `Datasets.publish_files`), as every step's
@@ -18,6 +19,8 @@ each in a fresh process with this checkout's code (and `--against CHECKOUT`'s, t
 Each prints the scenario's wall seconds (imports excluded) and its requests, medians over
 repetitions. Loopback has no network latency and moto no keep-alive: on AWS each request is a
 round trip of milliseconds, so the counts say more about AWS than the seconds do.
+`--latency-ms N` puts a relay in front of moto that holds each answer N ms before passing it on:
+a stand-in for S3's round trip, to see what waits for it.
 """
 
 from __future__ import annotations
@@ -26,9 +29,11 @@ import argparse
 import json
 import logging
 import os
+import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -52,9 +57,21 @@ from fruits_assets.resources.storage import FruitsStorage
 from fruits_assets.storage import discovery, layout
 from fruits_assets.storage.datasets import Datasets
 started = time.perf_counter()
-if scenario == "photos":
-    bad = [d.reason for d in map(decoding.decode_file, payload) if not d.ok]
-    assert not bad, bad[:3]
+if scenario == "photos":  # one task of the decode: its function, as Spark would call it
+    import pyarrow as pa
+    from fruits_assets.storage import class_files
+    class Listing:
+        def map_in_arrow(self, task, schema):
+            self.task = task
+    uris, output = payload
+    listing = Listing()
+    decoding.decoded_files(listing, output + "/accepted", output + "/rejected")
+    labels = [uri.rsplit("/", 2)[-2] for uri in uris]
+    batches = [pa.record_batch({"path": uris[i : i + 256], "label": labels[i : i + 256]})
+               for i in range(0, len(uris), 256)]  # Spark's Arrow batches: 256 rows
+    files = [row for out in listing.task(iter(batches)) for row in out.to_pylist()]
+    assert sum(f[class_files.ROWS] for f in files) == len(uris), files[:3]
+    assert not sum(f[decoding.REJECTIONS] for f in files), files
 else:
     images, output = payload
     scan = discovery.scan(images)
@@ -63,6 +80,43 @@ else:
     datasets.publish_files(staged, layout.RAW_IMAGES, scan.classes, RAW_SCHEMA)
 print(json.dumps(time.perf_counter() - started))
 """
+
+
+class Relay:
+    """A TCP relay on loopback to `target` that holds each answer `delay` seconds (moto answers
+    one request per connection)."""
+
+    def __init__(self, target: tuple[str, int], delay: float):
+        self.target, self.delay = target, delay
+        self.server = socket.create_server(("127.0.0.1", 0), backlog=128)
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            client, _ = self.server.accept()
+            upstream = socket.create_connection(self.target)
+            threading.Thread(target=self._pump, args=(client, upstream, 0.0), daemon=True).start()
+            threading.Thread(
+                target=self._pump, args=(upstream, client, self.delay), daemon=True
+            ).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket, delay: float) -> None:
+        try:
+            while data := source.recv(1 << 16):
+                if delay:
+                    time.sleep(delay)
+                    delay = 0.0
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
 
 class Requests(logging.Handler):
@@ -82,6 +136,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--against", type=Path, help="another checkout, run alike")
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="each answer held so long")
+    parser.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
     args = parser.parse_args()
     print("machine:", json.dumps(describe()))
     import boto3
@@ -96,6 +152,9 @@ def main() -> None:
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
+    if args.latency_ms:
+        endpoint = f"http://127.0.0.1:{Relay((host, port), args.latency_ms / 1000).port}"
+        print(f"each answer held {args.latency_ms:g} ms by a relay")
     aws = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}
     env = {**os.environ, **aws, "AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}
     s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **{
@@ -113,14 +172,15 @@ def main() -> None:
     if args.against:
         checkouts["--against"] = args.against.resolve()
     results: dict[tuple[str, str], list[tuple[float, Counter[str]]]] = {
-        (c, s): [] for c in checkouts for s in SCENARIOS
+        (c, s): [] for c in checkouts for s in args.scenarios
     }
     for rep in range(args.reps):
         order = list(checkouts.items())
         for name, checkout in order if rep % 2 == 0 else order[::-1]:
-            for scenario in SCENARIOS:
+            for scenario in args.scenarios:
                 output = f"s3://{BUCKET}/out-{rep}-{name[:4]}"
-                payload = uris if scenario == "photos" else [f"s3://{BUCKET}/photos", output]
+                images = uris if scenario == "photos" else f"s3://{BUCKET}/photos"
+                payload = [images, output]
                 before = Counter(requests.methods)
                 done = subprocess.run(
                     [sys.executable, "-c", CHILD],

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import zipfile
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -783,57 +784,62 @@ def test_csv_pieces_put_together_in_label_and_path_order(tmp_path, monkeypatch):
     assert Path(empty).read_text() == "path,label\n"
 
 
-def test_csv_pieces_on_s3_are_put_together_as_on_disk(tmp_path, monkeypatch):
+@pytest.fixture
+def moto_s3(monkeypatch) -> Iterator[str]:
+    """moto's S3 server on loopback, the AWS environment pointed at it; its endpoint."""
+    from fruits_assets_tests.emr_emulator import start_moto
+
+    server, endpoint = start_moto()
+    for key, value in {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(key, value)
+    try:
+        yield endpoint
+    finally:
+        server.stop()
+
+
+def test_csv_pieces_on_s3_are_put_together_as_on_disk(tmp_path, moto_s3):
     """Pieces written to S3 (moto's server) make the same file there as on local disk; a bad
     piece is named by its S3 address."""
     import boto3
     import pyarrow as pa
 
     from fruits_assets.storage import csv_text, filesystem
-    from fruits_assets_tests.emr_emulator import start_moto
 
-    server, endpoint = start_moto()
-    try:
-        for key, value in {
-            "AWS_ENDPOINT_URL": endpoint,
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_REGION": "us-east-1",
-        }.items():
-            monkeypatch.setenv(key, value)
-        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="fruits")
-        rows = {
-            "path": [f"/in/{i % 3}/{i}.jpg" for i in range(10)],
-            "label": [f"class {i % 3}" for i in range(10)],
-            "pca_features": pa.array(
-                [[float(i), -i / 3] for i in range(10)], pa.list_(pa.float32())
-            ),
-        }
-        batches = [pa.RecordBatch.from_pydict(rows).slice(start, 5) for start in (0, 5)]
-        made, written = {}, {}
-        for place in ("s3://fruits/stage", str(tmp_path / "stage")):
-            write = csv_text.written("pca_features", 2, filesystem.join(place, "lines"))
-            written[place] = [
-                csv_text.Piece(row[csv_text.TEXT], row[csv_text.KEYS], row[csv_text.ROWS])
-                for part in batches
-                for out in write(iter([part]))
-                for row in out.to_pylist()
-            ]
-            target = filesystem.join(place, "features.csv")
-            assert csv_text.merged(written[place], "path,label,a,b", target) == 10
-            made[place] = filesystem.read_bytes(target)
-        on_s3 = written["s3://fruits/stage"]
-        assert [p.text[:24] for p in on_s3] == ["s3://fruits/stage/lines/"] * 2
-        assert made["s3://fruits/stage"] == made[str(tmp_path / "stage")]
-        assert made["s3://fruits/stage"].decode().splitlines()[1].startswith("/in/0/0.jpg,class 0,")
-        wrong = csv_text.Piece(on_s3[0].text, on_s3[0].keys, 6)
-        with pytest.raises(ValueError, match=r"^s3://fruits/stage/lines/.*where its task wrote 6"):
-            csv_text.merged([wrong], "h", "s3://fruits/stage/bad.csv")
-    finally:
-        server.stop()
+    boto3.client("s3", endpoint_url=moto_s3).create_bucket(Bucket="fruits")
+    rows = {
+        "path": [f"/in/{i % 3}/{i}.jpg" for i in range(10)],
+        "label": [f"class {i % 3}" for i in range(10)],
+        "pca_features": pa.array([[float(i), -i / 3] for i in range(10)], pa.list_(pa.float32())),
+    }
+    batches = [pa.RecordBatch.from_pydict(rows).slice(start, 5) for start in (0, 5)]
+    made, written = {}, {}
+    for place in ("s3://fruits/stage", str(tmp_path / "stage")):
+        write = csv_text.written("pca_features", 2, filesystem.join(place, "lines"))
+        written[place] = [
+            csv_text.Piece(row[csv_text.TEXT], row[csv_text.KEYS], row[csv_text.ROWS])
+            for part in batches
+            for out in write(iter([part]))
+            for row in out.to_pylist()
+        ]
+        target = filesystem.join(place, "features.csv")
+        assert csv_text.merged(written[place], "path,label,a,b", target) == 10
+        made[place] = filesystem.read_bytes(target)
+    on_s3 = written["s3://fruits/stage"]
+    assert [p.text[:24] for p in on_s3] == ["s3://fruits/stage/lines/"] * 2
+    assert made["s3://fruits/stage"] == made[str(tmp_path / "stage")]
+    assert made["s3://fruits/stage"].decode().splitlines()[1].startswith("/in/0/0.jpg,class 0,")
+    wrong = csv_text.Piece(on_s3[0].text, on_s3[0].keys, 6)
+    with pytest.raises(ValueError, match=r"^s3://fruits/stage/lines/.*where its task wrote 6"):
+        csv_text.merged([wrong], "h", "s3://fruits/stage/bad.csv")
 
 
-def test_s3_files_go_through_one_client_and_a_small_file_is_one_put(monkeypatch):
+def test_s3_files_go_through_one_client_and_a_small_file_is_one_put(moto_s3, monkeypatch):
     """On moto's server: every file of one AWS environment shares one S3 client (its
     connections), a changed environment gets its own, and a small file is written with one PUT
     (no multipart upload, no folder marker objects), then read back whole."""
@@ -842,7 +848,6 @@ def test_s3_files_go_through_one_client_and_a_small_file_is_one_put(monkeypatch)
     import boto3
 
     from fruits_assets.storage import filesystem
-    from fruits_assets_tests.emr_emulator import start_moto
 
     class Requests(logging.Handler):
         lines: list[str] = []
@@ -850,41 +855,82 @@ def test_s3_files_go_through_one_client_and_a_small_file_is_one_put(monkeypatch)
         def emit(self, record: logging.LogRecord) -> None:
             self.lines.append(record.getMessage())
 
-    server, endpoint = start_moto()
     werkzeug, requests = logging.getLogger("werkzeug"), Requests()
+    boto3.client("s3", endpoint_url=moto_s3).create_bucket(Bucket="fruits")
+    client = filesystem.Location.of("s3://fruits/a/1.bin").fs
+    assert filesystem.Location.of("s3://fruits/b/2.bin").fs is client
+    werkzeug.addHandler(requests)
+    werkzeug.setLevel(logging.INFO)  # one line per request
     try:
-        for key, value in {
-            "AWS_ENDPOINT_URL": endpoint,
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_REGION": "us-east-1",
-        }.items():
-            monkeypatch.setenv(key, value)
-        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="fruits")
-        client = filesystem.Location.of("s3://fruits/a/1.bin").fs
-        assert filesystem.Location.of("s3://fruits/b/2.bin").fs is client
-        werkzeug.addHandler(requests)
-        werkzeug.setLevel(logging.INFO)  # one line per request
         filesystem.write_bytes("s3://fruits/a/1.bin", b"x" * 1000)
         assert filesystem.read_bytes("s3://fruits/a/1.bin") == b"x" * 1000
-        calls = [
-            f"{method} {path}"
-            for line in requests.lines
-            for method in ["".join(c for c in line.split('"')[1].split()[0] if c.isupper())]
-            for path in [line.split(" /", 1)[1].split(" ")[0]]
-        ]
-        # No folder markers, no multipart upload: one PUT, then the read (HEAD, ranged GETs).
-        assert calls[:2] == ["PUT fruits/a/1.bin", "HEAD fruits/a/1.bin"], calls
-        assert set(calls[2:]) == {"GET fruits/a/1.bin"}, calls
-        # Opened at its first write, a file still fails where it cannot be written: at close.
-        with pytest.raises(OSError, match="NoSuchBucket|NO_SUCH_BUCKET|does not exist"):
-            filesystem.write_bytes("s3://no-such-bucket/a/1.bin", b"x")
-        monkeypatch.setenv("AWS_REGION", "eu-west-1")
-        assert filesystem.Location.of("s3://fruits/a/1.bin").fs is not client
     finally:
         werkzeug.removeHandler(requests)
         werkzeug.setLevel(logging.WARNING)  # as `start_moto` sets it
-        server.stop()
+    calls = [
+        f"{method} {path}"
+        for line in requests.lines
+        for method in ["".join(c for c in line.split('"')[1].split()[0] if c.isupper())]
+        for path in [line.split(" /", 1)[1].split(" ")[0]]
+    ]
+    # No folder markers, no multipart upload: one PUT, then the read (HEAD, ranged GETs).
+    assert calls[:2] == ["PUT fruits/a/1.bin", "HEAD fruits/a/1.bin"], calls
+    assert set(calls[2:]) == {"GET fruits/a/1.bin"}, calls
+    # Opened at its first write, a file still fails where it cannot be written: at close.
+    with pytest.raises(OSError, match="NoSuchBucket|NO_SUCH_BUCKET|does not exist"):
+        filesystem.write_bytes("s3://no-such-bucket/a/1.bin", b"x")
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    assert filesystem.Location.of("s3://fruits/a/1.bin").fs is not client
+
+
+def test_decode_task_on_s3_reads_photos_side_by_side_and_keeps_each_outcome(moto_s3):
+    """The decode's task over photos on S3 (moto's server), which it reads several at once:
+    every good photo written back with its own bytes under its own path, every bad one
+    rejected with its reason, none lost or swapped."""
+    import boto3
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from fruits_assets.storage import class_files, filesystem
+    from fruits_assets_tests.images import noisy_jpeg
+
+    s3 = boto3.client("s3", endpoint_url=moto_s3)
+    s3.create_bucket(Bucket="fruits")
+    photos = {}
+    for i in range(40):  # more than the reads in flight
+        label = f"class {i % 3}"
+        body = noisy_jpeg((i * 6, 255 - i * 6, 90))
+        body = body[: len(body) // 2] if i % 7 == 0 else body  # truncated
+        photos[f"s3://fruits/in/{label}/{i}.jpg"] = (label, body)
+        s3.put_object(Bucket="fruits", Key=f"in/{label}/{i}.jpg", Body=body)
+
+    class Listing:
+        def map_in_arrow(self, task, schema):
+            self.task = task
+
+    listing = Listing()
+    decoding.decoded_files(listing, "s3://fruits/out/accepted", "s3://fruits/out/rejected")
+    paths = list(photos)
+    batches = [
+        pa.record_batch(
+            {"path": paths[i : i + 16], "label": [photos[p][0] for p in paths[i : i + 16]]}
+        )
+        for i in range(0, len(paths), 16)
+    ]
+    files = [row for out in listing.task(iter(batches)) for row in out.to_pylist()]
+    kept, rejected = {}, {}
+    for row in files:
+        folder = "rejected" if row[decoding.REJECTIONS] else "accepted"
+        where = filesystem.Location.of(f"s3://fruits/out/{folder}/{row[class_files.FILE]}")
+        for r in pq.read_table(where.path, filesystem=where.fs).to_pylist():
+            if folder == "accepted":
+                kept[r["path"]] = r["content"]
+            else:
+                rejected[r["path"]] = r["reason"]
+    broken = {p for i, p in enumerate(photos) if i % 7 == 0}
+    assert kept == {p: body for p, (_, body) in photos.items() if p not in broken}
+    assert set(rejected) == broken
+    assert all(reason.startswith(decoding.REJECT_CORRUPT) for reason in rejected.values())
 
 
 def test_scree_plot_is_a_png():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import warnings
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,9 @@ REJECT_TOO_MANY_PIXELS = "image too large (pixels)"
 REJECT_TOO_SMALL = "image too small"
 REJECT_CORRUPT = "corrupt or truncated image data"
 REJECT_MISSING = "file could not be read"
+# On S3 a photo is two requests (its size, then its bytes): a task reads this many at once, so
+# that S3's round trips overlap instead of following one another.
+S3_READS_IN_FLIGHT = 16
 
 # The columns of the two tables the decode writes (the class is each file's folder), and what it
 # counts of each file it writes for the audit: the accepted photos converted to RGB, and the
@@ -116,6 +120,25 @@ def decode_file(path: str) -> Decoded:
         return Decoded(None, f"{REJECT_MISSING}: {exc}")
 
 
+def _outcomes_batch(batch: Any, outcomes: list[Decoded]) -> Any:
+    """A listing's batch (`path`, `label`) with each file's outcome."""
+    import pyarrow as pa
+
+    return pa.RecordBatch.from_arrays(
+        [
+            batch.column("path"),
+            batch.column("label"),
+            pa.array([d.content for d in outcomes], pa.binary()),
+            pa.array([d.width for d in outcomes], pa.int32()),
+            pa.array([d.height for d in outcomes], pa.int32()),
+            pa.array([d.original_mode for d in outcomes], pa.string()),
+            pa.array([d.converted for d in outcomes], pa.bool_()),
+            pa.array([d.reason for d in outcomes], pa.string()),
+        ],
+        names=["path", "label", *ACCEPTED_COLUMNS[1:], "reason"],
+    )
+
+
 def decoded_files(listing: Any, accepted_folder: str, rejected_folder: str) -> Any:
     """Each file of `listing` (`table_files.Rows` of its `path` and `label`) read and decoded
     by Spark's Python workers, which write the outcome themselves (`class_files.written`): the
@@ -129,21 +152,14 @@ def decoded_files(listing: Any, accepted_folder: str, rejected_folder: str) -> A
     from fruits_assets.storage import class_files
 
     def decoded(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            outcomes = [decode_file(path) for path in batch.column("path").to_pylist()]
-            yield pa.RecordBatch.from_arrays(
-                [
-                    batch.column("path"),
-                    batch.column("label"),
-                    pa.array([d.content for d in outcomes], pa.binary()),
-                    pa.array([d.width for d in outcomes], pa.int32()),
-                    pa.array([d.height for d in outcomes], pa.int32()),
-                    pa.array([d.original_mode for d in outcomes], pa.string()),
-                    pa.array([d.converted for d in outcomes], pa.bool_()),
-                    pa.array([d.reason for d in outcomes], pa.string()),
-                ],
-                names=["path", "label", *ACCEPTED_COLUMNS[1:], "reason"],
-            )
+        with ThreadPoolExecutor(S3_READS_IN_FLIGHT) as pool:  # threads start on first use
+            for batch in batches:
+                paths = batch.column("path").to_pylist()
+                if paths and filesystem.is_s3(paths[0]):  # one root: every path alike
+                    outcomes = list(pool.map(decode_file, paths))
+                else:  # a local read takes no wait to overlap
+                    outcomes = [decode_file(path) for path in paths]
+                yield _outcomes_batch(batch, outcomes)
 
     def converted(batch: pa.RecordBatch) -> dict[str, int]:
         return {CONVERTED: pc.sum(batch.column("converted").cast(pa.int64())).as_py() or 0}
