@@ -883,10 +883,10 @@ def test_s3_files_go_through_one_client_and_a_small_file_is_one_put(moto_s3, mon
     assert filesystem.Location.of("s3://fruits/a/1.bin").fs is not client
 
 
-def test_decode_task_on_s3_reads_photos_side_by_side_and_keeps_each_outcome(moto_s3):
+def test_decode_task_on_s3_reads_photos_side_by_side_and_keeps_each_outcome(moto_s3, monkeypatch):
     """The decode's task over photos on S3 (moto's server), which it reads several at once:
     every good photo written back with its own bytes under its own path, every bad one
-    rejected with its reason, none lost or swapped."""
+    rejected with its reason (a file too large without being read), none lost or swapped."""
     import boto3
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -903,6 +903,10 @@ def test_decode_task_on_s3_reads_photos_side_by_side_and_keeps_each_outcome(moto
         body = body[: len(body) // 2] if i % 7 == 0 else body  # truncated
         photos[f"s3://fruits/in/{label}/{i}.jpg"] = (label, body)
         s3.put_object(Bucket="fruits", Key=f"in/{label}/{i}.jpg", Body=body)
+    too_big = "s3://fruits/in/class 1/big.jpg"
+    monkeypatch.setattr(decoding, "MAX_FILE_BYTES", max(len(b) for _, b in photos.values()))
+    photos[too_big] = ("class 1", b"\xff" * (decoding.MAX_FILE_BYTES + 1))
+    s3.put_object(Bucket="fruits", Key="in/class 1/big.jpg", Body=photos[too_big][1])
 
     class Listing:
         def map_in_arrow(self, task, schema):
@@ -927,9 +931,10 @@ def test_decode_task_on_s3_reads_photos_side_by_side_and_keeps_each_outcome(moto
                 kept[r["path"]] = r["content"]
             else:
                 rejected[r["path"]] = r["reason"]
-    broken = {p for i, p in enumerate(photos) if i % 7 == 0}
-    assert kept == {p: body for p, (_, body) in photos.items() if p not in broken}
-    assert set(rejected) == broken
+    broken = {p for i, p in enumerate(photos) if i % 7 == 0 and p != too_big}
+    assert kept == {p: body for p, (_, body) in photos.items() if p not in broken | {too_big}}
+    assert set(rejected) == broken | {too_big}
+    assert rejected.pop(too_big).startswith(decoding.REJECT_TOO_BIG_FILE)
     assert all(reason.startswith(decoding.REJECT_CORRUPT) for reason in rejected.values())
 
 

@@ -27,7 +27,8 @@ REJECT_TOO_SMALL = "image too small"
 REJECT_CORRUPT = "corrupt or truncated image data"
 REJECT_MISSING = "file could not be read"
 # On S3 a photo is two requests (its size, then its bytes): a task reads this many at once, so
-# that S3's round trips overlap instead of following one another.
+# that S3's round trips overlap instead of following one another (the bytes of at most a batch
+# of photos are held, as the batch holds them anyway).
 S3_READS_IN_FLIGHT = 16
 
 # The columns of the two tables the decode writes (the class is each file's folder), and what it
@@ -112,10 +113,16 @@ def decode(content: bytes | None) -> Decoded:
     return Decoded(buffer.getvalue(), None, rgb.width, rgb.height, mode, converted=True)
 
 
-def decode_file(path: str) -> Decoded:
-    """Read and decode one file; a file that vanished or cannot be read is a rejection."""
+def read_file(path: str) -> bytes | Decoded:
+    """One file's bytes, or its rejection: it vanished or cannot be read, or it is larger than
+    `MAX_FILE_BYTES` (its size is known before it is read)."""
     try:
-        return decode(filesystem.read_bytes(path))
+        where = filesystem.Location.of(path)
+        with where.fs.open_input_file(where.path) as handle:
+            size = handle.size()
+            if size > MAX_FILE_BYTES:
+                return Decoded(None, f"{REJECT_TOO_BIG_FILE}: {size} bytes")
+            return handle.read()
     except Exception as exc:
         return Decoded(None, f"{REJECT_MISSING}: {exc}")
 
@@ -155,10 +162,11 @@ def decoded_files(listing: Any, accepted_folder: str, rejected_folder: str) -> A
         with ThreadPoolExecutor(S3_READS_IN_FLIGHT) as pool:  # threads start on first use
             for batch in batches:
                 paths = batch.column("path").to_pylist()
-                if paths and filesystem.is_s3(paths[0]):  # one root: every path alike
-                    outcomes = list(pool.map(decode_file, paths))
-                else:  # a local read takes no wait to overlap
-                    outcomes = [decode_file(path) for path in paths]
+                # One root: every path alike. A local read has no wait to overlap. Only the
+                # reads run side by side: the photos are decoded here, one at a time.
+                remote = bool(paths) and filesystem.is_s3(paths[0])
+                contents = pool.map(read_file, paths) if remote else map(read_file, paths)
+                outcomes = [c if isinstance(c, Decoded) else decode(c) for c in contents]
                 yield _outcomes_batch(batch, outcomes)
 
     def converted(batch: pa.RecordBatch) -> dict[str, int]:
