@@ -314,7 +314,7 @@ def main() -> None:
               f"UI runs {ui_first[-1]:.1f} s (first), {ui_run[-1]:.1f} s (next){cold}",
               flush=True)  # fmt: skip
     f, c, r1, r = (statistics.median(x) for x in (full, cli, ui_first, ui_run))
-    u = statistics.median(ui) if ui else float("nan")
+    u = statistics.median(ui) if ui else None  # None: --no-backfill
     print("\n| run (with the classifier) | median s | / full run |")
     print("| --- | ---: | ---: |")
     rows = [
@@ -324,6 +324,7 @@ def main() -> None:
         ("the same from the UI: one run (launch dialog, one partition), first after start", r1),
         ("the same from the UI: one run, the next one", r),
     ]
+    rows = [(label, seconds) for label, seconds in rows if seconds is not None]
     if cold_ui:
         rows.append(("the same from the UI without its warm JVM (`FRUITS_UI_WARM_SPARK=false`)",
                      statistics.median(cold_ui)))  # fmt: skip
@@ -332,7 +333,8 @@ def main() -> None:
         rows.append(("--against: one class rerun, CLI", statistics.median(other_cli)))
     for label, seconds in rows:
         print(f"| {label} | {seconds:.1f} | {seconds / f:.0%} |")
-    print(f"\nUI run (next) / CLI rerun: {r / c:.2f}; UI backfill / CLI rerun: {u / c:.2f}")
+    backfill = f"; UI backfill / CLI rerun: {u / c:.2f}" if u is not None else ""
+    print(f"\nUI run (next) / CLI rerun: {r / c:.2f}{backfill}")
     print("\nWhere a rerun's seconds go (medians):\n")
     groups = {"CLI rerun": budgets, "UI run (next)": budgets_ui, "--against CLI": other_budgets}
     groups = {name: group for name, group in groups.items() if group}
